@@ -1,0 +1,22 @@
+// Command termgate is the single binary of termgate's image: `termgate agent`
+// runs the per-node agent, `termgate webhook` the admission webhook.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"termgate.dev/termgate/cmd/termgate/app"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "termgate:", err)
+		os.Exit(1)
+	}
+}

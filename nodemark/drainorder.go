@@ -1,0 +1,136 @@
+package nodemark
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+)
+
+// AnnotationDrainOrder on a Pod holds its drain order. The webhook stamps it at
+// creation; a pod's owner may set it to override the default. The agent uses
+// it when present and falls back to DefaultDrainOrder otherwise.
+const AnnotationDrainOrder = "termgate.dev/drain-order"
+
+// Wave is the phase of the drain in which a pod is evicted.
+type Wave string
+
+const (
+	// WaveRegular pods are evicted first, as soon as the notice arrives.
+	WaveRegular Wave = "regular"
+	// WaveSystem pods are evicted last, once the regular wave is gone or its
+	// time is up, so node agents and cluster add-ons serve until the end.
+	WaveSystem Wave = "system"
+	// WaveKeep pods tolerate the termination taint without a time limit: they
+	// declared they may run on a terminating node, so they are not evicted.
+	WaveKeep Wave = "keep"
+	// WaveDelayed pods tolerate the taint for a while (tolerationSeconds):
+	// they are evicted that long after the notice, clamped to the deadline.
+	WaveDelayed Wave = "delayed"
+)
+
+// DrainOrder is a pod's place in the drain.
+type DrainOrder struct {
+	Wave Wave
+	// After is set for WaveDelayed: time after the notice to evict.
+	After time.Duration
+}
+
+// String renders the annotation value: "regular", "system", "keep" or
+// "delayed:<duration>" (for example "delayed:10s").
+func (o DrainOrder) String() string {
+	if o.Wave == WaveDelayed {
+		return string(WaveDelayed) + ":" + o.After.String()
+	}
+	return string(o.Wave)
+}
+
+// ParseDrainOrder parses an annotation value written by String.
+func ParseDrainOrder(v string) (DrainOrder, error) {
+	switch Wave(v) {
+	case WaveRegular, WaveSystem, WaveKeep:
+		return DrainOrder{Wave: Wave(v)}, nil
+	}
+	rest, ok := strings.CutPrefix(v, string(WaveDelayed)+":")
+	if !ok {
+		return DrainOrder{}, fmt.Errorf("drain order %q: want regular, system, keep or delayed:<duration>", v)
+	}
+	d, err := time.ParseDuration(rest)
+	if err != nil || d < 0 {
+		return DrainOrder{}, fmt.Errorf("drain order %q: delay must be a non-negative duration such as 10s", v)
+	}
+	return DrainOrder{Wave: WaveDelayed, After: d}, nil
+}
+
+// System priority classes: pods that keep the node and cluster running.
+const (
+	PriorityClassNodeCritical    = "system-node-critical"
+	PriorityClassClusterCritical = "system-cluster-critical"
+)
+
+// DrainOrderFor returns the order the agent applies to pod: a valid
+// drain-order annotation wins; otherwise DefaultDrainOrder decides.
+func DrainOrderFor(pod *corev1.Pod, effect corev1.TaintEffect) DrainOrder {
+	if v, ok := pod.Annotations[AnnotationDrainOrder]; ok {
+		if o, err := ParseDrainOrder(v); err == nil {
+			return o
+		}
+	}
+	return DefaultDrainOrder(pod, effect)
+}
+
+// DefaultDrainOrder is the drain-order policy (documented as a table in the
+// README). Tolerations are read the way the kubelet reads them for NoExecute
+// taints: a toleration of the termination taint without tolerationSeconds
+// keeps the pod; with tolerationSeconds it delays the eviction. A toleration
+// that matches every taint (operator Exists, no key) counts too, which is what
+// node agents that must never leave a node look like.
+func DefaultDrainOrder(pod *corev1.Pod, effect corev1.TaintEffect) DrainOrder {
+	taint := Taint(effect)
+	for i := range pod.Spec.Tolerations {
+		t := &pod.Spec.Tolerations[i]
+		if !t.ToleratesTaint(klog.Background(), &taint, false) {
+			continue
+		}
+		if t.TolerationSeconds == nil {
+			return DrainOrder{Wave: WaveKeep}
+		}
+		return DrainOrder{Wave: WaveDelayed, After: time.Duration(max(*t.TolerationSeconds, 0)) * time.Second}
+	}
+	if IsSystemPod(pod) {
+		return DrainOrder{Wave: WaveSystem}
+	}
+	return DrainOrder{Wave: WaveRegular}
+}
+
+// IsSystemPod: kube-system pods, pods of the system priority classes, and
+// DaemonSet pods (node agents that the node needs until the end).
+func IsSystemPod(pod *corev1.Pod) bool {
+	if pod.Namespace == "kube-system" {
+		return true
+	}
+	switch pod.Spec.PriorityClassName {
+	case PriorityClassNodeCritical, PriorityClassClusterCritical:
+		return true
+	}
+	for _, ref := range pod.OwnerReferences {
+		if ref.Kind == "DaemonSet" && ref.Controller != nil && *ref.Controller {
+			return true
+		}
+	}
+	return false
+}
+
+// IsMirrorPod reports whether pod is the API mirror of a static pod; those
+// are owned by the kubelet and cannot be evicted.
+func IsMirrorPod(pod *corev1.Pod) bool {
+	_, ok := pod.Annotations[corev1.MirrorPodAnnotationKey]
+	return ok
+}
+
+// IsFinished reports whether pod has run to completion.
+func IsFinished(pod *corev1.Pod) bool {
+	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+}

@@ -1,0 +1,128 @@
+// Package nodemark is the contract between termgate's agent and webhook: the
+// annotation keys, taint, label and condition the agent writes on a Node that
+// is about to be terminated, and how to read them back. Both sides import it;
+// neither imports the other. It depends only on the Kubernetes API types.
+package nodemark
+
+import (
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Keys termgate writes on a Node. Every key lives under termgate.dev except the
+// well-known load-balancer exclusion label, which cloud controllers honour.
+const (
+	// TaintKey is the taint the agent puts on a terminating node.
+	TaintKey = "termgate.dev/terminating"
+
+	// AnnotationState is "advance" while only an upcoming maintenance window is
+	// known (the node is still usable) and "terminating" once it is draining.
+	AnnotationState = "termgate.dev/state"
+	// AnnotationReason names why the node goes away (see Reason).
+	AnnotationReason = "termgate.dev/reason"
+	// AnnotationNoticeTime is when the agent saw the notice (RFC 3339, ms).
+	AnnotationNoticeTime = "termgate.dev/notice-time"
+	// AnnotationDeadline is when the VM is expected to stop (RFC 3339, ms).
+	AnnotationDeadline = "termgate.dev/deadline"
+	// AnnotationBootID is the node's boot ID when it was marked; a node that
+	// comes back with another boot ID is a new machine and gets unmarked.
+	AnnotationBootID = "termgate.dev/boot-id"
+
+	// LabelExcludeFromLB removes the node from external load balancers.
+	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
+
+	// ConditionType is the Node condition the agent maintains.
+	ConditionType corev1.NodeConditionType = "TerminationImminent"
+
+	// FieldManager is the server-side apply / patch manager of the agent.
+	FieldManager = "termgate-agent"
+)
+
+// State is the value of AnnotationState.
+type State string
+
+const (
+	// StateAdvance: maintenance is scheduled; new pods are discouraged
+	// (PreferNoSchedule) but not refused.
+	StateAdvance State = "advance"
+	// StateTerminating: the node is draining; binds onto it are refused.
+	StateTerminating State = "terminating"
+)
+
+// Reason says what notice the agent acted on. Values are also event reasons
+// and metric labels, so they are CamelCase and stable.
+type Reason string
+
+const (
+	ReasonPreempted           Reason = "Preempted"
+	ReasonHostMaintenance     Reason = "HostMaintenance"
+	ReasonUpcomingMaintenance Reason = "UpcomingMaintenance"
+)
+
+// Mark is what the agent records on a Node.
+type Mark struct {
+	State      State
+	Reason     Reason
+	NoticeTime time.Time
+	Deadline   time.Time
+	BootID     string
+}
+
+// timeLayout keeps milliseconds: a 30 s budget is tracked to the millisecond.
+const timeLayout = "2006-01-02T15:04:05.000Z07:00"
+
+// Annotations renders the mark as Node annotations.
+func (m Mark) Annotations() map[string]string {
+	return map[string]string{
+		AnnotationState:      string(m.State),
+		AnnotationReason:     string(m.Reason),
+		AnnotationNoticeTime: m.NoticeTime.UTC().Format(timeLayout),
+		AnnotationDeadline:   m.Deadline.UTC().Format(timeLayout),
+		AnnotationBootID:     m.BootID,
+	}
+}
+
+// AnnotationKeys lists every annotation a Mark writes, for removal.
+var AnnotationKeys = []string{AnnotationState, AnnotationReason, AnnotationNoticeTime, AnnotationDeadline, AnnotationBootID}
+
+// Terminating reports whether the mark means the node is draining.
+func (m Mark) Terminating() bool { return m.State == StateTerminating }
+
+// Read parses the mark from a Node's annotations. ok is false when the node
+// carries no mark; err is set when a mark is present but malformed.
+func Read(annotations map[string]string) (m Mark, ok bool, err error) {
+	state, ok := annotations[AnnotationState]
+	if !ok {
+		return Mark{}, false, nil
+	}
+	m = Mark{State: State(state), Reason: Reason(annotations[AnnotationReason]), BootID: annotations[AnnotationBootID]}
+	if m.State != StateAdvance && m.State != StateTerminating {
+		return m, true, fmt.Errorf("annotation %s: unknown state %q", AnnotationState, state)
+	}
+	if m.NoticeTime, err = parseTime(annotations, AnnotationNoticeTime); err != nil {
+		return m, true, err
+	}
+	if m.Deadline, err = parseTime(annotations, AnnotationDeadline); err != nil {
+		return m, true, err
+	}
+	return m, true, nil
+}
+
+func parseTime(annotations map[string]string, key string) (time.Time, error) {
+	v, ok := annotations[key]
+	if !ok {
+		return time.Time{}, fmt.Errorf("annotation %s missing", key)
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("annotation %s: %w", key, err)
+	}
+	return t, nil
+}
+
+// Taint returns the termination taint with the given effect.
+func Taint(effect corev1.TaintEffect) corev1.Taint {
+	return corev1.Taint{Key: TaintKey, Effect: effect}
+}

@@ -1,0 +1,63 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// binaries locates the cached control-plane binaries.
+type binaries struct {
+	controlplane, kwok, kwokStages string
+}
+
+// command returns how to run a component: the control-plane components are
+// subcommands of the one controlplane binary.
+func (b binaries) command(name string, args []string) (string, []string) {
+	if name == "kwok" {
+		return b.kwok, args
+	}
+	return b.controlplane, append([]string{name}, args...)
+}
+
+func findBinaries(dir string) (binaries, error) {
+	if dir == "" {
+		dir = os.Getenv("TERMGATE_BIN")
+	}
+	if dir == "" {
+		root, err := repoRoot()
+		if err != nil {
+			return binaries{}, err
+		}
+		dir = filepath.Join(root, "bin")
+	}
+	b := binaries{
+		controlplane: filepath.Join(dir, "controlplane"),
+		kwok:         filepath.Join(dir, "kwok"),
+		kwokStages:   filepath.Join(dir, "kwok-stages"),
+	}
+	for _, f := range []string{b.controlplane, b.kwok, b.kwokStages} {
+		if _, err := os.Stat(f); err != nil {
+			return binaries{}, fmt.Errorf("local cluster: %s missing (run `make binaries` first): %w", f, err)
+		}
+	}
+	return b, nil
+}
+
+// repoRoot walks up from the working directory to the termgate module root.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find repository root: %w", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "test", "controlplane", "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("find repository root: no test/controlplane/go.mod above the working directory")
+		}
+		dir = parent
+	}
+}

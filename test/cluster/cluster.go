@@ -1,0 +1,175 @@
+// Package cluster runs a real, local Kubernetes control plane for termgate's
+// tests and demo: etcd, kube-apiserver, kube-scheduler and
+// kube-controller-manager built from Kubernetes' own Go modules (one
+// multi-call binary, bin/controlplane), and kwok playing the kubelet of fake
+// nodes that look like GCE VMs. Everything listens on loopback on free ports.
+//
+// Start it once per test package from TestMain and share it; give each test
+// its own namespace.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Options configure a local cluster. The zero value is usable.
+type Options struct {
+	// Nodes to create at start. Defaults to DefaultNodes(3).
+	Nodes []NodeSpec
+	// Dir holds certificates, the kubeconfig, etcd's data and component logs.
+	// Defaults to a new temporary directory, removed by Stop.
+	Dir string
+	// BinDir holds controlplane, kwok and kwok-stages/. Defaults to
+	// $TERMGATE_BIN, else the bin/ folder of the repository.
+	BinDir string
+	// PodDeleteDelay is how long kwok, playing the kubelet, takes to finish
+	// a pod's deletion once it has a deletionTimestamp (pods with finalizers
+	// stay Terminating, as on a real node). Defaults to 100ms.
+	PodDeleteDelay time.Duration
+	// Verbosity is passed as -v to the Kubernetes components (default 1).
+	Verbosity int
+}
+
+// Cluster is a running local control plane.
+type Cluster struct {
+	// Config is an admin (system:masters) client configuration.
+	Config *rest.Config
+	// Kubeconfig is the path of a kubeconfig file holding Config.
+	Kubeconfig string
+	// Dir is the working directory (logs are <component>.log in it).
+	Dir string
+	// Client is a clientset built from Config.
+	Client kubernetes.Interface
+
+	opts    Options
+	bins    binaries
+	pki     *pki
+	ownsDir bool
+	procs   []*process
+}
+
+// Start builds nothing: it expects the binaries that `make binaries` caches
+// under bin/, and fails with a clear message when they are missing.
+func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
+	bins, err := findBinaries(opts.BinDir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Nodes == nil {
+		opts.Nodes = DefaultNodes(3)
+	}
+	if opts.PodDeleteDelay == 0 {
+		opts.PodDeleteDelay = 100 * time.Millisecond
+	}
+	if opts.Verbosity == 0 {
+		opts.Verbosity = 1
+	}
+	c = &Cluster{opts: opts, bins: bins, Dir: opts.Dir}
+	if c.Dir == "" {
+		if c.Dir, err = os.MkdirTemp("", "termgate-cluster-"); err != nil {
+			return nil, fmt.Errorf("create cluster dir: %w", err)
+		}
+		c.ownsDir = true
+	}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	if err := c.startControlPlane(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.AddNodes(ctx, opts.Nodes...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) startControlPlane(ctx context.Context) error {
+	var err error
+	if c.pki, err = writePKI(c.Dir); err != nil {
+		return err
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	if err := c.start("etcd", c.etcdArgs(etcdURL, ports[1])...); err != nil {
+		return err
+	}
+	if err := c.start("kube-apiserver", c.apiserverArgs(etcdURL, ports[2])...); err != nil {
+		return err
+	}
+	if err := c.connect(ports[2]); err != nil {
+		return err
+	}
+	if err := c.waitAPIServerReady(ctx); err != nil {
+		return err
+	}
+	stages, err := c.writeKwokStages()
+	if err != nil {
+		return err
+	}
+	return errors.Join(
+		c.start("kube-controller-manager", c.controllerManagerArgs()...),
+		c.start("kube-scheduler", c.schedulerArgs()...),
+		c.startKwok(stages),
+	)
+}
+
+func (c *Cluster) start(name string, args ...string) error {
+	bin, args := c.bins.command(name, args)
+	p, err := startProcess(c.Dir, name, bin, args...)
+	if err != nil {
+		return err
+	}
+	c.procs = append(c.procs, p)
+	return nil
+}
+
+// Stop stops every component (newest first) and removes the directory it
+// created. It is safe to call more than once.
+func (c *Cluster) Stop() {
+	for i := len(c.procs) - 1; i >= 0; i-- {
+		c.procs[i].stop(2 * time.Second)
+	}
+	c.procs = nil
+	if c.ownsDir && c.Dir != "" {
+		_ = os.RemoveAll(c.Dir)
+		c.Dir = ""
+	}
+}
+
+// Healthy returns an error naming the first component that has exited.
+func (c *Cluster) Healthy() error {
+	for _, p := range c.procs {
+		if gone, err := p.exited(); gone {
+			return err
+		}
+	}
+	return nil
+}
+
+// LogPath returns the log file of a component ("kube-apiserver", "kwok", ...).
+func (c *Cluster) LogPath(component string) string {
+	return filepath.Join(c.Dir, component+".log")
+}
+
+// PIDs returns the process IDs of the running components.
+func (c *Cluster) PIDs() []int {
+	pids := make([]int, 0, len(c.procs))
+	for _, p := range c.procs {
+		pids = append(pids, p.cmd.Process.Pid)
+	}
+	return pids
+}

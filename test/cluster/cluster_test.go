@@ -1,0 +1,126 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
+)
+
+var shared *cluster.Cluster
+
+func TestMain(m *testing.M) {
+	os.Exit(kit.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(4)}, &shared))
+}
+
+func cl(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	if shared == nil {
+		t.Fatal("no shared cluster")
+	}
+	return shared
+}
+
+func TestAPIServerReportsPinnedVersion(t *testing.T) {
+	v, err := cl(t).Client.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatalf("server version: %v", err)
+	}
+	if v.Major != "1" || v.Minor != "37" || v.GitVersion[:6] != "v1.37." {
+		t.Fatalf("server reports %s (major %q minor %q), want v1.37.x", v.GitVersion, v.Major, v.Minor)
+	}
+}
+
+func TestNodesLookLikeGCEVMs(t *testing.T) {
+	nodes, err := cl(t).Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("list nodes: %v", err)
+	}
+	var spot, gpu int
+	for _, n := range nodes.Items {
+		if n.Status.NodeInfo.BootID == "" {
+			t.Errorf("node %s has no boot ID", n.Name)
+		}
+		if n.Labels["topology.kubernetes.io/zone"] == "" {
+			t.Errorf("node %s has no zone label", n.Name)
+		}
+		if n.Labels[cluster.LabelSpot] == "true" {
+			spot++
+		}
+		if n.Labels[cluster.LabelAccelerator] != "" {
+			gpu++
+		}
+	}
+	if len(nodes.Items) != 4 || spot != 2 || gpu != 1 {
+		t.Fatalf("got %d nodes, %d spot, %d gpu; want 4, 2, 1", len(nodes.Items), spot, gpu)
+	}
+}
+
+// A user relies on PodDisruptionBudgets holding on this cluster exactly as on
+// a real one: the disruption controller computes the budget, an eviction it
+// forbids gets 429, an allowed one succeeds and the pod goes away.
+func TestEvictionHonoursPodDisruptionBudget(t *testing.T) {
+	c := cl(t)
+	ctx := context.Background()
+	ns := kit.Namespace(t, c.Client)
+	if _, err := c.Client.AppsV1().Deployments(ns).Create(ctx, kit.Deployment(ns, "web", 2), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create deployment: %v", err)
+	}
+	if _, err := c.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, kit.PDB(ns, "web", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create PDB: %v", err)
+	}
+	pods := kit.ExpectPodsRunning(t, c.Client, ns, map[string]string{"app": "web"}, 2, 60*time.Second)
+	kit.Eventually(t, 30*time.Second, "PDB allows one disruption", func(ctx context.Context) (bool, string, error) {
+		pdb, err := c.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		return pdb.Status.DisruptionsAllowed == 1, fmt.Sprintf("disruptionsAllowed=%d", pdb.Status.DisruptionsAllowed), nil
+	})
+
+	evict := func(p corev1.Pod) error {
+		return c.Client.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{
+			ObjectMeta:    metav1.ObjectMeta{Namespace: ns, Name: p.Name},
+			DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}},
+		})
+	}
+	if err := evict(pods[0]); err != nil {
+		t.Fatalf("first eviction (allowed by the budget): %v", err)
+	}
+	err := evict(pods[1])
+	if !apierrors.IsTooManyRequests(err) {
+		t.Fatalf("second eviction: got %v, want 429 Too Many Requests from the PDB", err)
+	}
+	kit.ExpectPodGone(t, c.Client, &pods[0], 40*time.Second)
+}
+
+// Stop must leave no process and no listening port behind.
+func TestStopLeavesNothingBehind(t *testing.T) {
+	c, err := cluster.Start(context.Background(), cluster.Options{Nodes: cluster.DefaultNodes(1)})
+	if err != nil {
+		t.Fatalf("start second cluster: %v", err)
+	}
+	host := c.Config.Host[len("https://"):]
+	pids := c.PIDs()
+	c.Stop()
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("process %d still alive after Stop", pid)
+		}
+	}
+	if conn, err := net.DialTimeout("tcp", host, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("API server port %s still accepts connections after Stop", host)
+	}
+}

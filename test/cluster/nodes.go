@@ -1,0 +1,125 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// NodeSpec describes a fake node that looks like a GKE node on a GCE VM.
+type NodeSpec struct {
+	Name        string
+	Zone        string // e.g. us-central1-a
+	MachineType string // e.g. e2-standard-4
+	Spot        bool   // labelled cloud.google.com/gke-spot=true
+	Accelerator string // e.g. nvidia-l4; labelled cloud.google.com/gke-accelerator
+	BootID      string // status.nodeInfo.bootID; random when empty
+}
+
+// Labels GKE puts on nodes, which termgate's manifests select on.
+const (
+	LabelSpot        = "cloud.google.com/gke-spot"
+	LabelPreemptible = "cloud.google.com/gke-preemptible"
+	LabelAccelerator = "cloud.google.com/gke-accelerator"
+)
+
+// DefaultNodes returns n nodes: the first half Spot, one GPU node when n >= 4,
+// the rest on-demand, spread over three zones.
+func DefaultNodes(n int) []NodeSpec {
+	zones := []string{"us-central1-a", "us-central1-b", "us-central1-c"}
+	nodes := make([]NodeSpec, n)
+	spot := (n + 1) / 2
+	for i := range nodes {
+		s := NodeSpec{Zone: zones[i%len(zones)], MachineType: "e2-standard-4"}
+		switch {
+		case i < spot:
+			s.Name, s.Spot = fmt.Sprintf("spot-%d", i), true
+		case i == spot && n >= 4:
+			s.Name, s.MachineType, s.Accelerator = fmt.Sprintf("gpu-%d", i), "g2-standard-8", "nvidia-l4"
+		default:
+			s.Name = fmt.Sprintf("ondemand-%d", i)
+		}
+		nodes[i] = s
+	}
+	return nodes
+}
+
+// Node renders the spec as a Node object that kwok will manage.
+func (s NodeSpec) Node() *corev1.Node {
+	bootID := s.BootID
+	if bootID == "" {
+		bootID = rand.String(16)
+	}
+	labels := map[string]string{
+		"kubernetes.io/hostname":           s.Name,
+		"kubernetes.io/os":                 "linux",
+		"kubernetes.io/arch":               "amd64",
+		"topology.kubernetes.io/zone":      s.Zone,
+		"topology.kubernetes.io/region":    s.Zone[:len(s.Zone)-2],
+		"node.kubernetes.io/instance-type": s.MachineType,
+		"type":                             "kwok",
+	}
+	if s.Spot {
+		labels[LabelSpot] = "true"
+	}
+	if s.Accelerator != "" {
+		labels[LabelAccelerator] = s.Accelerator
+	}
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        s.Name,
+			Labels:      labels,
+			Annotations: map[string]string{kwokNodeAnnotation: "fake"},
+		},
+		Spec: corev1.NodeSpec{ProviderID: "gce://local-project/" + s.Zone + "/" + s.Name},
+		Status: corev1.NodeStatus{
+			NodeInfo: corev1.NodeSystemInfo{BootID: bootID, Architecture: "amd64", OperatingSystem: "linux"},
+		},
+	}
+}
+
+// AddNodes creates the nodes and waits until kwok reports them all Ready.
+func (c *Cluster) AddNodes(ctx context.Context, specs ...NodeSpec) error {
+	for _, s := range specs {
+		_, err := c.Client.CoreV1().Nodes().Create(ctx, s.Node(), metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create node %s: %w", s.Name, err)
+		}
+	}
+	for _, s := range specs {
+		if err := c.WaitNodeReady(ctx, s.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WaitNodeReady waits until the node's Ready condition is True.
+func (c *Cluster) WaitNodeReady(ctx context.Context, name string) error {
+	const budget = 30 * time.Second // kwok readies a node in well under a second
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, budget, true, func(ctx context.Context) (bool, error) {
+		if err := c.Healthy(); err != nil {
+			return false, err
+		}
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("node %s not Ready (kwok log: %s): %w", name, c.LogPath("kwok"), err)
+	}
+	return nil
+}
