@@ -88,10 +88,13 @@ func DrainOrderFor(pod *corev1.Pod, effect corev1.TaintEffect) DrainOrder {
 // that matches every taint (operator Exists, no key) counts too, which is what
 // node agents that must never leave a node look like.
 func DefaultDrainOrder(pod *corev1.Pod, effect corev1.TaintEffect) DrainOrder {
-	taint := Taint(effect)
+	taint, noExecute := Taint(effect), Taint(corev1.TaintEffectNoExecute)
 	for i := range pod.Spec.Tolerations {
 		t := &pod.Spec.Tolerations[i]
-		if !t.ToleratesTaint(klog.Background(), &taint, false) {
+		// The API accepts tolerationSeconds only on NoExecute tolerations,
+		// so a toleration of our key with effect NoExecute counts whatever
+		// effect the taint itself carries: termination is eviction.
+		if !t.ToleratesTaint(klog.Background(), &taint, false) && !t.ToleratesTaint(klog.Background(), &noExecute, false) {
 			continue
 		}
 		if t.TolerationSeconds == nil {

@@ -126,3 +126,7 @@ func parseTime(annotations map[string]string, key string) (time.Time, error) {
 func Taint(effect corev1.TaintEffect) corev1.Taint {
 	return corev1.Taint{Key: TaintKey, Effect: effect}
 }
+
+// AnnotationLBLabelAdded records that the agent added LabelExcludeFromLB, so
+// that unmarking removes the label only if termgate put it there.
+const AnnotationLBLabelAdded = "termgate.dev/lb-label-added"

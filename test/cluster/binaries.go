@@ -25,7 +25,7 @@ func findBinaries(dir string) (binaries, error) {
 		dir = os.Getenv("TERMGATE_BIN")
 	}
 	if dir == "" {
-		root, err := repoRoot()
+		root, err := RepoRoot()
 		if err != nil {
 			return binaries{}, err
 		}
@@ -44,8 +44,8 @@ func findBinaries(dir string) (binaries, error) {
 	return b, nil
 }
 
-// repoRoot walks up from the working directory to the termgate module root.
-func repoRoot() (string, error) {
+// RepoRoot walks up from the working directory to the termgate module root.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("find repository root: %w", err)

@@ -19,6 +19,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"termgate.dev/termgate/test/proc"
 )
 
 // Options configure a local cluster. The zero value is usable.
@@ -54,7 +56,7 @@ type Cluster struct {
 	bins    binaries
 	pki     *pki
 	ownsDir bool
-	procs   []*process
+	procs   []*proc.Process
 }
 
 // Start builds nothing: it expects the binaries that `make binaries` caches
@@ -99,7 +101,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if c.pki, err = writePKI(c.Dir); err != nil {
 		return err
 	}
-	ports, err := freePorts(3)
+	ports, err := proc.FreePorts(3)
 	if err != nil {
 		return err
 	}
@@ -129,7 +131,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 
 func (c *Cluster) start(name string, args ...string) error {
 	bin, args := c.bins.command(name, args)
-	p, err := startProcess(c.Dir, name, bin, args...)
+	p, err := proc.Start(c.Dir, name, nil, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -141,7 +143,7 @@ func (c *Cluster) start(name string, args ...string) error {
 // created. It is safe to call more than once.
 func (c *Cluster) Stop() {
 	for i := len(c.procs) - 1; i >= 0; i-- {
-		c.procs[i].stop(2 * time.Second)
+		c.procs[i].Stop(2 * time.Second)
 	}
 	c.procs = nil
 	if c.ownsDir && c.Dir != "" {
@@ -153,7 +155,7 @@ func (c *Cluster) Stop() {
 // Healthy returns an error naming the first component that has exited.
 func (c *Cluster) Healthy() error {
 	for _, p := range c.procs {
-		if gone, err := p.exited(); gone {
+		if gone, err := p.Exited(); gone {
 			return err
 		}
 	}
@@ -169,7 +171,7 @@ func (c *Cluster) LogPath(component string) string {
 func (c *Cluster) PIDs() []int {
 	pids := make([]int, 0, len(c.procs))
 	for _, p := range c.procs {
-		pids = append(pids, p.cmd.Process.Pid)
+		pids = append(pids, p.PID())
 	}
 	return pids
 }

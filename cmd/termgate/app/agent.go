@@ -3,7 +3,179 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"termgate.dev/termgate/agent"
+	"termgate.dev/termgate/agent/drain"
+	"termgate.dev/termgate/agent/watch"
 )
 
-// runAgent is filled in by the agent work.
-func runAgent(ctx context.Context, args []string) error { return errors.New("agent: not built yet") }
+// agentOptions are the agent's command-line settings.
+type agentOptions struct {
+	agent      agent.Config
+	drain      drain.Config
+	watch      watch.Config
+	kubeconfig string
+	qps        float64
+	burst      int
+	listen     string
+	taint      string
+	zap        zap.Options
+}
+
+func newAgentOptions() *agentOptions {
+	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig()}
+	o.drain = drain.Config{}.WithDefaults()
+	return o
+}
+
+// AddFlags binds every option to fs with its default and help text.
+func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.agent.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name; defaults to $NODE_NAME (set it from the downward API, spec.nodeName)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster configuration")
+	fs.Float64Var(&o.qps, "kube-api-qps", 100, "client QPS to the API server, sized for parallel evictions")
+	fs.IntVar(&o.burst, "kube-api-burst", 200, "client burst to the API server")
+	fs.StringVar(&o.listen, "listen", ":9808", "address of /healthz, /readyz and /metrics")
+	fs.StringVar(&o.taint, "taint-effect", string(o.agent.TaintEffect), "effect of the termination taint: NoSchedule, PreferNoSchedule or NoExecute")
+	fs.DurationVar(&o.agent.PreemptionNotice, "preemption-notice", o.agent.PreemptionNotice, "deadline after instance/preempted turns TRUE")
+	fs.DurationVar(&o.agent.MaintenanceBudget, "maintenance-budget", o.agent.MaintenanceBudget, "deadline after TERMINATE_ON_HOST_MAINTENANCE on VMs without accelerators")
+	fs.DurationVar(&o.agent.AcceleratorMaintenanceBudget, "accelerator-maintenance-budget", o.agent.AcceleratorMaintenanceBudget, "deadline after TERMINATE_ON_HOST_MAINTENANCE on accelerator (GPU/TPU) VMs")
+	fs.StringVar(&o.agent.AcceleratorLabel, "accelerator-label", o.agent.AcceleratorLabel, "node label that marks an accelerator VM")
+	fs.DurationVar(&o.agent.UpcomingLead, "upcoming-maintenance-lead", o.agent.UpcomingLead, "start draining this long before an announced maintenance window")
+	fs.BoolVar(&o.agent.DryRun, "dry-run", false, "log every decision, change nothing (evictions are sent with dryRun=All)")
+	fs.DurationVar(&o.drain.SystemGrace, "system-grace", o.drain.SystemGrace, "time before the deadline reserved for system pods; regular pods left then are deleted")
+	fs.DurationVar(&o.drain.SystemEscalateBefore, "system-escalate-before", o.drain.SystemEscalateBefore, "system pods left this long before the deadline are deleted")
+	fs.IntVar(&o.drain.Concurrency, "eviction-concurrency", o.drain.Concurrency, "evictions in flight at once")
+	fs.DurationVar(&o.drain.BackoffBase, "eviction-backoff-base", o.drain.BackoffBase, "first retry delay after a refused eviction (429, 5xx)")
+	fs.DurationVar(&o.drain.BackoffCap, "eviction-backoff-cap", o.drain.BackoffCap, "longest retry delay after refused evictions")
+	fs.DurationVar(&o.drain.MinDeleteGrace, "min-delete-grace", o.drain.MinDeleteGrace, "shortest grace period of an escalated delete")
+	fs.DurationVar(&o.watch.PollTimeout, "metadata-poll-timeout", o.watch.PollTimeout, "timeout_sec of each hanging GET; bounds how stale the watch can be unnoticed")
+	o.zap.BindFlags(fs)
+}
+
+// Validate checks the options once at start-up.
+func (o *agentOptions) Validate() error {
+	o.agent.TaintEffect = corev1.TaintEffect(o.taint)
+	o.drain.TaintEffect = o.agent.TaintEffect
+	o.drain.NodeName = o.agent.NodeName
+	o.drain.DryRun = o.agent.DryRun
+	errs := []error{o.agent.Validate(), o.drain.Validate()}
+	if o.watch.PollTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("metadata poll timeout %s must be at least 1s", o.watch.PollTimeout))
+	}
+	if o.qps <= 0 || o.burst <= 0 {
+		errs = append(errs, errors.New("kube-api-qps and kube-api-burst must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+func runAgent(ctx context.Context, args []string) error {
+	o := newAgentOptions()
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	logger := zap.New(zap.UseFlagOptions(&o.zap))
+	ctx = log.IntoContext(ctx, logger)
+	return o.run(ctx)
+}
+
+func (o *agentOptions) run(ctx context.Context) error {
+	cfg, err := restConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = float32(o.qps), o.burst
+	cfg.UserAgent = "termgate-agent/" + o.agent.NodeName
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("build client: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	dm, err := drain.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	o.drain.Metrics = dm
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "termgate-agent", Host: o.agent.NodeName})
+
+	clk := clock.RealClock{}
+	pods := drain.NewPodSource(client, o.agent.NodeName)
+	a, err := agent.New(o.agent, agent.Parts{
+		Client:  client,
+		Clock:   clk,
+		Watcher: watch.New(clk, o.watch, watch.NewMetrics(reg)),
+		Drainer: drain.New(client, pods, clk, o.drain, recorder),
+		Pods:    pods,
+		Events:  recorder,
+		Metrics: agent.NewMetrics(reg),
+	})
+	if err != nil {
+		return err
+	}
+	return serveWhile(ctx, o.listen, a.Handler(reg), a.Run)
+}
+
+// serveWhile runs work and an HTTP server for probes and metrics beside it;
+// when work returns (ctx ended), the server shuts down gracefully.
+func serveWhile(ctx context.Context, addr string, h http.Handler, work func(context.Context) error) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", addr, err)
+	}
+	log.FromContext(ctx).Info("serving probes and metrics", "addr", ln.Addr().String())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	workErr := work(ctx)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdownCtx)
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return errors.Join(workErr, fmt.Errorf("serve %s: %w", addr, err))
+	}
+	return workErr
+}
+
+// restConfig loads a kubeconfig file, or the in-cluster configuration.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config (set --kubeconfig outside a cluster): %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}

@@ -1,4 +1,7 @@
-package cluster
+// Package proc starts and stops the child processes of termgate's tests and
+// demo: control-plane components, agents, the webhook. Children die with the
+// test binary (Pdeathsig) and are stopped as a process group.
+package proc
 
 import (
 	"errors"
@@ -11,10 +14,9 @@ import (
 	"time"
 )
 
-// process is one control-plane component running as a child process. Its
-// output goes to a log file in the cluster's directory so a failing test can
-// point at it.
-type process struct {
+// Process is one child process. Its output goes to a log file so a failing
+// test can point at it.
+type Process struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
@@ -22,10 +24,11 @@ type process struct {
 	err     error
 }
 
-// startProcess starts bin with args. The child gets its own process group and
+// Start starts bin with args (and extra environment, KEY=VALUE) and logs to
+// dir/name.log. The child gets its own process group and
 // is sent SIGKILL by the kernel if this process dies (Pdeathsig), so a test
 // binary killed by a timeout or Ctrl-C leaves nothing behind.
-func startProcess(dir, name, bin string, args ...string) (*process, error) {
+func Start(dir, name string, env []string, bin string, args ...string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -33,12 +36,13 @@ func startProcess(dir, name, bin string, args ...string) (*process, error) {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := startLocked(cmd); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		logFile.Close()
@@ -47,8 +51,8 @@ func startProcess(dir, name, bin string, args ...string) (*process, error) {
 	return p, nil
 }
 
-// exited reports whether the process has ended, and how.
-func (p *process) exited() (bool, error) {
+// Exited reports whether the process has ended, and how.
+func (p *Process) Exited() (bool, error) {
 	select {
 	case <-p.done:
 		return true, fmt.Errorf("%s exited: %v (log: %s)", p.name, p.err, p.logPath)
@@ -57,8 +61,8 @@ func (p *process) exited() (bool, error) {
 	}
 }
 
-// stop sends SIGTERM to the process group and SIGKILL after grace.
-func (p *process) stop(grace time.Duration) {
+// Stop sends SIGTERM to the process group and SIGKILL after grace, and waits.
+func (p *Process) Stop(grace time.Duration) {
 	if p == nil {
 		return
 	}
@@ -72,9 +76,24 @@ func (p *process) stop(grace time.Duration) {
 	}
 }
 
-// freePorts reserves n distinct loopback ports. The listeners stay open until
+// Kill ends the process group at once with SIGKILL, as a crash or OOM would.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// PID returns the process ID.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
+
+// LogPath returns the file holding the process's output.
+func (p *Process) LogPath() string { return p.logPath }
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// FreePorts reserves n distinct loopback ports. The listeners stay open until
 // all n are chosen so the kernel cannot hand out the same port twice.
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	var errs []error
 	for range n {

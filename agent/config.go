@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Config holds the agent's decisions about notices and deadlines. Drain
+// timing lives in drain.Config.
+type Config struct {
+	// NodeName is the agent's own node (from NODE_NAME, the downward API).
+	NodeName string
+	// TaintEffect of the termination taint once the node drains.
+	TaintEffect corev1.TaintEffect
+	// PreemptionNotice is how long a Spot/preemptible VM lives after
+	// instance/preempted turns TRUE (30 s on GCE).
+	PreemptionNotice time.Duration
+	// MaintenanceBudget is the deadline after TERMINATE_ON_HOST_MAINTENANCE
+	// on ordinary VMs; AcceleratorMaintenanceBudget on VMs with GPUs/TPUs,
+	// which GCE warns about an hour ahead.
+	MaintenanceBudget            time.Duration
+	AcceleratorMaintenanceBudget time.Duration
+	// AcceleratorLabel marks accelerator nodes.
+	AcceleratorLabel string
+	// UpcomingLead is how long before an announced maintenance window the
+	// drain starts. Until then the node is only discouraged (PreferNoSchedule).
+	UpcomingLead time.Duration
+	// DryRun logs every decision and changes nothing.
+	DryRun bool
+}
+
+// DefaultConfig returns the defaults behind the agent's flags.
+func DefaultConfig() Config {
+	return Config{
+		TaintEffect:                  corev1.TaintEffectNoSchedule,
+		PreemptionNotice:             30 * time.Second,
+		MaintenanceBudget:            60 * time.Second,
+		AcceleratorMaintenanceBudget: 60 * time.Minute,
+		AcceleratorLabel:             "cloud.google.com/gke-accelerator",
+		UpcomingLead:                 15 * time.Minute,
+	}
+}
+
+// Validate reports every inconsistent field at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("node name is empty: set NODE_NAME from the downward API (spec.nodeName) or --node-name"))
+	}
+	switch c.TaintEffect {
+	case corev1.TaintEffectNoSchedule, corev1.TaintEffectNoExecute, corev1.TaintEffectPreferNoSchedule:
+	default:
+		errs = append(errs, fmt.Errorf("taint effect %q: want NoSchedule, PreferNoSchedule or NoExecute", c.TaintEffect))
+	}
+	for name, d := range map[string]time.Duration{
+		"preemption notice": c.PreemptionNotice, "maintenance budget": c.MaintenanceBudget,
+		"accelerator maintenance budget": c.AcceleratorMaintenanceBudget,
+	} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s %s must be positive", name, d))
+		}
+	}
+	if c.UpcomingLead < 0 {
+		errs = append(errs, fmt.Errorf("upcoming-maintenance lead %s is negative", c.UpcomingLead))
+	}
+	return errors.Join(errs...)
+}

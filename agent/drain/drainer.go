@@ -1,0 +1,211 @@
+package drain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+// ErrDeadlinePassed is returned (wrapped) when the deadline comes while pods
+// the policy evicts are still on the node.
+var ErrDeadlinePassed = errors.New("drain deadline passed")
+
+// Drainer drains one node in waves before its deadline.
+type Drainer struct {
+	client kubernetes.Interface
+	pods   *PodSource
+	clk    clock.WithTicker
+	cfg    Config
+	rec    record.EventRecorder
+}
+
+// New returns a Drainer. Zero config fields take their defaults; Run reports
+// an invalid config. rec may be nil, which records no events.
+func New(client kubernetes.Interface, pods *PodSource, clk clock.WithTicker, cfg Config, rec record.EventRecorder) *Drainer {
+	return &Drainer{client: client, pods: pods, clk: clk, cfg: cfg.WithDefaults(), rec: rec}
+}
+
+// Result summarises one Run for logs, metrics and the demo timeline.
+type Result struct {
+	// Evicted counts evictions the API server accepted.
+	Evicted int
+	// Deleted counts escalated deletes: pods deleted, or their deletion
+	// shortened, with a grace period clamped to the deadline.
+	Deleted int
+	// Gone counts requests answered 404, or 409 for a pod replaced under
+	// the same name: the pod had already left.
+	Gone int
+	// Retried429 counts refusals by a PodDisruptionBudget; RetriedErr counts
+	// other failed requests (5xx, network). Both were retried.
+	Retried429 int
+	RetriedErr int
+	// Remaining counts pods the policy evicts that were still on the node
+	// (possibly terminating) when Run returned.
+	Remaining int
+	// Kept counts pods the policy leaves on the node (WaveKeep); Skipped
+	// counts mirror and finished pods.
+	Kept    int
+	Skipped int
+	// Started holds, for each step that acted, when it first did, relative
+	// to the notice. After a restart the times are those of this Run.
+	Started map[Step]time.Duration
+	// Duration is how long Run took.
+	Duration time.Duration
+}
+
+// Run drains until every pod the policy evicts is gone, the deadline comes
+// (ErrDeadlinePassed) or ctx is cancelled (the notice was withdrawn). It
+// derives everything from mark and the pods it sees, so calling it again
+// after a crash, with the same mark, resumes the drain.
+func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
+	began := d.clk.Now()
+	if err := d.cfg.Validate(); err != nil {
+		return Result{}, fmt.Errorf("drain config: %w", err)
+	}
+	if mark.NoticeTime.IsZero() || mark.Deadline.IsZero() || mark.Deadline.Before(mark.NoticeTime) {
+		return Result{}, fmt.Errorf("drain mark: notice %s and deadline %s do not form a window", mark.NoticeTime, mark.Deadline)
+	}
+	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("node", d.cfg.NodeName))
+	changes, unsubscribe := d.pods.Subscribe()
+	defer unsubscribe()
+
+	queueCtx, stopQueue := context.WithCancel(ctx)
+	r := &run{
+		d:       d,
+		sched:   newSchedule(mark, d.cfg),
+		queue:   newEvictionQueue(queueCtx, d.client, d.clk, d.cfg, mark.Deadline, d.rec),
+		started: map[Step]time.Duration{},
+	}
+	r.steps = r.plan()
+	outcome, last, err := r.loop(ctx, changes)
+	stopQueue()
+	r.queue.wait()
+
+	res := r.result(last)
+	res.Duration = d.clk.Since(began)
+	d.cfg.Metrics.observeDuration(outcome, res.Duration)
+	r.finish(ctx, outcome, res)
+	return res, err
+}
+
+// run is the state of one Run.
+type run struct {
+	d       *Drainer
+	sched   schedule
+	queue   *evictionQueue
+	steps   []step
+	started map[Step]time.Duration
+}
+
+// loop runs the steps on each change of the node's pods and at each instant
+// a step waits for, until the drain ends.
+func (r *run) loop(ctx context.Context, changes <-chan struct{}) (string, *pass, error) {
+	if err := r.awaitSync(ctx); err != nil {
+		return r.stopReason(ctx), &pass{}, err
+	}
+	for {
+		now := r.d.clk.Now()
+		p := classify(r.d.pods.List(), now, r.sched, r.d.cfg.TaintEffect)
+		if p.remaining() == 0 {
+			return outcomeComplete, p, nil
+		}
+		if !now.Before(r.sched.deadline) {
+			return outcomeDeadline, p, fmt.Errorf("%w: %d pods still on node %s", ErrDeadlinePassed, p.remaining(), r.d.cfg.NodeName)
+		}
+		wake := r.runSteps(ctx, p)
+		if !r.sleep(ctx, changes, wake.Sub(now)) {
+			return outcomeCancelled, p, fmt.Errorf("drain of node %s stopped: %w", r.d.cfg.NodeName, context.Cause(ctx))
+		}
+	}
+}
+
+// awaitSync waits for the pod cache, at most until the deadline: an
+// unsynced cache looks empty, and an empty node looks drained.
+func (r *run) awaitSync(ctx context.Context) error {
+	if r.d.pods.HasSynced() {
+		return nil
+	}
+	syncCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	timer := r.d.clk.NewTimer(r.sched.deadline.Sub(r.d.clk.Now()))
+	defer timer.Stop()
+	go func() {
+		select {
+		case <-timer.C():
+			cancel()
+		case <-syncCtx.Done():
+		}
+	}()
+	if r.d.pods.WaitForSync(syncCtx) {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("drain of node %s stopped before the pod cache synced: %w", r.d.cfg.NodeName, context.Cause(ctx))
+	}
+	return fmt.Errorf("%w: pod cache of node %s never synced", ErrDeadlinePassed, r.d.cfg.NodeName)
+}
+
+func (r *run) stopReason(ctx context.Context) string {
+	if ctx.Err() != nil {
+		return outcomeCancelled
+	}
+	return outcomeDeadline
+}
+
+// sleep waits for a pod change, for d, or for cancellation; false means
+// cancelled.
+func (r *run) sleep(ctx context.Context, changes <-chan struct{}, d time.Duration) bool {
+	timer := r.d.clk.NewTimer(max(d, 0))
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-changes:
+	case <-timer.C():
+	}
+	return true
+}
+
+func (r *run) result(last *pass) Result {
+	s := r.queue.snapshot()
+	return Result{
+		Evicted:    s.Evicted,
+		Deleted:    s.Deleted,
+		Gone:       s.Gone,
+		Retried429: s.Retried429,
+		RetriedErr: s.RetriedErr,
+		Remaining:  last.remaining(),
+		Kept:       last.kept,
+		Skipped:    last.skipped,
+		Started:    r.started,
+	}
+}
+
+// finish logs the end of the drain and records it on the Node.
+func (r *run) finish(ctx context.Context, outcome string, res Result) {
+	logger := log.FromContext(ctx)
+	logger.Info("drain ended", "outcome", outcome, "evicted", res.Evicted, "deleted", res.Deleted,
+		"gone", res.Gone, "retried429", res.Retried429, "retriedErr", res.RetriedErr,
+		"remaining", res.Remaining, "kept", res.Kept, "skipped", res.Skipped, "duration", res.Duration)
+	if r.d.rec == nil {
+		return
+	}
+	ref := nodeRef(r.d.cfg.NodeName)
+	switch outcome {
+	case outcomeComplete:
+		r.d.rec.Eventf(ref, corev1.EventTypeNormal, ReasonDrainCompleted,
+			"Drained in %s: %d evicted, %d deleted at a cut-off, %d kept", res.Duration.Round(time.Millisecond), res.Evicted, res.Deleted, res.Kept)
+	case outcomeDeadline:
+		r.d.rec.Eventf(ref, corev1.EventTypeWarning, ReasonDrainDeadlinePassed,
+			"Deadline passed with %d pods still on the node", res.Remaining)
+	}
+}

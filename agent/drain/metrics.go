@@ -1,0 +1,68 @@
+package drain
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+// Metrics are the drain's Prometheus metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	evictions   *prometheus.CounterVec
+	escalations *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+}
+
+// Drain outcomes, the label of the duration histogram.
+const (
+	outcomeComplete  = "complete"
+	outcomeDeadline  = "deadline"
+	outcomeCancelled = "cancelled"
+)
+
+// NewMetrics creates the drain metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "termgate", Subsystem: "drain", Name: "evictions_total",
+			Help: "Eviction requests by result: accepted, gone (404 or pod replaced), blocked (429), server_error (5xx), error.",
+		}, []string{"result"}),
+		escalations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "termgate", Subsystem: "drain", Name: "pods_escalated_total",
+			Help: "Pods deleted with a grace period clamped to the deadline because they were still present at their wave's cut-off.",
+		}, []string{"wave"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "termgate", Subsystem: "drain", Name: "duration_seconds",
+			Help: "Time from the start of a drain run until it ended, by outcome: complete, deadline, cancelled.",
+			// From sub-second drains of small nodes to hour-long maintenance notices.
+			Buckets: []float64{0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 900, 3600},
+		}, []string{"outcome"}),
+	}
+	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register drain metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) observeEviction(out outcome) {
+	if m != nil {
+		m.evictions.WithLabelValues(string(out)).Inc()
+	}
+}
+
+func (m *Metrics) observeEscalation(wave nodemark.Wave) {
+	if m != nil {
+		m.escalations.WithLabelValues(string(wave)).Inc()
+	}
+}
+
+func (m *Metrics) observeDuration(outcome string, d time.Duration) {
+	if m != nil {
+		m.duration.WithLabelValues(outcome).Observe(d.Seconds())
+	}
+}

@@ -1,0 +1,86 @@
+package drain
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func newTestMetrics(t *testing.T) (*prometheus.Registry, *Metrics) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatalf("NewMetrics: %v", err)
+	}
+	return reg, m
+}
+
+// counterValue reads one labelled counter from reg; 0 if absent.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func TestMetricsAreRecordedOnTheGivenRegistry(t *testing.T) {
+	k := newKit(t, pod("web"))
+	k.hook("web", fail(pdbRefusal()))
+	reg, m := newTestMetrics(t)
+	_, err := k.drive(k.drainer(Config{Metrics: m}), testMark, runOpts{})
+	expectNoError(t, err)
+
+	if got := counterValue(t, reg, "termgate_drain_evictions_total", "result", "blocked"); got != 1 {
+		t.Errorf("blocked evictions %v, want 1", got)
+	}
+	if got := counterValue(t, reg, "termgate_drain_evictions_total", "result", "accepted"); got != 1 {
+		t.Errorf("accepted evictions %v, want 1", got)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drains uint64
+	for _, f := range families {
+		if f.GetName() == "termgate_drain_duration_seconds" {
+			for _, m := range f.GetMetric() {
+				drains += m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if drains != 1 {
+		t.Errorf("duration histogram has %d samples, want 1", drains)
+	}
+}
+
+func TestRegisteringTheMetricsTwiceIsAnErrorNotAPanic(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := NewMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewMetrics(reg); err == nil {
+		t.Error("second registration succeeded")
+	}
+}
+
+func TestNilMetricsRecordNothing(t *testing.T) {
+	var m *Metrics
+	m.observeEviction(outcomeAccepted)
+	m.observeEscalation("regular")
+	m.observeDuration(outcomeComplete, 0)
+}

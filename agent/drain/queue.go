@@ -1,0 +1,315 @@
+package drain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+// action is what the queue does to a pod. Deleting supersedes evicting.
+type action int
+
+const (
+	actEvict action = iota
+	actDelete
+)
+
+func (a action) String() string {
+	if a == actDelete {
+		return "delete"
+	}
+	return "evict"
+}
+
+// outcome classifies the answer to one API call.
+type outcome string
+
+// Outcomes double as the result label of the evictions metric.
+const (
+	outcomeAccepted    outcome = "accepted"     // the API server took it
+	outcomeGone        outcome = "gone"         // 404, or 409 because the pod (this UID) is gone
+	outcomeBlocked     outcome = "blocked"      // 429: a PodDisruptionBudget refuses it for now
+	outcomeServerError outcome = "server_error" // 5xx: retried
+	outcomeError       outcome = "error"        // anything else: retried until the wave escalates
+)
+
+// item is one pod (by UID) in the queue.
+type item struct {
+	pod    *corev1.Pod
+	act    action
+	wave   nodemark.Wave
+	cancel context.CancelFunc
+	done   bool
+}
+
+// queueStats are the counts a drain reports.
+type queueStats struct {
+	Evicted    int
+	Deleted    int
+	Gone       int
+	Retried429 int
+	RetriedErr int
+}
+
+// evictionQueue evicts or deletes pods in parallel, at most one item per pod
+// UID, each retried with its own exponential backoff. It lives for one Run.
+// Repeating a request is harmless: a UID is only acted on once per action,
+// and the UID precondition keeps a replacement pod with the same name safe.
+type evictionQueue struct {
+	client   kubernetes.Interface
+	clk      clock.WithTicker
+	cfg      Config
+	deadline time.Time
+	rec      record.EventRecorder
+	ctx      context.Context
+	sem      chan struct{}
+	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	items map[types.UID]*item
+	stats queueStats
+}
+
+func newEvictionQueue(ctx context.Context, client kubernetes.Interface, clk clock.WithTicker, cfg Config, deadline time.Time, rec record.EventRecorder) *evictionQueue {
+	return &evictionQueue{
+		client:   client,
+		clk:      clk,
+		cfg:      cfg,
+		deadline: deadline,
+		rec:      rec,
+		ctx:      ctx,
+		sem:      make(chan struct{}, cfg.Concurrency),
+		items:    map[types.UID]*item{},
+	}
+}
+
+// evict asks for pod's eviction unless the pod is already queued or done.
+// It reports whether a new item was started.
+func (q *evictionQueue) evict(pod *corev1.Pod, wave nodemark.Wave) bool {
+	return q.add(pod, actEvict, wave)
+}
+
+// delete asks for pod's deletion with a grace period clamped to the
+// deadline, superseding a pending eviction. It reports whether a new item
+// was started.
+func (q *evictionQueue) delete(pod *corev1.Pod, wave nodemark.Wave) bool {
+	return q.add(pod, actDelete, wave)
+}
+
+func (q *evictionQueue) add(pod *corev1.Pod, act action, wave nodemark.Wave) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.ctx.Err() != nil {
+		return false
+	}
+	if old, ok := q.items[pod.UID]; ok {
+		if old.act >= act {
+			return false
+		}
+		old.cancel()
+	}
+	ctx, cancel := context.WithCancel(q.ctx)
+	it := &item{pod: pod, act: act, wave: wave, cancel: cancel}
+	q.items[pod.UID] = it
+	q.wg.Add(1)
+	go q.work(ctx, it)
+	return true
+}
+
+// wait blocks until every item has finished or been cancelled. The caller
+// cancels the queue's context first.
+func (q *evictionQueue) wait() { q.wg.Wait() }
+
+func (q *evictionQueue) snapshot() queueStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.stats
+}
+
+// work runs one item until it is done or cancelled.
+func (q *evictionQueue) work(ctx context.Context, it *item) {
+	defer q.wg.Done()
+	defer it.cancel()
+	logger := log.FromContext(ctx).WithValues("pod", klog.KObj(it.pod), "action", it.act.String())
+	for attempt := 0; ; attempt++ {
+		out, err := q.attempt(ctx, it)
+		// An answer that arrived is counted even if the item was cancelled
+		// meanwhile; a call cut short by the cancellation is not.
+		if ctx.Err() != nil && out != outcomeAccepted && out != outcomeGone {
+			return
+		}
+		q.record(it, out, attempt)
+		switch out {
+		case outcomeAccepted, outcomeGone:
+			logger.V(1).Info("done", "outcome", out, "attempts", attempt+1)
+			return
+		case outcomeBlocked:
+			logger.V(1).Info("blocked by a disruption budget, will retry", "attempt", attempt+1)
+		default:
+			logger.Info("request failed, will retry", "attempt", attempt+1, "error", err.Error())
+		}
+		if !q.sleep(ctx, q.backoff(attempt)) {
+			return
+		}
+	}
+}
+
+// attempt makes one API call while holding a concurrency slot.
+func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) {
+	select {
+	case q.sem <- struct{}{}:
+	case <-ctx.Done():
+		return outcomeError, ctx.Err()
+	}
+	defer func() { <-q.sem }()
+	var err error
+	if it.act == actDelete {
+		err = q.callDelete(ctx, it.pod)
+	} else {
+		err = q.callEvict(ctx, it.pod)
+	}
+	if err == nil {
+		return outcomeAccepted, nil
+	}
+	return q.classify(ctx, it.pod, err), err
+}
+
+func (q *evictionQueue) callEvict(ctx context.Context, pod *corev1.Pod) error {
+	uid := pod.UID
+	ev := &policyv1.Eviction{
+		ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace},
+		DeleteOptions: &metav1.DeleteOptions{
+			Preconditions:      &metav1.Preconditions{UID: &uid},
+			GracePeriodSeconds: evictionGrace(pod, q.clk.Now(), q.deadline, q.cfg.MinDeleteGrace),
+			DryRun:             q.dryRun(),
+		},
+	}
+	if err := q.client.CoreV1().Pods(pod.Namespace).EvictV1(ctx, ev); err != nil {
+		return fmt.Errorf("evict pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
+
+func (q *evictionQueue) callDelete(ctx context.Context, pod *corev1.Pod) error {
+	grace, useful := deleteGrace(pod, q.clk.Now(), q.deadline, q.cfg.MinDeleteGrace)
+	if !useful {
+		return nil
+	}
+	uid := pod.UID
+	opts := metav1.DeleteOptions{
+		GracePeriodSeconds: &grace,
+		Preconditions:      &metav1.Preconditions{UID: &uid},
+		DryRun:             q.dryRun(),
+	}
+	if err := q.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, opts); err != nil {
+		return fmt.Errorf("delete pod %s/%s with grace %ds: %w", pod.Namespace, pod.Name, grace, err)
+	}
+	log.FromContext(ctx).V(1).Info("deleted", "pod", klog.KObj(pod), "grace", grace)
+	return nil
+}
+
+func (q *evictionQueue) dryRun() []string {
+	if q.cfg.DryRun {
+		return []string{metav1.DryRunAll}
+	}
+	return nil
+}
+
+// classify sorts a failed call. A 409 is ambiguous for an eviction (the API
+// server also returns it when its own disruption-budget update keeps
+// conflicting), so the pod is read back: only a missing pod or another UID
+// means this pod is gone.
+func (q *evictionQueue) classify(ctx context.Context, pod *corev1.Pod, err error) outcome {
+	switch {
+	case apierrors.IsNotFound(err):
+		return outcomeGone
+	case apierrors.IsConflict(err):
+		cur, getErr := q.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(getErr) || (getErr == nil && cur.UID != pod.UID) {
+			return outcomeGone
+		}
+		return outcomeError
+	case apierrors.IsTooManyRequests(err):
+		return outcomeBlocked
+	}
+	var status apierrors.APIStatus
+	if errors.As(err, &status) && status.Status().Code >= http.StatusInternalServerError {
+		return outcomeServerError
+	}
+	return outcomeError
+}
+
+func (q *evictionQueue) record(it *item, out outcome, attempt int) {
+	q.mu.Lock()
+	switch out {
+	case outcomeAccepted:
+		it.done = true
+		if it.act == actDelete {
+			q.stats.Deleted++
+		} else {
+			q.stats.Evicted++
+		}
+	case outcomeGone:
+		it.done = true
+		q.stats.Gone++
+	case outcomeBlocked:
+		q.stats.Retried429++
+	default:
+		q.stats.RetriedErr++
+	}
+	q.mu.Unlock()
+
+	if it.act == actEvict {
+		q.cfg.Metrics.observeEviction(out)
+	} else if out == outcomeAccepted {
+		q.cfg.Metrics.observeEscalation(it.wave)
+	}
+	// One event per pod, on the first refusal: enough for its owner to see
+	// that a budget held it up, without flooding the event stream.
+	if out == outcomeBlocked && attempt == 0 && q.rec != nil {
+		q.rec.Eventf(it.pod, corev1.EventTypeWarning, ReasonEvictionBlocked,
+			"Eviction from terminating node %s refused by a PodDisruptionBudget; retrying until the drain escalates", q.cfg.NodeName)
+	}
+}
+
+// backoff returns the delay before retry attempt+1: exponential from the
+// base up to the cap, with jitter in its upper half so that pods refused
+// together do not retry together.
+func (q *evictionQueue) backoff(attempt int) time.Duration {
+	d := q.cfg.BackoffBase
+	for i := 0; i < attempt && d < q.cfg.BackoffCap; i++ {
+		d *= 2
+	}
+	d = min(d, q.cfg.BackoffCap)
+	half := d / 2
+	return half + rand.N(half+1)
+}
+
+// sleep waits d on the injected clock; false means the item was cancelled.
+func (q *evictionQueue) sleep(ctx context.Context, d time.Duration) bool {
+	t := q.clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C():
+		return true
+	}
+}

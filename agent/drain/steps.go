@@ -1,0 +1,177 @@
+package drain
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+// Step names one step of the drain. They key Result.Started and appear in
+// logs and events.
+type Step string
+
+const (
+	StepEvictRegular    Step = "evictRegular"
+	StepEvictDelayed    Step = "evictDelayed"
+	StepEscalateRegular Step = "escalateRegular"
+	StepEvictSystem     Step = "evictSystem"
+	StepEscalateSystem  Step = "escalateSystem"
+)
+
+// step is one job of the drain. Each pass runs every step in order; a step
+// whose time has not come returns the instant it waits for (zero if none),
+// and the loop sleeps until the earliest such instant or a pod change.
+// Steps only enqueue work, so running one again is harmless.
+type step struct {
+	name Step
+	run  func(p *pass) (acted int, wake time.Time)
+}
+
+func (r *run) plan() []step {
+	return []step{
+		{StepEvictRegular, r.evictRegular},
+		{StepEvictDelayed, r.evictDelayed},
+		{StepEscalateRegular, r.escalateRegular},
+		{StepEvictSystem, r.evictSystem},
+		{StepEscalateSystem, r.escalateSystem},
+	}
+}
+
+// runSteps runs every step and returns when the loop must look again at the
+// latest: the earliest instant a step waits for, or the deadline.
+func (r *run) runSteps(ctx context.Context, p *pass) time.Time {
+	wake := r.sched.deadline
+	for _, s := range r.steps {
+		acted, w := s.run(p)
+		if acted > 0 {
+			r.begin(ctx, s.name, p.now, acted)
+		}
+		if !w.IsZero() && w.Before(wake) {
+			wake = w
+		}
+	}
+	return wake
+}
+
+// evictRegular evicts regular pods, from the notice until the regular
+// cut-off.
+func (r *run) evictRegular(p *pass) (int, time.Time) {
+	if !p.now.Before(r.sched.regularCutoff) {
+		return 0, time.Time{}
+	}
+	return r.evictAll(p.regular, nodemark.WaveRegular), time.Time{}
+}
+
+// evictDelayed evicts each delayed pod once its toleration has run out.
+func (r *run) evictDelayed(p *pass) (int, time.Time) {
+	if !p.now.Before(r.sched.regularCutoff) {
+		return 0, time.Time{}
+	}
+	acted, next := 0, time.Time{}
+	for _, dp := range p.delayed {
+		switch {
+		case terminating(dp.pod):
+		case p.now.Before(dp.due):
+			if next.IsZero() || dp.due.Before(next) {
+				next = dp.due
+			}
+		case r.queue.evict(dp.pod, nodemark.WaveDelayed):
+			acted++
+		}
+	}
+	return acted, next
+}
+
+// escalateRegular deletes, at the regular cut-off, the regular and delayed
+// pods still present, so that they end by the deadline whatever their
+// disruption budgets say.
+func (r *run) escalateRegular(p *pass) (int, time.Time) {
+	if p.now.Before(r.sched.regularCutoff) {
+		return 0, r.sched.regularCutoff
+	}
+	acted := r.escalateAll(p.regular, nodemark.WaveRegular, p.now)
+	for _, dp := range p.delayed {
+		if r.escalate(dp.pod, nodemark.WaveDelayed, p.now) {
+			acted++
+		}
+	}
+	return acted, time.Time{}
+}
+
+// evictSystem evicts system pods once the regular wave has left the node or
+// at the regular cut-off, whichever comes first, until the system cut-off.
+func (r *run) evictSystem(p *pass) (int, time.Time) {
+	if p.now.Before(r.sched.regularCutoff) && !p.regularGone() {
+		return 0, r.sched.regularCutoff
+	}
+	if !p.now.Before(r.sched.systemCutoff) {
+		return 0, time.Time{}
+	}
+	return r.evictAll(p.system, nodemark.WaveSystem), time.Time{}
+}
+
+// escalateSystem deletes, at the system cut-off, the system pods still
+// present.
+func (r *run) escalateSystem(p *pass) (int, time.Time) {
+	if p.now.Before(r.sched.systemCutoff) {
+		return 0, r.sched.systemCutoff
+	}
+	return r.escalateAll(p.system, nodemark.WaveSystem, p.now), time.Time{}
+}
+
+// evictAll queues the eviction of every pod not already being deleted.
+func (r *run) evictAll(pods []*corev1.Pod, wave nodemark.Wave) int {
+	acted := 0
+	for _, pod := range pods {
+		if !terminating(pod) && r.queue.evict(pod, wave) {
+			acted++
+		}
+	}
+	return acted
+}
+
+func (r *run) escalateAll(pods []*corev1.Pod, wave nodemark.Wave, now time.Time) int {
+	acted := 0
+	for _, pod := range pods {
+		if r.escalate(pod, wave, now) {
+			acted++
+		}
+	}
+	return acted
+}
+
+// escalate queues the deletion of pod unless it is already being deleted
+// and will be gone by the deadline. A pod whose own deletion would outlast
+// the deadline (a long grace period) is deleted again with a shorter one.
+func (r *run) escalate(pod *corev1.Pod, wave nodemark.Wave, now time.Time) bool {
+	if terminating(pod) && !endsAfter(pod, r.sched.deadline) {
+		return false
+	}
+	if _, useful := deleteGrace(pod, now, r.sched.deadline, r.d.cfg.MinDeleteGrace); !useful {
+		return false
+	}
+	return r.queue.delete(pod, wave)
+}
+
+// begin records the first time a step acts, logs it and records an event.
+func (r *run) begin(ctx context.Context, name Step, now time.Time, pods int) {
+	if _, ok := r.started[name]; ok {
+		return
+	}
+	since, left := now.Sub(r.sched.notice), r.sched.deadline.Sub(now)
+	r.started[name] = since
+	log.FromContext(ctx).Info("drain step started", "step", name, "pods", pods, "sinceNotice", since, "beforeDeadline", left)
+	if r.d.rec == nil {
+		return
+	}
+	reason, verb := ReasonDrainWaveStarted, "evicting"
+	if name == StepEscalateRegular || name == StepEscalateSystem {
+		reason, verb = ReasonDrainEscalated, "deleting with grace clamped to the deadline"
+	}
+	r.d.rec.Eventf(nodeRef(r.d.cfg.NodeName), corev1.EventTypeNormal, reason,
+		"%s: %s %d pods, %s before the deadline", name, verb, pods, left.Round(time.Millisecond))
+}

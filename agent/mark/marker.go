@@ -1,0 +1,188 @@
+// Package mark writes and removes termgate's marks on the agent's own Node:
+// annotations, the termination taint, the load-balancer exclusion label and
+// the TerminationImminent condition.
+package mark
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+// Marker marks and unmarks one Node.
+//
+// Taints are an atomic list in the Node API: any patch that adds one must
+// send the whole list. To never lose a taint another writer adds at the same
+// moment, the patch carries the resourceVersion it was computed from and the
+// API server refuses it with 409 if the Node moved on; Marker then re-reads
+// and retries. Annotations and labels merge key by key. The condition lives
+// in status and merges by type, so it is a second, conflict-free patch,
+// written after the taint that actually steers the scheduler.
+type Marker struct {
+	client kubernetes.Interface
+	clock  clock.Clock
+	node   string
+	dryRun bool
+}
+
+// New returns a Marker for node.
+func New(client kubernetes.Interface, clk clock.Clock, node string, dryRun bool) *Marker {
+	return &Marker{client: client, clock: clk, node: node, dryRun: dryRun}
+}
+
+// maxConflicts bounds the 409 retries; each re-reads the node first.
+const maxConflicts = 10
+
+// Mark writes m with the given taint effect. current is the caller's latest
+// view of the Node (an informer's copy), saving a GET on the fast path.
+func (mk *Marker) Mark(ctx context.Context, current *corev1.Node, m nodemark.Mark, effect corev1.TaintEffect) error {
+	if mk.dryRun {
+		return nil
+	}
+	err := mk.patchWithRetry(ctx, current, func(n *corev1.Node) ([]byte, error) { return markPatch(n, m, effect) })
+	if err != nil {
+		return fmt.Errorf("mark node %s: %w", mk.node, err)
+	}
+	if err := mk.patchCondition(ctx, conditionFor(m, mk.clock.Now())); err != nil {
+		return fmt.Errorf("mark node %s: %w", mk.node, err)
+	}
+	return nil
+}
+
+// Unmark removes exactly what Mark added.
+func (mk *Marker) Unmark(ctx context.Context, current *corev1.Node) error {
+	if mk.dryRun {
+		return nil
+	}
+	if err := mk.patchWithRetry(ctx, current, unmarkPatch); err != nil {
+		return fmt.Errorf("unmark node %s: %w", mk.node, err)
+	}
+	del := map[string]any{"status": map[string]any{"conditions": []map[string]any{
+		{"type": nodemark.ConditionType, "$patch": "delete"},
+	}}}
+	body, _ := json.Marshal(del)
+	if _, err := mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status"); err != nil {
+		return fmt.Errorf("unmark node %s: remove condition: %w", mk.node, err)
+	}
+	return nil
+}
+
+func (mk *Marker) patchWithRetry(ctx context.Context, node *corev1.Node, build func(*corev1.Node) ([]byte, error)) error {
+	var err error
+	for range maxConflicts {
+		if node == nil {
+			if node, err = mk.client.CoreV1().Nodes().Get(ctx, mk.node, metav1.GetOptions{}); err != nil {
+				return fmt.Errorf("read node: %w", err)
+			}
+		}
+		body, berr := build(node)
+		if berr != nil {
+			return berr
+		}
+		if body == nil {
+			return nil // nothing to change
+		}
+		_, err = mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager})
+		if !apierrors.IsConflict(err) {
+			return err
+		}
+		node = nil // stale view: re-read and rebuild
+	}
+	return fmt.Errorf("still conflicting after %d attempts: %w", maxConflicts, err)
+}
+
+func (mk *Marker) patchCondition(ctx context.Context, cond corev1.NodeCondition) error {
+	body, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if err != nil {
+		return fmt.Errorf("encode condition: %w", err)
+	}
+	_, err = mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
+	if err != nil {
+		return fmt.Errorf("set condition: %w", err)
+	}
+	return nil
+}
+
+// markPatch builds the one patch that marks the node.
+func markPatch(n *corev1.Node, m nodemark.Mark, effect corev1.TaintEffect) ([]byte, error) {
+	annotations := map[string]any{}
+	for k, v := range m.Annotations() {
+		annotations[k] = v
+	}
+	labels := map[string]any{}
+	if _, has := n.Labels[nodemark.LabelExcludeFromLB]; !has {
+		labels[nodemark.LabelExcludeFromLB] = "true"
+		annotations[nodemark.AnnotationLBLabelAdded] = "true"
+	}
+	taints := withoutOurTaint(n.Spec.Taints)
+	taints = append(taints, corev1.Taint{Key: nodemark.TaintKey, Value: string(m.Reason), Effect: effect})
+	return json.Marshal(map[string]any{
+		"metadata": map[string]any{
+			"resourceVersion": n.ResourceVersion,
+			"annotations":     annotations,
+			"labels":          labels,
+		},
+		"spec": map[string]any{"taints": taints},
+	})
+}
+
+// unmarkPatch removes the mark; nil when there is nothing of ours left.
+func unmarkPatch(n *corev1.Node) ([]byte, error) {
+	annotations := map[string]any{}
+	for _, k := range append(slices.Clone(nodemark.AnnotationKeys), nodemark.AnnotationLBLabelAdded) {
+		if _, ok := n.Annotations[k]; ok {
+			annotations[k] = nil
+		}
+	}
+	labels := map[string]any{}
+	if n.Annotations[nodemark.AnnotationLBLabelAdded] == "true" {
+		labels[nodemark.LabelExcludeFromLB] = nil
+	}
+	taints := withoutOurTaint(n.Spec.Taints)
+	if len(annotations) == 0 && len(labels) == 0 && len(taints) == len(n.Spec.Taints) {
+		return nil, nil
+	}
+	if taints == nil {
+		taints = []corev1.Taint{}
+	}
+	return json.Marshal(map[string]any{
+		"metadata": map[string]any{
+			"resourceVersion": n.ResourceVersion,
+			"annotations":     annotations,
+			"labels":          labels,
+		},
+		"spec": map[string]any{"taints": taints},
+	})
+}
+
+func withoutOurTaint(taints []corev1.Taint) []corev1.Taint {
+	var out []corev1.Taint
+	for _, t := range taints {
+		if t.Key != nodemark.TaintKey {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func conditionFor(m nodemark.Mark, now time.Time) corev1.NodeCondition {
+	return corev1.NodeCondition{
+		Type:               nodemark.ConditionType,
+		Status:             corev1.ConditionTrue,
+		Reason:             string(m.Reason),
+		Message:            fmt.Sprintf("%s: node %s; deadline %s", m.Reason, m.State, m.Deadline.UTC().Format("2006-01-02T15:04:05.000Z")),
+		LastHeartbeatTime:  metav1.NewTime(now),
+		LastTransitionTime: metav1.NewTime(now),
+	}
+}

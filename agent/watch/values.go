@@ -1,0 +1,147 @@
+// Package watch follows the GCE metadata keys that announce a VM's end,
+// with the real metadata client's hanging GETs, and turns each value into a
+// typed Observation. It decides nothing: the agent does.
+package watch
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Key is a metadata path under computeMetadata/v1/.
+type Key string
+
+const (
+	KeyPreempted           Key = "instance/preempted"
+	KeyMaintenanceEvent    Key = "instance/maintenance-event"
+	KeyUpcomingMaintenance Key = "instance/upcoming-maintenance"
+)
+
+// Keys lists every key the agent follows.
+var Keys = []Key{KeyPreempted, KeyMaintenanceEvent, KeyUpcomingMaintenance}
+
+// Kind classifies an observed value.
+type Kind string
+
+const (
+	// KindClear: nothing is happening (FALSE, NONE, no upcoming window).
+	KindClear Kind = "clear"
+	// KindTerminate: the VM is going away (preempted TRUE, terminate or
+	// shutdown on host maintenance).
+	KindTerminate Kind = "terminate"
+	// KindMigrate: live migration; the VM survives, nothing is drained.
+	KindMigrate Kind = "migrate"
+	// KindScheduled: an upcoming maintenance window is announced.
+	KindScheduled Kind = "scheduled"
+)
+
+// Observation is one parsed value of one key.
+type Observation struct {
+	Key  Key
+	Kind Kind
+	// Raw is the value as served, for logs and events.
+	Raw string
+	// At is when the agent received it: the notice time of a termination.
+	At time.Time
+	// Window is set for KindScheduled.
+	Window *Window
+}
+
+// Window is an upcoming maintenance window.
+type Window struct {
+	Type   string    // SCHEDULED, UNSCHEDULED, MULTIPLE
+	Status string    // PENDING, ONGOING
+	Start  time.Time // window_start_time
+	End    time.Time // window_end_time (zero if absent)
+}
+
+// Parse classifies a raw value of key. A value it cannot classify is an
+// error: the agent must never act on a value it does not understand.
+func Parse(key Key, raw string) (Observation, error) {
+	o := Observation{Key: key, Raw: raw}
+	v := strings.TrimSpace(raw)
+	switch key {
+	case KeyPreempted:
+		switch v {
+		case "FALSE":
+			o.Kind = KindClear
+		case "TRUE":
+			o.Kind = KindTerminate
+		default:
+			return o, fmt.Errorf("%s: unexpected value %q (want TRUE or FALSE)", key, truncate(v))
+		}
+	case KeyMaintenanceEvent:
+		switch v {
+		case "NONE":
+			o.Kind = KindClear
+		case "MIGRATE_ON_HOST_MAINTENANCE":
+			o.Kind = KindMigrate
+		case "TERMINATE_ON_HOST_MAINTENANCE", "SHUTDOWN_ON_HOST_MAINTENANCE":
+			o.Kind = KindTerminate
+		default:
+			return o, fmt.Errorf("%s: unexpected value %q", key, truncate(v))
+		}
+	case KeyUpcomingMaintenance:
+		w, err := parseWindow(v)
+		if err != nil {
+			return o, fmt.Errorf("%s: %w", key, err)
+		}
+		o.Kind, o.Window = KindClear, w
+		if w != nil {
+			o.Kind = KindScheduled
+		}
+	default:
+		return o, fmt.Errorf("unknown key %q", key)
+	}
+	return o, nil
+}
+
+// upcoming is the JSON the metadata server serves for upcoming-maintenance.
+type upcoming struct {
+	Type         string `json:"type"`
+	Status       string `json:"maintenance_status"`
+	WindowStart  string `json:"window_start_time"`
+	WindowEnd    string `json:"window_end_time"`
+	LatestWindow string `json:"latest_window_start_time"`
+	Error        *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// parseWindow returns nil when nothing is scheduled: an empty value, `{}`,
+// or the server's "no notifications have been received yet" error object.
+func parseWindow(v string) (*Window, error) {
+	if v == "" {
+		return nil, nil
+	}
+	var u upcoming
+	dec := json.NewDecoder(strings.NewReader(v))
+	if err := dec.Decode(&u); err != nil {
+		return nil, fmt.Errorf("malformed JSON %q: %w", truncate(v), err)
+	}
+	if u.Error != nil || (u.WindowStart == "" && u.Type == "" && u.Status == "") {
+		return nil, nil
+	}
+	start, err := time.Parse(time.RFC3339, u.WindowStart)
+	if err != nil {
+		return nil, fmt.Errorf("window_start_time %q: %w", truncate(u.WindowStart), err)
+	}
+	w := &Window{Type: u.Type, Status: u.Status, Start: start}
+	if u.WindowEnd != "" {
+		if w.End, err = time.Parse(time.RFC3339, u.WindowEnd); err != nil {
+			return nil, fmt.Errorf("window_end_time %q: %w", truncate(u.WindowEnd), err)
+		}
+	}
+	return w, nil
+}
+
+// truncate keeps garbage values short in logs and errors.
+func truncate(s string) string {
+	const limit = 64
+	if len(s) > limit {
+		return s[:limit] + "..."
+	}
+	return s
+}

@@ -1,0 +1,194 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/compute/metadata"
+	"github.com/go-logr/logr"
+	"k8s.io/utils/clock"
+)
+
+// Config tunes the watcher.
+type Config struct {
+	// PollTimeout is sent as timeout_sec: the server answers a hanging GET
+	// after this long even without a change, which proves the watch is alive.
+	PollTimeout time.Duration
+	// BackoffBase and BackoffCap bound the retry delay after errors.
+	BackoffBase, BackoffCap time.Duration
+}
+
+// DefaultConfig returns the defaults behind the agent's flags.
+func DefaultConfig() Config {
+	return Config{PollTimeout: 60 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffCap: 5 * time.Second}
+}
+
+// Watcher follows every Key and sends each parsed change on a channel.
+type Watcher struct {
+	client  *metadata.Client
+	clock   clock.Clock
+	cfg     Config
+	metrics *Metrics
+
+	mu       sync.Mutex
+	contact  map[Key]time.Time // last answer from the server, per key
+	received map[Key]bool      // a first value was parsed
+}
+
+// New builds a watcher on the real metadata client. The client honours
+// GCE_METADATA_HOST, which is how tests point it at a fake server.
+func New(clk clock.Clock, cfg Config, m *Metrics) *Watcher {
+	hc := &http.Client{
+		Transport: m.instrument(http.DefaultTransport.(*http.Transport).Clone()),
+		// A hanging GET answers within PollTimeout; past that plus a margin
+		// the connection is broken, not slow.
+		Timeout: cfg.PollTimeout + 10*time.Second,
+	}
+	return &Watcher{
+		client:   metadata.NewWithOptions(&metadata.Options{Client: hc}),
+		clock:    clk,
+		cfg:      cfg,
+		metrics:  m,
+		contact:  map[Key]time.Time{},
+		received: map[Key]bool{},
+	}
+}
+
+// Run follows every key until ctx ends, sending observations on out. Values
+// it cannot parse are logged and counted, never sent.
+func (w *Watcher) Run(ctx context.Context, out chan<- Observation) {
+	var wg sync.WaitGroup
+	for _, k := range Keys {
+		wg.Go(func() { w.follow(ctx, k, out) })
+	}
+	wg.Wait()
+}
+
+// follow keeps one subscription to key alive. The client's Subscribe does
+// the first GET and then loops on wait_for_change with last_etag, so no
+// change between two requests is missed; when it fails we back off with
+// jitter and subscribe again, which re-reads the current value.
+func (w *Watcher) follow(ctx context.Context, key Key, out chan<- Observation) {
+	log := logr.FromContextOrDiscard(ctx).WithValues("key", key)
+	suffix := string(key) + "?timeout_sec=" + strconv.Itoa(int(w.cfg.PollTimeout/time.Second))
+	var last string
+	var haveLast bool
+	failures := 0
+	for ctx.Err() == nil {
+		err := w.client.SubscribeWithContext(ctx, suffix, func(ctx context.Context, v string, ok bool) error {
+			failures = 0
+			w.touch(key)
+			if !ok {
+				v = "" // deleted: for upcoming-maintenance, nothing scheduled
+			}
+			if haveLast && v == last {
+				return nil // timeout_sec elapsed without a change
+			}
+			obs, err := Parse(key, v)
+			if err != nil {
+				w.metrics.invalidValues.WithLabelValues(string(key)).Inc()
+				log.Error(err, "ignoring metadata value")
+				return nil
+			}
+			last, haveLast = v, true
+			obs.At = w.clock.Now()
+			w.markReceived(key)
+			select {
+			case out <- obs:
+			case <-ctx.Done():
+			}
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		if nde := (metadata.NotDefinedError("")); errors.As(err, &nde) {
+			// 404 on the first GET: the key is not served (upcoming
+			// maintenance on machine families without it). Treat as empty.
+			w.touch(key)
+			if !haveLast || last != "" {
+				if obs, perr := Parse(key, ""); perr == nil {
+					last, haveLast = "", true
+					obs.At = w.clock.Now()
+					w.markReceived(key)
+					select {
+					case out <- obs:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		} else {
+			w.metrics.watchErrors.WithLabelValues(string(key)).Inc()
+			log.V(1).Info("metadata watch failed; retrying", "error", fmt.Sprint(err), "failures", failures+1)
+		}
+		failures++
+		if !w.sleep(ctx, w.backoff(failures)) {
+			return
+		}
+	}
+}
+
+func (w *Watcher) backoff(failures int) time.Duration {
+	d := w.cfg.BackoffBase << min(failures-1, 16)
+	if d > w.cfg.BackoffCap || d <= 0 {
+		d = w.cfg.BackoffCap
+	}
+	// Full jitter over the upper half keeps a fleet of agents from
+	// retrying in lockstep after a metadata server restart.
+	return d/2 + rand.N(d/2+1)
+}
+
+func (w *Watcher) sleep(ctx context.Context, d time.Duration) bool {
+	t := w.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C():
+		return true
+	}
+}
+
+func (w *Watcher) touch(key Key) {
+	w.mu.Lock()
+	w.contact[key] = w.clock.Now()
+	w.mu.Unlock()
+}
+
+func (w *Watcher) markReceived(key Key) {
+	w.mu.Lock()
+	w.received[key] = true
+	w.mu.Unlock()
+}
+
+// Synced reports whether a first value of every key has been read.
+func (w *Watcher) Synced() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.received) == len(Keys)
+}
+
+// Alive returns an error unless every key heard from the metadata server
+// within PollTimeout plus a margin: hanging GETs end at least that often.
+func (w *Watcher) Alive() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	limit := w.cfg.PollTimeout + 30*time.Second
+	for _, k := range Keys {
+		seen, ok := w.contact[k]
+		if !ok {
+			return fmt.Errorf("no answer yet for %s", k)
+		}
+		if age := w.clock.Since(seen); age > limit {
+			return fmt.Errorf("no answer for %s in %s", k, age.Round(time.Second))
+		}
+	}
+	return nil
+}

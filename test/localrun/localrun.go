@@ -1,0 +1,112 @@
+// Package localrun runs termgate's own binary on the local cluster the way
+// the manifests run it on a real one: one agent process per node, each with
+// its own NODE_NAME and GCE_METADATA_HOST, and the same flags.
+package localrun
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/proc"
+)
+
+// Build compiles cmd/termgate into dir and returns the binary's path.
+func Build(ctx context.Context, dir string) (string, error) {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "termgate")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/termgate")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build termgate: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// Agent is one running `termgate agent` process.
+type Agent struct {
+	Node string
+	// Addr is the host:port of its /healthz, /readyz and /metrics.
+	Addr string
+	proc *proc.Process
+}
+
+// AgentSpec says how to start an agent.
+type AgentSpec struct {
+	Binary       string
+	Dir          string // log directory
+	Kubeconfig   string
+	Node         string
+	MetadataHost string   // the fake metadata server of this node
+	Flags        []string // extra flags, e.g. --preemption-notice=10s
+}
+
+// StartAgent starts an agent and waits until it reports ready, or until the
+// agent's own start-up budget passes.
+func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
+	ports, err := proc.FreePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig, "--listen=" + addr, "--zap-log-level=info"}, s.Flags...)
+	env := []string{"NODE_NAME=" + s.Node, "GCE_METADATA_HOST=" + s.MetadataHost}
+	p, err := proc.Start(s.Dir, "agent-"+s.Node, env, s.Binary, args...)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{Node: s.Node, Addr: addr, proc: p}
+	if err := a.waitReady(ctx); err != nil {
+		a.Stop()
+		return nil, err
+	}
+	return a, nil
+}
+
+// waitReady polls /readyz. Ten seconds covers the agent's cache sync and
+// first metadata reads many times over; more means it is broken.
+func (a *Agent) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	hc := &http.Client{Timeout: time.Second}
+	for {
+		if gone, err := a.proc.Exited(); gone {
+			return err
+		}
+		if resp, err := hc.Get("http://" + a.Addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agent on %s not ready (log: %s): %w", a.Node, a.proc.LogPath(), ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Stop ends the agent gracefully.
+func (a *Agent) Stop() { a.proc.Stop(5 * time.Second) }
+
+// Kill ends the agent with SIGKILL, as an OOM kill or node crash would.
+func (a *Agent) Kill() { a.proc.Kill() }
+
+// LogPath is the agent's log file.
+func (a *Agent) LogPath() string { return a.proc.LogPath() }
+
+// Log returns the agent's output so far.
+func (a *Agent) Log() string {
+	b, _ := os.ReadFile(a.proc.LogPath())
+	return string(b)
+}
