@@ -48,6 +48,8 @@ type Config struct {
 	MinDeleteGrace time.Duration
 	// DryRun sends every eviction and delete with dryRun=All: the API server
 	// checks them (permissions, disruption budgets) but changes nothing.
+	// Since no pod leaves, Run walks the whole timeline, each pod evicted
+	// and escalated once, and ends with ErrDeadlinePassed.
 	DryRun bool
 	// Metrics receives drain metrics; nil records none.
 	Metrics *Metrics

@@ -67,6 +67,9 @@ type Result struct {
 // derives everything from mark and the pods it sees, so calling it again
 // after a crash, with the same mark, resumes the drain.
 func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
+	if d.client == nil || d.pods == nil || d.clk == nil {
+		return Result{}, errors.New("drain: New needs a client, a pod source and a clock")
+	}
 	began := d.clk.Now()
 	if err := d.cfg.Validate(); err != nil {
 		return Result{}, fmt.Errorf("drain config: %w", err)

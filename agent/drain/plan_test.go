@@ -149,3 +149,23 @@ func deref(p *int64) any {
 	}
 	return *p
 }
+
+// BenchmarkClassify measures one pass over a busy node: the drain repeats it
+// on every pod change, so it must stay far below a millisecond.
+func BenchmarkClassify(b *testing.B) {
+	var pods []*corev1.Pod
+	for i := range 110 {
+		opts := []func(*corev1.Pod){}
+		switch i % 5 {
+		case 0:
+			opts = append(opts, inNamespace("kube-system"))
+		case 1:
+			opts = append(opts, tolerating(10))
+		}
+		pods = append(pods, pod("p", opts...))
+	}
+	s := newSchedule(testMark, Config{}.WithDefaults())
+	for b.Loop() {
+		classify(pods, notice, s, corev1.TaintEffectNoSchedule)
+	}
+}

@@ -110,3 +110,6 @@ func (a *Agent) Log() string {
 	b, _ := os.ReadFile(a.proc.LogPath())
 	return string(b)
 }
+
+// PID is the agent's process ID.
+func (a *Agent) PID() int { return a.proc.PID() }

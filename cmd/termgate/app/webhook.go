@@ -6,4 +6,6 @@ import (
 )
 
 // runWebhook is filled in by the webhook work.
-func runWebhook(ctx context.Context, args []string) error { return errors.New("webhook: not built yet") }
+func runWebhook(ctx context.Context, args []string) error {
+	return errors.New("webhook: not built yet")
+}

@@ -1,0 +1,84 @@
+package watch
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	cases := map[string]struct {
+		key  Key
+		raw  string
+		want Kind
+	}{
+		"preempted FALSE is clear":                     {KeyPreempted, "FALSE", KindClear},
+		"preempted TRUE is a termination":              {KeyPreempted, "TRUE", KindTerminate},
+		"a trailing newline is tolerated":              {KeyPreempted, "TRUE\n", KindTerminate},
+		"maintenance NONE is clear":                    {KeyMaintenanceEvent, "NONE", KindClear},
+		"live migration is not a termination":          {KeyMaintenanceEvent, "MIGRATE_ON_HOST_MAINTENANCE", KindMigrate},
+		"terminate on host maintenance is a notice":    {KeyMaintenanceEvent, "TERMINATE_ON_HOST_MAINTENANCE", KindTerminate},
+		"the legacy shutdown form is a notice":         {KeyMaintenanceEvent, "SHUTDOWN_ON_HOST_MAINTENANCE", KindTerminate},
+		"no upcoming maintenance reads as empty":       {KeyUpcomingMaintenance, "", KindClear},
+		"an empty JSON object means nothing scheduled": {KeyUpcomingMaintenance, "{}", KindClear},
+		"the server's not-yet error means nothing":     {KeyUpcomingMaintenance, `{"error":{"message":"no notifications have been received yet"}}`, KindClear},
+		"a scheduled window is announced": {KeyUpcomingMaintenance,
+			`{"type":"SCHEDULED","maintenance_status":"PENDING","window_start_time":"2026-11-26T10:00:00Z","window_end_time":"2026-11-26T14:00:00Z"}`, KindScheduled},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			o, err := Parse(tc.key, tc.raw)
+			if err != nil {
+				t.Fatalf("Parse(%s, %q): %v", tc.key, tc.raw, err)
+			}
+			if o.Kind != tc.want {
+				t.Fatalf("kind %s, want %s", o.Kind, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseWindowTimes(t *testing.T) {
+	o, err := Parse(KeyUpcomingMaintenance, `{"type":"SCHEDULED","window_start_time":"2026-11-26T10:00:00Z","window_end_time":"2026-11-26T14:00:00Z"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC); !o.Window.Start.Equal(want) {
+		t.Fatalf("window start %s, want %s", o.Window.Start, want)
+	}
+}
+
+func TestParseRefusesWhatItCannotUnderstand(t *testing.T) {
+	cases := map[string]struct {
+		key Key
+		raw string
+	}{
+		"a lower-case boolean":            {KeyPreempted, "true"},
+		"garbage bytes":                   {KeyPreempted, "\x00\xffgarbage"},
+		"an empty preempted value":        {KeyPreempted, ""},
+		"an unknown maintenance event":    {KeyMaintenanceEvent, "TERMINATE_SOON"},
+		"truncated JSON":                  {KeyUpcomingMaintenance, `{"window_start_time":"2026-11-26T10:00:00Z"`},
+		"a window start that is not time": {KeyUpcomingMaintenance, `{"type":"SCHEDULED","window_start_time":"tomorrow"}`},
+		"an unknown key":                  {Key("instance/name"), "vm-1"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			if o, err := Parse(tc.key, tc.raw); err == nil {
+				t.Fatalf("Parse(%s, %q) = %s, want an error", tc.key, tc.raw, o.Kind)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"TRUE", "FALSE", "NONE", "TERMINATE_ON_HOST_MAINTENANCE", "{}", `{"window_start_time":"2026-11-26T10:00:00Z"}`, "\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		for _, k := range Keys {
+			o, err := Parse(k, raw)
+			if err == nil && o.Kind == KindScheduled && o.Window == nil {
+				t.Fatalf("%s %q: scheduled without a window", k, raw)
+			}
+		}
+	})
+}

@@ -1,0 +1,50 @@
+package nodemark_test
+
+import (
+	"testing"
+	"time"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+func TestMarkRoundTripsThroughAnnotations(t *testing.T) {
+	notice := time.Date(2026, 11, 25, 14, 0, 0, 123_000_000, time.UTC)
+	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted,
+		NoticeTime: notice, Deadline: notice.Add(30 * time.Second), BootID: "b-1"}
+	got, ok, err := nodemark.Read(m.Annotations())
+	if !ok || err != nil {
+		t.Fatalf("Read = %v, %v", ok, err)
+	}
+	if got.State != m.State || got.Reason != m.Reason || got.BootID != m.BootID ||
+		!got.NoticeTime.Equal(m.NoticeTime) || !got.Deadline.Equal(m.Deadline) {
+		t.Fatalf("got %+v, want %+v", got, m)
+	}
+}
+
+func TestReadReportsMalformedMarks(t *testing.T) {
+	cases := map[string]map[string]string{
+		"an unknown state":   {nodemark.AnnotationState: "melting"},
+		"a missing deadline": {nodemark.AnnotationState: "terminating", nodemark.AnnotationNoticeTime: "2026-11-25T14:00:00Z"},
+		"an unparsable time": {nodemark.AnnotationState: "terminating", nodemark.AnnotationNoticeTime: "yesterday", nodemark.AnnotationDeadline: "2026-11-25T14:00:00Z"},
+	}
+	for name, annotations := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, ok, err := nodemark.Read(annotations); !ok || err == nil {
+				t.Fatalf("Read = ok %v, err %v; want a present but malformed mark", ok, err)
+			}
+		})
+	}
+	if _, ok, err := nodemark.Read(map[string]string{"other": "x"}); ok || err != nil {
+		t.Fatalf("unmarked node: ok %v, err %v", ok, err)
+	}
+}
+
+func FuzzRead(f *testing.F) {
+	f.Add("terminating", "2026-11-25T14:00:00.000Z", "2026-11-25T14:00:30.000Z")
+	f.Add("advance", "", "x")
+	f.Fuzz(func(t *testing.T, state, notice, deadline string) {
+		_, _, _ = nodemark.Read(map[string]string{
+			nodemark.AnnotationState: state, nodemark.AnnotationNoticeTime: notice, nodemark.AnnotationDeadline: deadline,
+		})
+	})
+}
