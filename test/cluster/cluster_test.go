@@ -74,13 +74,30 @@ func TestEvictionHonoursPodDisruptionBudget(t *testing.T) {
 	c := cl(t)
 	ctx := context.Background()
 	ns := kit.Namespace(t, c.Client)
-	if _, err := c.Client.AppsV1().Deployments(ns).Create(ctx, kit.Deployment(ns, "web", 2), metav1.CreateOptions{}); err != nil {
+	// The pods go to one node through a label that is removed once they run,
+	// so replacements stay Pending and cannot refill the budget between the
+	// two evictions.
+	pool := map[string]string{"termgate.dev/pdb-test": ns}
+	setLabel := func(v *string) {
+		t.Helper()
+		val := "null"
+		if v != nil {
+			val = fmt.Sprintf("%q", *v)
+		}
+		body := fmt.Sprintf(`{"metadata":{"labels":{"termgate.dev/pdb-test":%s}}}`, val)
+		if _, err := c.Client.CoreV1().Nodes().Patch(ctx, "spot-0", "application/merge-patch+json", []byte(body), metav1.PatchOptions{}); err != nil {
+			t.Fatalf("label node: %v", err)
+		}
+	}
+	setLabel(&ns)
+	if _, err := c.Client.AppsV1().Deployments(ns).Create(ctx, kit.Deployment(ns, "web", 2, kit.NodeSelector(pool)), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
 	if _, err := c.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, kit.PDB(ns, "web", 1), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create PDB: %v", err)
 	}
 	pods := kit.ExpectPodsRunning(t, c.Client, ns, map[string]string{"app": "web"}, 2, 60*time.Second)
+	setLabel(nil)
 	kit.Eventually(t, 30*time.Second, "PDB allows one disruption", func(ctx context.Context) (bool, string, error) {
 		pdb, err := c.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {
