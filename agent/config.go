@@ -6,6 +6,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"termgate.dev/termgate/nodemark"
 )
 
 // Config holds the agent's decisions about notices and deadlines. Drain
@@ -50,10 +52,8 @@ func (c Config) Validate() error {
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("node name is empty: set NODE_NAME from the downward API (spec.nodeName) or --node-name"))
 	}
-	switch c.TaintEffect {
-	case corev1.TaintEffectNoSchedule, corev1.TaintEffectNoExecute, corev1.TaintEffectPreferNoSchedule:
-	default:
-		errs = append(errs, fmt.Errorf("taint effect %q: want NoSchedule, PreferNoSchedule or NoExecute", c.TaintEffect))
+	if err := nodemark.ValidateEffect(c.TaintEffect); err != nil {
+		errs = append(errs, err)
 	}
 	for name, d := range map[string]time.Duration{
 		"preemption notice": c.PreemptionNotice, "maintenance budget": c.MaintenanceBudget,

@@ -122,6 +122,15 @@ func parseTime(annotations map[string]string, key string) (time.Time, error) {
 	return t, nil
 }
 
+// ValidateEffect checks a configured taint effect.
+func ValidateEffect(effect corev1.TaintEffect) error {
+	switch effect {
+	case corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute:
+		return nil
+	}
+	return fmt.Errorf("taint effect %q: want NoSchedule, PreferNoSchedule or NoExecute", effect)
+}
+
 // Taint returns the termination taint with the given effect.
 func Taint(effect corev1.TaintEffect) corev1.Taint {
 	return corev1.Taint{Key: TaintKey, Effect: effect}

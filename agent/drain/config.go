@@ -6,6 +6,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"termgate.dev/termgate/nodemark"
 )
 
 // Defaults for the timing knobs. They fit a 30 s Spot notice: the regular
@@ -87,10 +89,8 @@ func (c Config) Validate() error {
 	if c.NodeName == "" {
 		errs = append(errs, errors.New("node name is empty"))
 	}
-	switch c.TaintEffect {
-	case corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute:
-	default:
-		errs = append(errs, fmt.Errorf("taint effect %q: want NoSchedule, PreferNoSchedule or NoExecute", c.TaintEffect))
+	if err := nodemark.ValidateEffect(c.TaintEffect); err != nil {
+		errs = append(errs, err)
 	}
 	if c.SystemGrace < 0 {
 		errs = append(errs, fmt.Errorf("system grace %s is negative", c.SystemGrace))

@@ -127,6 +127,16 @@ func markPatch(n *corev1.Node, m nodemark.Mark, effect corev1.TaintEffect) ([]by
 	}
 	taints := withoutOurTaint(n.Spec.Taints)
 	taints = append(taints, corev1.Taint{Key: nodemark.TaintKey, Value: string(m.Reason), Effect: effect})
+	return nodePatch(n, annotations, labels, taints)
+}
+
+// nodePatch is a strategic-merge patch guarded by n's resourceVersion: the
+// whole taint list (atomic in the API), annotations and labels key by key
+// (nil deletes a key).
+func nodePatch(n *corev1.Node, annotations, labels map[string]any, taints []corev1.Taint) ([]byte, error) {
+	if taints == nil {
+		taints = []corev1.Taint{}
+	}
 	return json.Marshal(map[string]any{
 		"metadata": map[string]any{
 			"resourceVersion": n.ResourceVersion,
@@ -153,17 +163,7 @@ func unmarkPatch(n *corev1.Node) ([]byte, error) {
 	if len(annotations) == 0 && len(labels) == 0 && len(taints) == len(n.Spec.Taints) {
 		return nil, nil
 	}
-	if taints == nil {
-		taints = []corev1.Taint{}
-	}
-	return json.Marshal(map[string]any{
-		"metadata": map[string]any{
-			"resourceVersion": n.ResourceVersion,
-			"annotations":     annotations,
-			"labels":          labels,
-		},
-		"spec": map[string]any{"taints": taints},
-	})
+	return nodePatch(n, annotations, labels, taints)
 }
 
 func withoutOurTaint(taints []corev1.Taint) []corev1.Taint {

@@ -1,0 +1,110 @@
+package mark
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+func node(labels, annotations map[string]string, taints ...corev1.Taint) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n", ResourceVersion: "42", Labels: labels, Annotations: annotations},
+		Spec:       corev1.NodeSpec{Taints: taints},
+	}
+}
+
+// apply applies a patch the way the API server would.
+func apply(t *testing.T, n *corev1.Node, patch []byte) *corev1.Node {
+	t.Helper()
+	orig, _ := json.Marshal(n)
+	out, err := strategicpatch.StrategicMergePatch(orig, patch, corev1.Node{})
+	if err != nil {
+		t.Fatalf("apply patch: %v", err)
+	}
+	var got corev1.Node
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	return &got
+}
+
+var gpuTaint = corev1.Taint{Key: "nvidia.com/gpu", Value: "present", Effect: corev1.TaintEffectNoSchedule}
+
+var preempted = nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted,
+	NoticeTime: time.Unix(1000, 0), Deadline: time.Unix(1030, 0), BootID: "b"}
+
+func TestMarkKeepsOtherTaintsAndGuardsWithResourceVersion(t *testing.T) {
+	n := node(nil, nil, gpuTaint)
+	patch, err := markPatch(n, preempted, corev1.TaintEffectNoSchedule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		Metadata struct{ ResourceVersion string } `json:"metadata"`
+	}
+	_ = json.Unmarshal(patch, &body)
+	if body.Metadata.ResourceVersion != "42" {
+		t.Fatalf("patch not guarded by resourceVersion: %s", patch)
+	}
+	got := apply(t, n, patch)
+	if len(got.Spec.Taints) != 2 || got.Spec.Taints[0] != gpuTaint || got.Spec.Taints[1].Key != nodemark.TaintKey {
+		t.Fatalf("taints %v: want the GPU taint kept and ours added", got.Spec.Taints)
+	}
+	if got.Labels[nodemark.LabelExcludeFromLB] != "true" || got.Annotations[nodemark.AnnotationLBLabelAdded] != "true" {
+		t.Fatalf("labels %v annotations %v", got.Labels, got.Annotations)
+	}
+}
+
+func TestMarkTwiceAddsOneTaint(t *testing.T) {
+	n := node(nil, nil)
+	p1, _ := markPatch(n, preempted, corev1.TaintEffectNoSchedule)
+	once := apply(t, n, p1)
+	p2, _ := markPatch(once, preempted, corev1.TaintEffectNoSchedule)
+	twice := apply(t, once, p2)
+	if len(twice.Spec.Taints) != 1 {
+		t.Fatalf("taints after two marks: %v", twice.Spec.Taints)
+	}
+}
+
+func TestUnmarkRemovesExactlyWhatMarkAdded(t *testing.T) {
+	userLabel := map[string]string{nodemark.LabelExcludeFromLB: "true", "team": "ml"}
+	cases := map[string]struct {
+		before    *corev1.Node
+		wantLabel bool
+	}{
+		"a label termgate added is removed":              {node(map[string]string{"team": "ml"}, nil, gpuTaint), false},
+		"a label the user had set before stays in place": {node(userLabel, nil, gpuTaint), true},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			p, _ := markPatch(tc.before, preempted, corev1.TaintEffectNoSchedule)
+			marked := apply(t, tc.before, p)
+			up, err := unmarkPatch(marked)
+			if err != nil || up == nil {
+				t.Fatalf("unmark patch: %s, %v", up, err)
+			}
+			got := apply(t, marked, up)
+			if _, has := got.Labels[nodemark.LabelExcludeFromLB]; has != tc.wantLabel {
+				t.Fatalf("load-balancer label present %v, want %v", has, tc.wantLabel)
+			}
+			if got.Labels["team"] != "ml" || len(got.Spec.Taints) != 1 || got.Spec.Taints[0] != gpuTaint {
+				t.Fatalf("unmark touched what was not ours: labels %v taints %v", got.Labels, got.Spec.Taints)
+			}
+			if _, marked, _ := nodemark.Read(got.Annotations); marked || len(got.Annotations) != 0 {
+				t.Fatalf("annotations left: %v", got.Annotations)
+			}
+		})
+	}
+}
+
+func TestUnmarkOfAnUnmarkedNodeSendsNothing(t *testing.T) {
+	if p, err := unmarkPatch(node(nil, nil, gpuTaint)); p != nil || err != nil {
+		t.Fatalf("got patch %s, %v; want none", p, err)
+	}
+}
