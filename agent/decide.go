@@ -45,6 +45,11 @@ func decide(cfg Config, s signals, node *corev1.Node, now time.Time) decision {
 		return decision{}
 	}
 	d.mark.BootID = bootID
+	// The Node records milliseconds; deciding at the same precision makes
+	// the mark read back from the Node equal to the one that was written,
+	// so a running drain is recognised as the drain for it.
+	d.mark.NoticeTime = d.mark.NoticeTime.Truncate(time.Millisecond)
+	d.mark.Deadline = d.mark.Deadline.Truncate(time.Millisecond)
 	if cur, ok, err := nodemark.Read(node.Annotations); ok && err == nil &&
 		cur.Reason == d.mark.Reason && cur.State == d.mark.State && cur.BootID == bootID {
 		d.mark.NoticeTime, d.mark.Deadline = cur.NoticeTime, cur.Deadline

@@ -149,3 +149,17 @@ func TestSignalsUnknownUntilEveryKeyIsRead(t *testing.T) {
 		t.Fatal("known with a key never read")
 	}
 }
+
+// The mark read back from the Node must equal the decision that wrote it,
+// or the agent would restart the drain at every Node update.
+func TestDecisionSurvivesTheRoundTripThroughTheNode(t *testing.T) {
+	cfg := DefaultConfig()
+	s := clearSignals()
+	at := t0.Add(1234567891 * time.Nanosecond)
+	s[watch.KeyPreempted] = watch.Observation{Kind: watch.KindTerminate, At: at}
+	first := decide(cfg, s, testNode(nil, nil), at).mark
+	again := decide(cfg, s, testNode(nil, first.Annotations()), at.Add(time.Second)).mark
+	if !sameMark(*first, *again) {
+		t.Fatalf("decided %+v, then %+v after writing it", *first, *again)
+	}
+}

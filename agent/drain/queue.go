@@ -171,6 +171,10 @@ func (q *evictionQueue) work(ctx context.Context, it *item) {
 	}
 }
 
+// callTimeout bounds one API call; client-go may wait out a Retry-After
+// (10 s while a budget is being recomputed) inside it.
+const callTimeout = 15 * time.Second
+
 // attempt makes one API call while holding a concurrency slot.
 func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) {
 	select {
@@ -179,11 +183,18 @@ func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) 
 		return outcomeError, ctx.Err()
 	}
 	defer func() { <-q.sem }()
+	// A call under way is never cut short, even when the item is cancelled
+	// (superseded by a delete, drain stopped): the API server records an
+	// eviction in the PodDisruptionBudget before it deletes the pod, and a
+	// request abandoned between the two leaves the budget counting a running
+	// pod as disrupted for minutes. Each call gets its own bounded context.
+	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
+	defer cancel()
 	var err error
 	if it.act == actDelete {
-		err = q.callDelete(ctx, it.pod)
+		err = q.callDelete(callCtx, it.pod)
 	} else {
-		err = q.callEvict(ctx, it.pod)
+		err = q.callEvict(callCtx, it.pod)
 	}
 	if err == nil {
 		return outcomeAccepted, nil
