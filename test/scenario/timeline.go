@@ -85,12 +85,22 @@ func (t *Timeline) Since() time.Duration {
 
 // Add records an event now.
 func (t *Timeline) Add(kind Kind, subject, detail string) {
+	t.AddAt(time.Time{}, kind, subject, detail)
+}
+
+// AddAt records an event that happened at a known time (zero means now):
+// what a component reports about itself is more exact than when its report
+// arrived.
+func (t *Timeline) AddAt(at time.Time, kind Kind, subject, detail string) {
 	t.mu.Lock()
 	if t.notice.IsZero() {
 		t.mu.Unlock()
 		return
 	}
-	e := Event{At: t.clock.Since(t.notice), Kind: kind, Subject: subject, Detail: detail}
+	if at.IsZero() {
+		at = t.clock.Now()
+	}
+	e := Event{At: at.Sub(t.notice), Kind: kind, Subject: subject, Detail: detail}
 	t.events = append(t.events, e)
 	close(t.changed)
 	t.changed = make(chan struct{})

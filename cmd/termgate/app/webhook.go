@@ -3,9 +3,447 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+
+	"termgate.dev/termgate/certs"
+	"termgate.dev/termgate/certs/certmanager"
+	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/webhook"
+	"termgate.dev/termgate/webhook/confine"
+	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/review"
 )
 
-// runWebhook is filled in by the webhook work.
+// Certificate modes.
+const (
+	CertModeSelfManaged = "self-managed"
+	CertModeCertManager = "cert-manager"
+	CertModeFiles       = "files"
+)
+
+// WebhookOptions are the webhook's flags.
+type WebhookOptions struct {
+	Kubeconfig    string
+	BindAddress   string
+	HealthAddress string
+	MetricsAddr   string
+	QPS           float64
+	Burst         int
+
+	TaintEffect        string
+	AgentUsername      string
+	ConfineDenyOnError bool
+
+	ShutdownDelay   time.Duration
+	ShutdownTimeout time.Duration
+
+	Namespace         string
+	ServiceName       string
+	WebhookConfigName string
+	CertMode          string
+	CertDir           string
+	CertSecret        string
+	CertHosts         string
+	CAValidity        time.Duration
+	CARenewBefore     time.Duration
+	CertValidity      time.Duration
+	CertRenewBefore   time.Duration
+	CertResync        time.Duration
+	CertSyncInterval  time.Duration
+	CertificateName   string
+
+	LeaseName          string
+	LeaseDuration      time.Duration
+	LeaseRenewDeadline time.Duration
+	LeaseRetryPeriod   time.Duration
+	LeaseQPS           float64
+	LeaseBurst         int
+
+	LogFormat string
+	LogLevel  int
+}
+
+// NewWebhookOptions returns the defaults.
+func NewWebhookOptions() *WebhookOptions {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "termgate"
+	}
+	return &WebhookOptions{
+		BindAddress:        ":9443",
+		HealthAddress:      ":8081",
+		MetricsAddr:        ":8080",
+		QPS:                20,
+		Burst:              40,
+		TaintEffect:        string(corev1.TaintEffectNoSchedule),
+		AgentUsername:      "system:serviceaccount:termgate:termgate-agent",
+		ShutdownDelay:      5 * time.Second,
+		ShutdownTimeout:    20 * time.Second,
+		Namespace:          ns,
+		ServiceName:        "termgate-webhook",
+		WebhookConfigName:  "termgate",
+		CertMode:           CertModeSelfManaged,
+		CertDir:            "/var/run/termgate/certs",
+		CertSecret:         "termgate-webhook-certs",
+		CAValidity:         10 * 365 * 24 * time.Hour,
+		CARenewBefore:      365 * 24 * time.Hour,
+		CertValidity:       90 * 24 * time.Hour,
+		CertRenewBefore:    30 * 24 * time.Hour,
+		CertResync:         time.Minute,
+		CertSyncInterval:   10 * time.Second,
+		CertificateName:    "termgate-webhook-serving",
+		LeaseName:          "termgate-webhook-certs",
+		LeaseDuration:      15 * time.Second,
+		LeaseRenewDeadline: 10 * time.Second,
+		LeaseRetryPeriod:   2 * time.Second,
+		LeaseQPS:           5,
+		LeaseBurst:         10,
+		LogFormat:          "json",
+	}
+}
+
+// AddFlags binds the options to fs.
+func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "Address the HTTPS admission server listens on.")
+	fs.StringVar(&o.HealthAddress, "health-probe-bind-address", o.HealthAddress, "Address serving /healthz and /readyz; \"0\" disables.")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address serving Prometheus /metrics; \"0\" disables.")
+	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for pod reads and certificate work.")
+	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for pod reads and certificate work.")
+	fs.StringVar(&o.TaintEffect, "taint-effect", o.TaintEffect, "Effect of the termination taint the agent writes (NoSchedule or NoExecute); decides which tolerations count.")
+	fs.StringVar(&o.AgentUsername, "agent-username", o.AgentUsername, "User name of the agent's service account, confined to its own node.")
+	fs.BoolVar(&o.ConfineDenyOnError, "confine-deny-on-error", o.ConfineDenyOnError, "Refuse an agent eviction when the pod cannot be read (fail closed); default allows.")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "Time between turning not-ready and closing the server, so callers stop sending first.")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "Longest wait for requests in flight at shutdown.")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the webhook (secret, lease, certificate); defaults to $POD_NAMESPACE or termgate.")
+	fs.StringVar(&o.ServiceName, "service-name", o.ServiceName, "Service in front of the webhook; names the serving certificate.")
+	fs.StringVar(&o.WebhookConfigName, "webhook-config-name", o.WebhookConfigName, "Name of the Validating- and MutatingWebhookConfiguration that get the CA bundle.")
+	fs.StringVar(&o.CertMode, "cert-mode", o.CertMode, "Where the serving certificate comes from: self-managed, cert-manager or files.")
+	fs.StringVar(&o.CertDir, "cert-dir", o.CertDir, "Directory holding tls.crt and tls.key, reloaded on change.")
+	fs.StringVar(&o.CertSecret, "cert-secret", o.CertSecret, "self-managed: Secret holding the CA and serving pair.")
+	fs.StringVar(&o.CertHosts, "cert-hosts", o.CertHosts, "self-managed: comma-separated DNS names and IPs of the serving certificate; empty uses the Service's names.")
+	fs.DurationVar(&o.CAValidity, "ca-validity", o.CAValidity, "self-managed: lifetime of a new CA.")
+	fs.DurationVar(&o.CARenewBefore, "ca-renew-before", o.CARenewBefore, "self-managed: replace the CA this long before it expires.")
+	fs.DurationVar(&o.CertValidity, "cert-validity", o.CertValidity, "self-managed: lifetime of a serving certificate.")
+	fs.DurationVar(&o.CertRenewBefore, "cert-renew-before", o.CertRenewBefore, "self-managed: renew the serving certificate this long before it expires.")
+	fs.DurationVar(&o.CertResync, "cert-resync", o.CertResync, "self-managed: how often the leader re-checks the Secret and re-injects a drifted CA bundle.")
+	fs.DurationVar(&o.CertSyncInterval, "cert-sync-interval", o.CertSyncInterval, "self-managed: how often each replica copies the Secret to --cert-dir.")
+	fs.StringVar(&o.CertificateName, "certificate-name", o.CertificateName, "cert-manager: the serving Certificate whose Ready condition gates readiness.")
+	fs.StringVar(&o.LeaseName, "leader-election-lease", o.LeaseName, "self-managed: Lease electing the one replica that writes certificates.")
+	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", o.LeaseDuration, "Lease duration.")
+	fs.DurationVar(&o.LeaseRenewDeadline, "leader-election-renew-deadline", o.LeaseRenewDeadline, "Lease renew deadline.")
+	fs.DurationVar(&o.LeaseRetryPeriod, "leader-election-retry-period", o.LeaseRetryPeriod, "Lease retry period.")
+	fs.Float64Var(&o.LeaseQPS, "leader-election-qps", o.LeaseQPS, "Client QPS reserved for the lease.")
+	fs.IntVar(&o.LeaseBurst, "leader-election-burst", o.LeaseBurst, "Client burst reserved for the lease.")
+	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "Log format: json or text.")
+	fs.IntVar(&o.LogLevel, "v", o.LogLevel, "Log verbosity: 0 decisions that deny and lifecycle, 1 details, 2 every decision.")
+}
+
+// Validate checks the options once at start-up.
+func (o *WebhookOptions) Validate() error {
+	var errs []error
+	switch corev1.TaintEffect(o.TaintEffect) {
+	case corev1.TaintEffectNoSchedule, corev1.TaintEffectNoExecute, corev1.TaintEffectPreferNoSchedule:
+	default:
+		errs = append(errs, fmt.Errorf("--taint-effect %q: want NoSchedule, NoExecute or PreferNoSchedule", o.TaintEffect))
+	}
+	switch o.CertMode {
+	case CertModeSelfManaged:
+		errs = append(errs, o.rotatorOptions().Validate())
+		if o.CertSyncInterval <= 0 {
+			errs = append(errs, errors.New("--cert-sync-interval must be positive"))
+		}
+		if o.LeaseRenewDeadline >= o.LeaseDuration || o.LeaseRetryPeriod <= 0 {
+			errs = append(errs, errors.New("leader election: renew deadline must be shorter than the lease duration and the retry period positive"))
+		}
+	case CertModeCertManager:
+		if o.CertificateName == "" {
+			errs = append(errs, errors.New("--certificate-name is required with --cert-mode=cert-manager"))
+		}
+	case CertModeFiles:
+	default:
+		errs = append(errs, fmt.Errorf("--cert-mode %q: want self-managed, cert-manager or files", o.CertMode))
+	}
+	if o.LogFormat != "json" && o.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("--log-format %q: want json or text", o.LogFormat))
+	}
+	if o.CertDir == "" {
+		errs = append(errs, errors.New("--cert-dir is required"))
+	}
+	if o.BindAddress == "" || o.BindAddress == "0" {
+		errs = append(errs, errors.New("--bind-address is required"))
+	}
+	if o.ShutdownDelay < 0 || o.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--shutdown-delay must not be negative and --shutdown-timeout must be positive"))
+	}
+	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 {
+		errs = append(errs, errors.New("client QPS and burst must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *WebhookOptions) hosts() []string {
+	if o.CertHosts != "" {
+		var hs []string
+		for _, h := range strings.Split(o.CertHosts, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hs = append(hs, h)
+			}
+		}
+		return hs
+	}
+	svc := o.ServiceName + "." + o.Namespace
+	return []string{svc + ".svc", svc + ".svc.cluster.local"}
+}
+
+func (o *WebhookOptions) rotatorOptions() selfmanaged.Options {
+	return selfmanaged.Options{
+		Namespace:         o.Namespace,
+		SecretName:        o.CertSecret,
+		WebhookConfigName: o.WebhookConfigName,
+		Hosts:             o.hosts(),
+		CAValidity:        o.CAValidity,
+		CARenewBefore:     o.CARenewBefore,
+		CertValidity:      o.CertValidity,
+		CertRenewBefore:   o.CertRenewBefore,
+		Resync:            o.CertResync,
+	}
+}
+
+// runWebhook parses flags and serves until ctx ends.
 func runWebhook(ctx context.Context, args []string) error {
-	return errors.New("webhook: not built yet")
+	o := NewWebhookOptions()
+	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("webhook: unexpected arguments %v", fs.Args())
+	}
+	if err := o.Validate(); err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	logger := newLogger(o).WithName("webhook")
+	// controller-runtime's own components (certwatcher) log through its
+	// global logger; set it here, in wiring, once.
+	log.SetLogger(logger)
+	return serveWebhook(log.IntoContext(ctx, logger), o, clock.RealClock{})
+}
+
+// newLogger logs structured records to stderr through log/slog; logr's
+// V(n) maps to slog level -n.
+func newLogger(o *WebhookOptions) logr.Logger {
+	opts := &slog.HandlerOptions{Level: slog.Level(-o.LogLevel)}
+	var h slog.Handler = slog.NewJSONHandler(os.Stderr, opts)
+	if o.LogFormat == "text" {
+		h = slog.NewTextHandler(os.Stderr, opts)
+	}
+	return logr.FromSlogHandler(h)
+}
+
+// WebhookDeps are the clients serveWebhook builds from the options; tests
+// pass their own.
+type webhookDeps struct {
+	kube     kubernetes.Interface
+	lease    kubernetes.Interface
+	metadata metadata.Interface
+	ctrl     client.Client
+}
+
+func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = float32(o.QPS), o.Burst
+	cfg.UserAgent = "termgate-webhook"
+	d := &webhookDeps{}
+	if d.kube, err = kubernetes.NewForConfig(cfg); err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	if d.metadata, err = metadata.NewForConfig(cfg); err != nil {
+		return nil, fmt.Errorf("metadata client: %w", err)
+	}
+	leaseCfg := rest.CopyConfig(cfg)
+	leaseCfg.QPS, leaseCfg.Burst = float32(o.LeaseQPS), o.LeaseBurst
+	if d.lease, err = kubernetes.NewForConfig(leaseCfg); err != nil {
+		return nil, fmt.Errorf("lease client: %w", err)
+	}
+	if o.CertMode == CertModeCertManager {
+		scheme := runtime.NewScheme()
+		if err := cmapi.AddToScheme(scheme); err != nil {
+			return nil, fmt.Errorf("cert-manager scheme: %w", err)
+		}
+		if d.ctrl, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+			return nil, fmt.Errorf("cert-manager client: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// serveWebhook runs every component until ctx ends or one fails.
+func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error {
+	deps, err := newWebhookDeps(o)
+	if err != nil {
+		return err
+	}
+	logger := log.FromContext(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	metrics, err := review.NewMetrics(ctrlmetrics.Registry)
+	if err != nil {
+		return err
+	}
+	nodes := nodecache.New(deps.metadata)
+	reloader := certs.NewReloader(o.CertDir, clk)
+	server := &webhook.Server{
+		Handler: webhook.Handler(webhook.Config{
+			Nodes:       nodes,
+			Pods:        webhook.APIPods{Client: deps.kube},
+			TaintEffect: corev1.TaintEffect(o.TaintEffect),
+			Agent:       confine.Options{Username: o.AgentUsername, DenyOnError: o.ConfineDenyOnError},
+			Metrics:     metrics,
+			Log:         logger,
+			Clock:       clk,
+		}),
+		TLSConfig:       certs.ServerConfig(reloader.GetCertificate),
+		ShutdownDelay:   o.ShutdownDelay,
+		ShutdownTimeout: o.ShutdownTimeout,
+		Clock:           clk,
+	}
+	checks := []webhook.Check{
+		{Name: "serving-certificate", Fn: reloader.Loaded},
+		{Name: "node-cache", Fn: func() error {
+			if !nodes.HasSynced() {
+				return errors.New("node cache not synced")
+			}
+			return nil
+		}},
+		{Name: "shutdown", Fn: server.Draining},
+	}
+
+	ln, err := net.Listen("tcp", o.BindAddress)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.BindAddress, err)
+	}
+	g := newGroup(cancel)
+	g.goErr("node cache", func() error { return nodes.Start(ctx) })
+	g.goErr("certificate reloader", func() error { return reloader.Start(ctx) })
+	checks = append(checks, startCertSource(ctx, g, o, deps, clk)...)
+	if o.HealthAddress != "0" && o.HealthAddress != "" {
+		probes := webhook.Probes(checks)
+		g.goErr("health probes", func() error { return serveHTTP(ctx, o.HealthAddress, probes) })
+	}
+	if o.MetricsAddr != "0" && o.MetricsAddr != "" {
+		mm := http.NewServeMux()
+		mm.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
+		g.goErr("metrics", func() error { return serveHTTP(ctx, o.MetricsAddr, mm) })
+	}
+	g.goErr("webhook server", func() error { return server.Serve(ctx, ln) })
+	return g.wait()
+}
+
+// startCertSource starts what provides the serving pair in the chosen mode
+// and returns the readiness checks it adds.
+func startCertSource(ctx context.Context, g *group, o *WebhookOptions, deps *webhookDeps, clk clock.Clock) []webhook.Check {
+	switch o.CertMode {
+	case CertModeSelfManaged:
+		syncer := selfmanaged.NewSyncer(deps.kube, o.Namespace, o.CertSecret, o.CertDir, o.CertSyncInterval, clk)
+		g.goErr("certificate syncer", func() error { syncer.Run(ctx); return nil })
+		rotator := selfmanaged.NewRotator(deps.kube, o.rotatorOptions(), clk)
+		rotator.OnSecretWritten(syncer.Kick)
+		lo := selfmanaged.LeaderOptions{
+			Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: identity(),
+			LeaseDuration: o.LeaseDuration, RenewDeadline: o.LeaseRenewDeadline, RetryPeriod: o.LeaseRetryPeriod,
+		}
+		g.goErr("certificate leader", func() error { return selfmanaged.RunLeader(ctx, deps.lease, lo, rotator.Run) })
+	case CertModeCertManager:
+		st := certmanager.New(deps.ctrl, types.NamespacedName{Namespace: o.Namespace, Name: o.CertificateName}, 10*time.Second, clk)
+		g.goErr("cert-manager status", func() error { st.Run(ctx); return nil })
+		return []webhook.Check{{Name: "cert-manager-certificate", Fn: st.Ready}}
+	}
+	return nil
+}
+
+// identity names this replica in the lease: the pod name when set.
+func identity() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return h + "_" + rand.String(6)
+}
+
+// serveHTTP serves a plain HTTP endpoint (probes, metrics) until ctx ends.
+func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve %s: %w", addr, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return nil
+}
+
+// group runs components; the first failure cancels the rest.
+type group struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	err    error
+}
+
+func newGroup(cancel context.CancelFunc) *group { return &group{cancel: cancel} }
+
+func (g *group) goErr(name string, fn func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := fn(); err != nil {
+			g.mu.Lock()
+			if g.err == nil {
+				g.err = fmt.Errorf("%s: %w", name, err)
+			}
+			g.mu.Unlock()
+			g.cancel()
+		}
+	}()
+}
+
+func (g *group) wait() error {
+	g.wg.Wait()
+	return g.err
 }

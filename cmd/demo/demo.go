@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/scenario"
+)
+
+// Exit codes.
+const (
+	exitHeld        = 0
+	exitNotHeld     = 1
+	exitBroken      = 2
+	exitInterrupted = 130
+)
+
+// options are the demo's flags.
+type options struct {
+	nodes     int
+	scenario  string
+	keep      bool
+	out       string
+	gpuBudget time.Duration
+}
+
+func parseFlags(args []string) (options, error) {
+	o := options{}
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.IntVar(&o.nodes, "nodes", 6, "kwok nodes: half Spot, one GPU, the rest on-demand (at least 4 for every scenario)")
+	fs.StringVar(&o.scenario, "scenario", "all", "scenario to play: all, or one of "+strings.Join(scenarioNames(), ", "))
+	fs.BoolVar(&o.keep, "keep", false, "leave the cluster up after the scenarios and print its kubeconfig, until Ctrl-C")
+	fs.StringVar(&o.out, "out", "", "directory of report.json and timeline.svg (default bin/demo in the repository)")
+	fs.DurationVar(&o.gpuBudget, "gpu-budget", 45*time.Second, "GPU maintenance deadline given to the agents (GCE gives 60m; shortened to fit a demo)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if o.nodes < 1 {
+		fmt.Fprintln(fs.Output(), "--nodes must be at least 1")
+		return o, errors.New("bad --nodes")
+	}
+	if _, err := o.selected(); err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		return o, err
+	}
+	return o, nil
+}
+
+func scenarioNames() []string {
+	var names []string
+	for _, s := range scenario.All() {
+		names = append(names, s.Name)
+	}
+	return names
+}
+
+func (o options) selected() ([]scenario.Scenario, error) {
+	if o.scenario == "all" {
+		return scenario.All(), nil
+	}
+	s, ok := scenario.Find(o.scenario)
+	if !ok {
+		return nil, fmt.Errorf("--scenario %q: want all or one of %s", o.scenario, strings.Join(scenarioNames(), ", "))
+	}
+	return []scenario.Scenario{s}, nil
+}
+
+// run plays the demo and returns the exit code. Every process it starts is
+// stopped by its defers, whatever happens.
+func run(ctx context.Context, o options, out io.Writer) int {
+	con := newConsole(out, isTerminal(out))
+	scenarios, _ := o.selected()
+	nodes := cluster.DefaultNodes(o.nodes)
+	con.headline(nodes, scenarios)
+
+	outDir, err := o.outDir()
+	if err != nil {
+		return con.broken(err)
+	}
+	workDir, err := os.MkdirTemp("", "termgate-demo-")
+	if err != nil {
+		return con.broken(err)
+	}
+	defer os.RemoveAll(workDir)
+
+	c, binary, err := startClusterAndBuild(ctx, con, workDir, nodes)
+	if err != nil {
+		return con.broken(err)
+	}
+	defer c.Stop()
+	env, err := scenario.StartEnv(ctx, scenario.EnvOptions{
+		Cluster: c, Nodes: nodes, Binary: binary, AcceleratorBudget: o.gpuBudget, Namespace: "shop", Say: con.step, Warn: con.warn,
+	})
+	if err != nil {
+		return con.broken(err)
+	}
+	defer env.Stop()
+	con.note("GPU maintenance deadline shortened to %s by --accelerator-maintenance-budget (GCE gives 60m)", o.gpuBudget)
+
+	results, err := play(ctx, env, scenarios, con)
+	rep := newReport(o.nodes, env, results)
+	if werr := rep.write(outDir); werr != nil {
+		con.note("could not write the report: %v", werr)
+	} else {
+		con.note("wrote %s and %s", filepath.Join(outDir, reportFile), filepath.Join(outDir, svgFile))
+	}
+	con.summary(results)
+	code := verdict(ctx, con, results, err)
+	if o.keep && ctx.Err() == nil {
+		con.keep(c.Kubeconfig, env.LogPaths())
+		<-ctx.Done()
+	}
+	return code
+}
+
+func (o options) outDir() (string, error) {
+	if o.out != "" {
+		return o.out, os.MkdirAll(o.out, 0o755)
+	}
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(root, "bin", "demo")
+	return dir, os.MkdirAll(dir, 0o755)
+}
+
+// startClusterAndBuild starts the cluster while termgate compiles.
+func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes []cluster.NodeSpec) (*cluster.Cluster, string, error) {
+	type built struct {
+		bin string
+		err error
+		d   time.Duration
+	}
+	done := make(chan built, 1)
+	go func() {
+		began := time.Now()
+		bin, err := localrun.Build(ctx, dir)
+		done <- built{bin, err, time.Since(began)}
+	}()
+	began := time.Now()
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes})
+	if err != nil {
+		<-done
+		return nil, "", fmt.Errorf("start the local cluster: %w", err)
+	}
+	con.step("local cluster Ready: etcd, kube-apiserver, scheduler, controller-manager (v1.37.2) and kwok with %d nodes (%s)",
+		len(nodes), time.Since(began).Round(time.Millisecond))
+	b := <-done
+	if b.err != nil {
+		c.Stop()
+		return nil, "", b.err
+	}
+	con.step("built termgate (%s)", b.d.Round(time.Millisecond))
+	return c, b.bin, nil
+}
+
+// play runs the scenarios one after the other.
+func play(ctx context.Context, env *scenario.Env, scenarios []scenario.Scenario, con *console) ([]*scenario.Result, error) {
+	var results []*scenario.Result
+	for _, s := range scenarios {
+		if ctx.Err() != nil {
+			break
+		}
+		res, err := scenario.Run(ctx, env, s, con.observer(len(scenarios)))
+		if res != nil {
+			con.result(res)
+			results = append(results, res)
+		}
+		if err != nil {
+			return results, fmt.Errorf("scenario %s: %w", s.Name, err)
+		}
+		if err := env.Healthy(); err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// verdict prints the outcome and picks the exit code.
+func verdict(ctx context.Context, con *console, results []*scenario.Result, err error) int {
+	switch {
+	case ctx.Err() != nil:
+		con.note("interrupted: stopping every process the demo started")
+		return exitInterrupted
+	case err != nil:
+		return con.broken(err)
+	}
+	var failed []string
+	for _, r := range results {
+		for _, f := range r.Failures() {
+			failed = append(failed, r.Name+": "+f)
+		}
+	}
+	if len(failed) > 0 {
+		con.failures(failed)
+		return exitNotHeld
+	}
+	con.note("every expectation held")
+	return exitHeld
+}

@@ -1,0 +1,77 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func parseWebhookFlags(t *testing.T, args ...string) (*WebhookOptions, error) {
+	t.Helper()
+	o := NewWebhookOptions()
+	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return o, o.Validate()
+}
+
+func TestWebhookDefaultsAreValid(t *testing.T) {
+	o, err := parseWebhookFlags(t)
+	if err != nil {
+		t.Fatalf("defaults refused: %v", err)
+	}
+	if o.CertMode != CertModeSelfManaged || o.TaintEffect != "NoSchedule" || o.ShutdownDelay != 5*time.Second {
+		t.Fatalf("unexpected defaults %+v", o)
+	}
+	if got := o.hosts(); len(got) != 2 || got[0] != "termgate-webhook.termgate.svc" {
+		t.Fatalf("default hosts %v", got)
+	}
+}
+
+func TestWebhookFlagsAreValidated(t *testing.T) {
+	tests := map[string]struct {
+		args []string
+		want string
+	}{
+		"An unknown certificate mode is refused.":              {args: []string{"--cert-mode=vault"}, want: "--cert-mode"},
+		"An unknown taint effect is refused.":                  {args: []string{"--taint-effect=Sometimes"}, want: "--taint-effect"},
+		"Renewing after the certificate expired is refused.":   {args: []string{"--cert-validity=1h", "--cert-renew-before=2h"}, want: "renew-before"},
+		"A lease renew deadline past its duration is refused.": {args: []string{"--leader-election-renew-deadline=20s"}, want: "leader election"},
+		"An empty certificate directory is refused.":           {args: []string{"--cert-dir="}, want: "--cert-dir"},
+		"A negative shutdown delay is refused.":                {args: []string{"--shutdown-delay=-1s"}, want: "--shutdown-delay"},
+		"cert-manager mode needs the Certificate's name.":      {args: []string{"--cert-mode=cert-manager", "--certificate-name="}, want: "--certificate-name"},
+		"An unknown log format is refused.":                    {args: []string{"--log-format=xml"}, want: "--log-format"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := parseWebhookFlags(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestWebhookCertHostsFlagOverridesTheServiceNames(t *testing.T) {
+	o, err := parseWebhookFlags(t, "--cert-hosts=127.0.0.1, webhook.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.hosts(); len(got) != 2 || got[0] != "127.0.0.1" || got[1] != "webhook.local" {
+		t.Fatalf("hosts %v", got)
+	}
+}
+
+func TestWebhookHelpIsNotAnError(t *testing.T) {
+	err := runWebhook(context.Background(), []string{"--help"})
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("got %v, want flag.ErrHelp (Run turns it into success)", err)
+	}
+}

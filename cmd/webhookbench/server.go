@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"termgate.dev/termgate/certs"
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/webhook"
+	"termgate.dev/termgate/webhook/confine"
+	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/review"
+)
+
+// serve runs the real webhook handler and server with a filled node cache
+// and an in-memory pod source standing in for the API server's GET.
+func serve(ctx context.Context, o options) error {
+	// certwatcher logs through controller-runtime's global logger.
+	ctrllog.SetLogger(logr.Discard())
+	store := nodecache.NewStore()
+	now := time.Now()
+	for i := range o.nodes {
+		var ann map[string]string
+		if o.marked > 0 && i%o.marked == 0 {
+			ann = nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted,
+				NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "bench"}.Annotations()
+		}
+		if err := store.Add(nodecache.NodeMeta(nodeName(i), ann)); err != nil {
+			return err
+		}
+	}
+	metrics, err := review.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	reloader := certs.NewReloader(o.certDir, clock.RealClock{})
+	srv := &webhook.Server{
+		Handler: webhook.Handler(webhook.Config{
+			Nodes: nodecache.NewFromStore(store), Pods: memPods{}, TaintEffect: corev1.TaintEffectNoSchedule,
+			Agent: confine.Options{Username: "system:serviceaccount:termgate:termgate-agent"}, Metrics: metrics,
+			Log: logr.Discard(), Clock: clock.RealClock{},
+		}),
+		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
+		Clock:     clock.RealClock{},
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = reloader.Start(ctx) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	// The parent waits for this line before it sends load; the reloader
+	// loads the files on its first poll, which the parent's warm-up covers.
+	for reloader.Loaded() != nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(os.Stdout, "listening %s\n", ln.Addr())
+	return srv.Serve(ctx, ln)
+}
+
+func nodeName(i int) string { return "node-" + strconv.Itoa(i) }
+
+// memPods answers every slow-path read with a pod that tolerates nothing.
+type memPods struct{}
+
+func (memPods) GetPod(_ context.Context, namespace, name string) (*corev1.Pod, error) {
+	p := &corev1.Pod{}
+	p.Name, p.Namespace = name, namespace
+	return p, nil
+}

@@ -1,0 +1,325 @@
+package localrun
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/proc"
+)
+
+// WebhookSpec says how to start the webhook.
+type WebhookSpec struct {
+	Binary     string
+	Dir        string // log and certificate directory
+	Kubeconfig string
+	// Client registers the webhook configurations.
+	Client kubernetes.Interface
+	// Manifests holds the shipped webhook configurations; defaults to the
+	// repository's manifests/base.
+	Manifests string
+	// Namespace holds the webhook's certificate Secret and lease; created
+	// if missing. Defaults to termgate.
+	Namespace string
+	Flags     []string // extra flags
+}
+
+// Webhook is one running `termgate webhook` process, registered with the
+// API server through the shipped configurations, rewritten to call it on
+// loopback.
+type Webhook struct {
+	// Addr is the host:port of the HTTPS admission server.
+	Addr string
+	// HealthAddr serves /healthz and /readyz.
+	HealthAddr string
+	// ConfigName names the Validating- and MutatingWebhookConfiguration.
+	ConfigName string
+
+	client kubernetes.Interface
+	proc   *proc.Process
+}
+
+// StartWebhook registers the shipped webhook configurations with a URL
+// pointing at a free loopback port, starts the webhook with self-managed
+// certificates for 127.0.0.1, and waits until it is ready and its CA is
+// injected into every registered webhook.
+func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
+	if s.Namespace == "" {
+		s.Namespace = "termgate"
+	}
+	if s.Manifests == "" {
+		root, err := cluster.RepoRoot()
+		if err != nil {
+			return nil, err
+		}
+		s.Manifests = filepath.Join(root, "manifests", "base")
+	}
+	configs, err := LoadWebhookConfigurations(s.Manifests)
+	if err != nil {
+		return nil, err
+	}
+	ports, err := proc.FreePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	w := &Webhook{
+		Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), HealthAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
+		ConfigName: configs.Name, client: s.Client,
+	}
+	if err := ensureNamespace(ctx, s.Client, s.Namespace); err != nil {
+		return nil, err
+	}
+	configs.PointAt("https://" + w.Addr)
+	if err := configs.register(ctx, s.Client); err != nil {
+		return nil, err
+	}
+	args := append([]string{"webhook",
+		"--kubeconfig=" + s.Kubeconfig,
+		"--bind-address=" + w.Addr,
+		"--health-probe-bind-address=" + w.HealthAddr,
+		"--metrics-bind-address=127.0.0.1:" + strconv.Itoa(ports[2]),
+		"--namespace=" + s.Namespace,
+		"--cert-mode=self-managed",
+		"--cert-dir=" + filepath.Join(s.Dir, "webhook-certs"),
+		"--cert-hosts=127.0.0.1",
+		"--webhook-config-name=" + configs.Name,
+		"--log-format=text",
+		// Nothing load-balances to a loopback process: no need to keep
+		// serving after turning not-ready.
+		"--shutdown-delay=0s",
+	}, s.Flags...)
+	if w.proc, err = proc.Start(s.Dir, "webhook", []string{"POD_NAMESPACE=" + s.Namespace, "POD_NAME=webhook-local"}, s.Binary, args...); err != nil {
+		w.unregister()
+		return nil, err
+	}
+	if err := w.waitReady(ctx); err != nil {
+		w.Stop()
+		return nil, err
+	}
+	return w, nil
+}
+
+func ensureNamespace(ctx context.Context, c kubernetes.Interface, ns string) error {
+	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
+// waitReady polls /readyz and the configurations' caBundle. Thirty seconds
+// covers leader election, certificate generation and injection many times
+// over; more means the webhook is broken.
+func (w *Webhook) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	hc := &http.Client{Timeout: time.Second}
+	var last string
+	for {
+		if gone, err := w.proc.Exited(); gone {
+			return err
+		}
+		last = w.notReady(ctx, hc)
+		if last == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("webhook not ready (%s; log: %s): %w", last, w.proc.LogPath(), ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// notReady says what the webhook still lacks, or "" when it is ready.
+func (w *Webhook) notReady(ctx context.Context, hc *http.Client) string {
+	resp, err := hc.Get("http://" + w.HealthAddr + "/readyz?verbose")
+	if err != nil {
+		return "readyz: " + err.Error()
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "readyz: " + string(bytes.TrimSpace(body))
+	}
+	if missing := w.missingBundles(ctx); missing != "" {
+		return "no CA bundle injected into " + missing
+	}
+	// The API server dials the same address with the injected CA; one
+	// handshake here proves the serving certificate is in place.
+	conn, err := tls.Dial("tcp", w.Addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only checks that TLS is served
+	if err != nil {
+		return "TLS: " + err.Error()
+	}
+	conn.Close()
+	return ""
+}
+
+func (w *Webhook) missingBundles(ctx context.Context) string {
+	v, err := w.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, w.ConfigName, metav1.GetOptions{})
+	if err == nil {
+		for _, h := range v.Webhooks {
+			if len(h.ClientConfig.CABundle) == 0 {
+				return h.Name
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return err.Error()
+	}
+	m, err := w.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, w.ConfigName, metav1.GetOptions{})
+	if err == nil {
+		for _, h := range m.Webhooks {
+			if len(h.ClientConfig.CABundle) == 0 {
+				return h.Name
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return err.Error()
+	}
+	return ""
+}
+
+// Stop ends the webhook and removes its configurations, so the API server
+// stops calling an address nothing serves.
+func (w *Webhook) Stop() {
+	w.unregister()
+	w.proc.Stop(5 * time.Second)
+}
+
+func (w *Webhook) unregister() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = w.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(ctx, w.ConfigName, metav1.DeleteOptions{})
+	_ = w.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, w.ConfigName, metav1.DeleteOptions{})
+}
+
+// Exited returns an error if the webhook process has ended.
+func (w *Webhook) Exited() error {
+	if gone, err := w.proc.Exited(); gone {
+		return err
+	}
+	return nil
+}
+
+// LogPath is the webhook's log file.
+func (w *Webhook) LogPath() string { return w.proc.LogPath() }
+
+// WebhookConfigurations are the shipped admission registrations.
+type WebhookConfigurations struct {
+	// Name is shared by both configurations: the webhook injects its CA
+	// into the configurations of that name.
+	Name       string
+	Validating *admissionv1.ValidatingWebhookConfiguration
+	Mutating   *admissionv1.MutatingWebhookConfiguration
+}
+
+// LoadWebhookConfigurations reads every YAML file of dir and keeps the
+// Validating- and MutatingWebhookConfiguration.
+func LoadWebhookConfigurations(dir string) (*WebhookConfigurations, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("list manifests in %s: %w", dir, err)
+	}
+	c := &WebhookConfigurations{}
+	for _, f := range files {
+		if err := c.load(f); err != nil {
+			return nil, err
+		}
+	}
+	if c.Validating == nil && c.Mutating == nil {
+		return nil, fmt.Errorf("no webhook configuration in %s", dir)
+	}
+	if c.Validating != nil && c.Mutating != nil && c.Validating.Name != c.Mutating.Name {
+		return nil, fmt.Errorf("webhook configurations named %q and %q: the webhook injects its CA into one name", c.Validating.Name, c.Mutating.Name)
+	}
+	return c, nil
+}
+
+func (c *WebhookConfigurations) load(file string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", file, err)
+	}
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("parse %s: %w", file, err)
+		}
+		switch u.GetKind() {
+		case "ValidatingWebhookConfiguration":
+			c.Validating = &admissionv1.ValidatingWebhookConfiguration{}
+			err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, c.Validating)
+			c.Name = c.Validating.Name
+		case "MutatingWebhookConfiguration":
+			c.Mutating = &admissionv1.MutatingWebhookConfiguration{}
+			err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, c.Mutating)
+			c.Name = c.Mutating.Name
+		}
+		if err != nil {
+			return fmt.Errorf("parse %s in %s: %w", u.GetKind(), file, err)
+		}
+	}
+}
+
+// PointAt replaces every webhook's Service reference by a URL on base
+// (scheme and host), keeping its path, and clears the CA bundle for the
+// webhook to inject.
+func (c *WebhookConfigurations) PointAt(base string) {
+	url := func(cc *admissionv1.WebhookClientConfig) {
+		path := ""
+		if cc.Service != nil && cc.Service.Path != nil {
+			path = *cc.Service.Path
+		}
+		u := base + path
+		cc.Service, cc.URL, cc.CABundle = nil, &u, nil
+	}
+	if c.Validating != nil {
+		for i := range c.Validating.Webhooks {
+			url(&c.Validating.Webhooks[i].ClientConfig)
+		}
+	}
+	if c.Mutating != nil {
+		for i := range c.Mutating.Webhooks {
+			url(&c.Mutating.Webhooks[i].ClientConfig)
+		}
+	}
+}
+
+// register creates the configurations, replacing any left by an earlier run.
+func (c *WebhookConfigurations) register(ctx context.Context, client kubernetes.Interface) error {
+	api := client.AdmissionregistrationV1()
+	if c.Validating != nil {
+		_ = api.ValidatingWebhookConfigurations().Delete(ctx, c.Name, metav1.DeleteOptions{})
+		if _, err := api.ValidatingWebhookConfigurations().Create(ctx, c.Validating, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("register ValidatingWebhookConfiguration %s: %w", c.Name, err)
+		}
+	}
+	if c.Mutating != nil {
+		_ = api.MutatingWebhookConfigurations().Delete(ctx, c.Name, metav1.DeleteOptions{})
+		if _, err := api.MutatingWebhookConfigurations().Create(ctx, c.Mutating, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("register MutatingWebhookConfiguration %s: %w", c.Name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,212 @@
+package scenario
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/gcefake"
+	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
+)
+
+// EnvOptions say what to run beside a started local cluster.
+type EnvOptions struct {
+	Cluster *cluster.Cluster
+	// Nodes are the cluster's nodes (what cluster.Options.Nodes held).
+	Nodes []cluster.NodeSpec
+	// Binary is the termgate binary (localrun.Build).
+	Binary string
+	// AcceleratorBudget shortens the GPU maintenance deadline (GCE gives
+	// an hour) so the scenario fits a demo; passed to every agent as
+	// --accelerator-maintenance-budget.
+	AcceleratorBudget time.Duration
+	// Namespace of the workload; created if missing.
+	Namespace string
+	// Say reports set-up steps and Warn what did not start; nil says nothing.
+	Say, Warn func(format string, args ...any)
+}
+
+// Env is the local cluster with termgate running on it the way it runs on a
+// real one: a fake metadata server per node, one agent process per node, the
+// webhook registered with the API server, and a workload.
+type Env struct {
+	Cluster  *cluster.Cluster
+	Client   kubernetes.Interface
+	Fleet    *gcefake.Fleet
+	Nodes    []cluster.NodeSpec
+	Workload *Workload
+	// Webhook is nil when it could not start; WebhookErr says why. The
+	// scenarios that need it then fail instead of pretending.
+	Webhook    *localrun.Webhook
+	WebhookErr error
+	// AgentFlags are the flags every agent runs with.
+	AgentFlags        []string
+	AcceleratorBudget time.Duration
+
+	agents []*localrun.Agent
+}
+
+// StartEnv starts everything beside the cluster. On error, whatever started
+// is stopped again.
+func StartEnv(ctx context.Context, o EnvOptions) (e *Env, err error) {
+	if o.Say == nil {
+		o.Say = func(string, ...any) {}
+	}
+	if o.Warn == nil {
+		o.Warn = o.Say
+	}
+	if o.AcceleratorBudget <= 0 {
+		o.AcceleratorBudget = 45 * time.Second
+	}
+	e = &Env{
+		Cluster: o.Cluster, Client: o.Cluster.Client, Fleet: gcefake.NewFleet(), Nodes: o.Nodes,
+		AcceleratorBudget: o.AcceleratorBudget,
+		AgentFlags:        []string{"--accelerator-maintenance-budget=" + o.AcceleratorBudget.String()},
+	}
+	defer func() {
+		if err != nil {
+			e.Stop()
+		}
+	}()
+	if err := e.startMetadata(); err != nil {
+		return nil, err
+	}
+	began := time.Now()
+	e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
+		Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: o.Cluster.Kubeconfig, Client: o.Cluster.Client,
+	})
+	if e.WebhookErr != nil {
+		o.Warn("webhook NOT running (the pinned-pod scenario will fail): %v", e.WebhookErr)
+	} else {
+		o.Say("webhook serving on %s, self-managed CA injected, configurations registered (%s)", e.Webhook.Addr, since(began))
+	}
+	began = time.Now()
+	if err := e.startAgents(ctx, o.Binary); err != nil {
+		return nil, err
+	}
+	o.Say("%d agents ready, one per node, flags %v (%s)", len(e.agents), e.AgentFlags, since(began))
+	began = time.Now()
+	if err := awaitSchedulable(ctx, e.Client, e.Nodes); err != nil {
+		return nil, err
+	}
+	if e.Workload, err = DeployWorkload(ctx, e.Client, o.Namespace, e.Nodes); err != nil {
+		return nil, err
+	}
+	o.Say("workload Ready: %s (%s)", e.Workload.Summary, since(began))
+	return e, nil
+}
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
+
+func (e *Env) startMetadata() error {
+	for _, n := range e.Nodes {
+		_, err := e.Fleet.Add(gcefake.Instance{
+			Name: n.Name, Zone: n.Zone, MachineType: n.MachineType, Preemptible: n.Spot, Accelerator: n.Accelerator,
+		})
+		if err != nil {
+			return fmt.Errorf("fake metadata server for %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
+// startAgents starts one agent per node, all at once: each waits for its
+// own cache sync and first metadata reads.
+func (e *Env) startAgents(ctx context.Context, binary string) error {
+	agents := make([]*localrun.Agent, len(e.Nodes))
+	errs := make([]error, len(e.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range e.Nodes {
+		md, _ := e.Fleet.Get(n.Name)
+		wg.Go(func() {
+			agents[i], errs[i] = localrun.StartAgent(ctx, localrun.AgentSpec{
+				Binary: binary, Dir: e.Cluster.Dir, Kubeconfig: e.Cluster.Kubeconfig,
+				Node: n.Name, MetadataHost: md.Host(), Flags: e.AgentFlags,
+			})
+		})
+	}
+	wg.Wait()
+	for _, a := range agents {
+		if a != nil {
+			e.agents = append(e.agents, a)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Metadata returns the fake metadata server of a node.
+func (e *Env) Metadata(node string) (*gcefake.Server, error) {
+	s, ok := e.Fleet.Get(node)
+	if !ok {
+		return nil, fmt.Errorf("no metadata server for node %s", node)
+	}
+	return s, nil
+}
+
+// Healthy returns an error if the cluster or the webhook has exited.
+func (e *Env) Healthy() error {
+	errs := []error{e.Cluster.Healthy()}
+	if e.Webhook != nil {
+		errs = append(errs, e.Webhook.Exited())
+	}
+	return errors.Join(errs...)
+}
+
+// LogPaths names the log of every process the environment started.
+func (e *Env) LogPaths() []string {
+	var paths []string
+	for _, a := range e.agents {
+		paths = append(paths, a.LogPath())
+	}
+	if e.Webhook != nil {
+		paths = append(paths, e.Webhook.LogPath())
+	}
+	return paths
+}
+
+// Stop stops the agents and the webhook (in parallel: each may take its
+// shutdown grace) and closes the metadata servers. The cluster is the
+// caller's. Safe to call more than once.
+func (e *Env) Stop() {
+	var wg sync.WaitGroup
+	for _, a := range e.agents {
+		wg.Go(a.Stop)
+	}
+	if e.Webhook != nil {
+		wg.Go(e.Webhook.Stop)
+	}
+	wg.Wait()
+	e.agents, e.Webhook = nil, nil
+	_ = e.Fleet.Close()
+}
+
+// awaitSchedulable waits until every node is Ready and free of the
+// node-lifecycle taints (not-ready, unreachable) that the controller-manager
+// removes a few seconds after a node turns Ready. A workload deployed before
+// that piles onto the first nodes to clear, and the scenarios would drain
+// empty nodes.
+func awaitSchedulable(ctx context.Context, c kubernetes.Interface, nodes []cluster.NodeSpec) error {
+	const budget = 30 * time.Second // the node monitor period is 5 s
+	return kit.Poll(ctx, budget, func(ctx context.Context) (bool, string, error) {
+		for _, spec := range nodes {
+			n, err := c.CoreV1().Nodes().Get(ctx, spec.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, "", fmt.Errorf("read node %s: %w", spec.Name, err)
+			}
+			for _, t := range n.Spec.Taints {
+				if t.Effect != corev1.TaintEffectPreferNoSchedule {
+					return false, fmt.Sprintf("node %s still tainted %s:%s", n.Name, t.Key, t.Effect), nil
+				}
+			}
+		}
+		return true, "", nil
+	})
+}

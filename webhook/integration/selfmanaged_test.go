@@ -1,0 +1,174 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+
+	"termgate.dev/termgate/certs"
+	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/webhook"
+	"termgate.dev/termgate/webhook/confine"
+	"termgate.dev/termgate/webhook/review"
+)
+
+// TestSelfManagedCertificatesAreIssuedInjectedAndServed runs a second
+// webhook whose certificate comes only from the self-managed source: the
+// leader creates the Secret and injects the CA into its own pair of webhook
+// configurations (copies of the shipped ones, limited to one namespace), the
+// syncer writes the pair to disk, and the API server then calls it.
+func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	const configName = "termgate-self-managed-test"
+	ensureNamespace(t, "termgate")
+
+	registry := prometheus.NewRegistry()
+	metrics, err := review.NewMetrics(registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "certs")
+	reloader := certs.NewReloader(dir, clock.RealClock{})
+	srv := &webhook.Server{
+		Handler: webhook.Handler(webhook.Config{
+			Nodes: wh.nodes, Pods: webhook.APIPods{Client: env.Client}, TaintEffect: corev1.TaintEffectNoSchedule,
+			Agent: confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
+		}),
+		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
+		Clock:     clock.RealClock{},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerLimited(t, configName, ln.Addr().String(), ns)
+
+	rotator := selfmanaged.NewRotator(env.Client, selfmanaged.Options{
+		Namespace: "termgate", SecretName: "self-managed-test-certs", WebhookConfigName: configName,
+		Hosts: []string{"127.0.0.1"}, CAValidity: 24 * time.Hour, CARenewBefore: time.Hour,
+		CertValidity: 2 * time.Hour, CertRenewBefore: time.Hour, Resync: 200 * time.Millisecond,
+	}, clock.RealClock{})
+	syncer := selfmanaged.NewSyncer(env.Client, "termgate", "self-managed-test-certs", dir, 200*time.Millisecond, clock.RealClock{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 4)
+	t.Cleanup(func() {
+		cancel()
+		for range 4 {
+			<-done
+		}
+	})
+	go func() { _ = reloader.Start(ctx); done <- struct{}{} }()
+	go func() { syncer.Run(ctx); done <- struct{}{} }()
+	go func() { _ = srv.Serve(ctx, ln); done <- struct{}{} }()
+	go func() {
+		_ = selfmanaged.RunLeader(ctx, env.Client, selfmanaged.LeaderOptions{
+			Namespace: "termgate", LeaseName: "self-managed-test", Identity: "test",
+			LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		}, rotator.Run)
+		done <- struct{}{}
+	}()
+
+	kit.Eventually(t, 30*time.Second, "serving certificate written and loaded", func(context.Context) (bool, string, error) {
+		if err := reloader.Loaded(); err != nil {
+			return false, err.Error(), nil
+		}
+		return true, "", nil
+	})
+	kit.Eventually(t, 30*time.Second, "the API server calling the self-managed webhook", func(ctx context.Context) (bool, string, error) {
+		if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, kit.Pod(ns, "probe"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+			return false, err.Error(), nil
+		}
+		return decisions(t, registry, "drain-order") > 0, "no drain-order decision recorded", nil
+	})
+
+	// Drift: someone overwrites the bundle; the leader puts it back.
+	adm := env.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	if _, err := adm.Patch(ctx, configName, types.JSONPatchType, []byte(`[{"op":"replace","path":"/webhooks/0/clientConfig/caBundle","value":"c3RhbGU="}]`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kit.Eventually(t, 10*time.Second, "the CA bundle re-injected", func(ctx context.Context) (bool, string, error) {
+		secret, err := env.Client.CoreV1().Secrets("termgate").Get(ctx, "self-managed-test-certs", metav1.GetOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		v, err := adm.Get(ctx, configName, metav1.GetOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		return bytes.Equal(v.Webhooks[0].ClientConfig.CABundle, secret.Data[selfmanaged.KeyCA]), "bundle still drifted", nil
+	})
+}
+
+// registerLimited installs copies of the shipped configurations named name,
+// pointed at addr without a CA bundle, and limited to namespace ns so other
+// tests never call this webhook.
+func registerLimited(t *testing.T, name, addr, ns string) {
+	t.Helper()
+	v, m, err := shippedConfigurations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pointAt(v, m, addr, nil)
+	only := &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}
+	v.Name, m.Name = name, name
+	for i := range v.Webhooks {
+		v.Webhooks[i].NamespaceSelector = only
+	}
+	for i := range m.Webhooks {
+		m.Webhooks[i].NamespaceSelector = only
+	}
+	adm := env.Client.AdmissionregistrationV1()
+	if _, err := adm.ValidatingWebhookConfigurations().Create(t.Context(), v, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.MutatingWebhookConfigurations().Create(t.Context(), m, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = adm.ValidatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
+		_ = adm.MutatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+}
+
+func ensureNamespace(t *testing.T, name string) {
+	t.Helper()
+	_, err := env.Client.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+}
+
+// decisions sums termgate_webhook_decisions_total for gate in registry.
+func decisions(t *testing.T, registry *prometheus.Registry, gate string) float64 {
+	t.Helper()
+	families, err := registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != "termgate_webhook_decisions_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "gate" && l.GetValue() == gate {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}

@@ -1,0 +1,459 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+
+	"termgate.dev/termgate/certs"
+	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/kit"
+)
+
+// The scheduler retries a refused pod after at most 10 s of backoff; budgets
+// below leave room for two retries.
+const scheduleBudget = 30 * time.Second
+
+func tlsDial(addr string) (*tls.Conn, error) {
+	return tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only reads the served leaf
+}
+
+func ctx(t *testing.T) context.Context { return t.Context() }
+
+// nodeNames returns the cluster's nodes in a stable order.
+func nodeNames(t *testing.T) []string {
+	t.Helper()
+	list, err := env.Client.CoreV1().Nodes().List(ctx(t), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range list.Items {
+		names = append(names, n.Name)
+	}
+	if len(names) < 3 {
+		t.Fatalf("need 3 nodes, have %v", names)
+	}
+	return names
+}
+
+// markNode marks node as terminating the way the agent does (annotations
+// from nodemark, optionally the taint) and unmarks it when the test ends.
+// It waits until the webhook's cache has seen the mark.
+func markNode(t *testing.T, node string, taint bool) nodemark.Mark {
+	t.Helper()
+	now := time.Now()
+	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "test"}
+	patchNode(t, node, func(n *corev1.Node) {
+		if n.Annotations == nil {
+			n.Annotations = map[string]string{}
+		}
+		for k, v := range m.Annotations() {
+			n.Annotations[k] = v
+		}
+		if taint {
+			n.Spec.Taints = append(n.Spec.Taints, nodemark.Taint(corev1.TaintEffectNoSchedule))
+		}
+	})
+	t.Cleanup(func() { unmarkNode(t, node) })
+	kit.Eventually(t, 10*time.Second, "webhook cache sees "+node+" terminating", func(context.Context) (bool, string, error) {
+		n, _ := wh.nodes.Lookup(node)
+		return n.Terminating(), "not yet", nil
+	})
+	return m
+}
+
+func taintNode(t *testing.T, node string) {
+	t.Helper()
+	patchNode(t, node, func(n *corev1.Node) {
+		n.Spec.Taints = append(n.Spec.Taints, nodemark.Taint(corev1.TaintEffectNoSchedule))
+	})
+}
+
+func unmarkNode(t *testing.T, node string) {
+	patchNode(t, node, func(n *corev1.Node) {
+		for _, k := range nodemark.AnnotationKeys {
+			delete(n.Annotations, k)
+		}
+		var keep []corev1.Taint
+		for _, tn := range n.Spec.Taints {
+			if tn.Key != nodemark.TaintKey {
+				keep = append(keep, tn)
+			}
+		}
+		n.Spec.Taints = keep
+	})
+	kit.Eventually(t, 10*time.Second, "webhook cache sees "+node+" unmarked", func(context.Context) (bool, string, error) {
+		n, _ := wh.nodes.Lookup(node)
+		return !n.Terminating(), "still terminating", nil
+	})
+}
+
+func patchNode(t *testing.T, name string, mutate func(*corev1.Node)) {
+	t.Helper()
+	kit.Eventually(t, 10*time.Second, "update node "+name, func(ctx context.Context) (bool, string, error) {
+		n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		mutate(n)
+		_, err = env.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) {
+			return false, "conflict", nil
+		}
+		return err == nil, "", err
+	})
+}
+
+// waitSchedulable waits until no node carries a NoSchedule taint (the node
+// lifecycle controller taints fresh nodes until it has seen them Ready), so
+// the scheduler's choice depends only on what the test sets up.
+func waitSchedulable(t *testing.T) {
+	t.Helper()
+	kit.Eventually(t, 30*time.Second, "every node schedulable", func(ctx context.Context) (bool, string, error) {
+		list, err := env.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		for _, n := range list.Items {
+			for _, tn := range n.Spec.Taints {
+				if tn.Effect == corev1.TaintEffectNoSchedule || tn.Effect == corev1.TaintEffectNoExecute {
+					return false, n.Name + " has taint " + tn.Key, nil
+				}
+			}
+		}
+		return true, "", nil
+	})
+}
+
+func preferNode(node string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			PreferredDuringSchedulingIgnoredDuringExecution: []corev1.PreferredSchedulingTerm{{
+				Weight: 100,
+				Preference: corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{
+					Key: "kubernetes.io/hostname", Operator: corev1.NodeSelectorOpIn, Values: []string{node},
+				}}},
+			}},
+		}}
+	}
+}
+
+func createPod(t *testing.T, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	got, err := env.Client.CoreV1().Pods(pod.Namespace).Create(ctx(t), pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create pod %s: %v", pod.Name, err)
+	}
+	return got
+}
+
+func expectBound(t *testing.T, ns, name string, budget time.Duration) string {
+	t.Helper()
+	var node string
+	kit.Eventually(t, budget, "pod "+name+" bound", func(ctx context.Context) (bool, string, error) {
+		p, err := env.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		node = p.Spec.NodeName
+		return node != "", "unscheduled", nil
+	})
+	return node
+}
+
+func TestSchedulerBindOntoATerminatingNodeIsRefusedAndThePodLandsElsewhere(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	dying := nodeNames(t)[0]
+	waitSchedulable(t)
+	// The mark without the taint: the scheduler still likes the node, so
+	// only the webhook stands between the pod and the node.
+	markNode(t, dying, false)
+	createPod(t, kit.Pod(ns, "web", preferNode(dying)))
+
+	kit.Eventually(t, scheduleBudget, "a FailedScheduling event naming the terminating node", func(ctx context.Context) (bool, string, error) {
+		evs, err := env.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=web"})
+		if err != nil {
+			return false, "", err
+		}
+		var seen []string
+		for _, e := range evs.Items {
+			if e.Reason == "FailedScheduling" && strings.Contains(e.Message, "node "+dying+" is terminating") && strings.Contains(e.Message, "Preempted") {
+				return true, "", nil
+			}
+			seen = append(seen, e.Reason+": "+e.Message)
+		}
+		return false, strings.Join(seen, " | "), nil
+	})
+	if p, _ := env.Client.CoreV1().Pods(ns).Get(ctx(t), "web", metav1.GetOptions{}); p.Spec.NodeName == dying {
+		t.Fatalf("pod bound to the terminating node %s", dying)
+	}
+	// The agent's taint then steers the scheduler away.
+	taintNode(t, dying)
+	if node := expectBound(t, ns, "web", scheduleBudget); node == dying {
+		t.Fatalf("pod bound to the terminating node %s", dying)
+	}
+}
+
+func TestAPodThatToleratesTheTaintBindsOntoATerminatingNode(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	dying := nodeNames(t)[0]
+	markNode(t, dying, true)
+	createPod(t, kit.Pod(ns, "keeper",
+		kit.NodeSelector(map[string]string{"kubernetes.io/hostname": dying}),
+		kit.Tolerating(corev1.Toleration{Key: nodemark.TaintKey, Operator: corev1.TolerationOpExists})))
+	if node := expectBound(t, ns, "keeper", scheduleBudget); node != dying {
+		t.Fatalf("bound to %s, want %s", node, dying)
+	}
+}
+
+func TestPinnedPodsOntoATerminatingNode(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	dying := nodeNames(t)[0]
+	markNode(t, dying, true)
+
+	_, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), kit.Pod(ns, "pinned", kit.OnNode(dying)), metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "node "+dying+" is terminating") {
+		t.Fatalf("pinned pod: got %v, want a refusal naming the node", err)
+	}
+	mirror := kit.Pod(ns, "mirror", kit.OnNode(dying))
+	mirror.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: "static-hash"}
+	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), mirror, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("mirror pod refused: %v", err)
+	}
+	tolerating := kit.Pod(ns, "tolerating", kit.OnNode(dying), kit.Tolerating(corev1.Toleration{Operator: corev1.TolerationOpExists}))
+	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), tolerating, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("tolerating pinned pod refused: %v", err)
+	}
+}
+
+func TestDrainOrderIsStamped(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	plain := createPod(t, kit.Pod(ns, "plain"))
+	if got := plain.Annotations[nodemark.AnnotationDrainOrder]; got != "regular" {
+		t.Fatalf("plain pod stamped %q, want regular", got)
+	}
+	late := createPod(t, kit.Pod(ns, "late", kit.Tolerating(corev1.Toleration{Key: nodemark.TaintKey, Operator: corev1.TolerationOpExists,
+		Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](15)})))
+	if got := late.Annotations[nodemark.AnnotationDrainOrder]; got != "delayed:15s" {
+		t.Fatalf("pod tolerating the taint for 15s stamped %q, want delayed:15s", got)
+	}
+	keeper := createPod(t, kit.Pod(ns, "keeper", kit.Tolerating(corev1.Toleration{Key: nodemark.TaintKey, Operator: corev1.TolerationOpExists})))
+	if got := keeper.Annotations[nodemark.AnnotationDrainOrder]; got != "keep" {
+		t.Fatalf("tolerating pod stamped %q, want keep", got)
+	}
+	owned := kit.Pod(ns, "owned")
+	owned.Annotations = map[string]string{nodemark.AnnotationDrainOrder: "system"}
+	if got := createPod(t, owned).Annotations[nodemark.AnnotationDrainOrder]; got != "system" {
+		t.Fatalf("owner's value replaced by %q", got)
+	}
+	bad := kit.Pod(ns, "bad")
+	bad.Annotations = map[string]string{nodemark.AnnotationDrainOrder: "first"}
+	_, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), bad, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), `drain order "first"`) {
+		t.Fatalf("invalid drain order: got %v, want the parser's message", err)
+	}
+}
+
+func TestWithTheWebhookUnreachablePodsStillScheduleAndCreate(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	dying := nodeNames(t)[0]
+	markNode(t, dying, false)
+	// Point every registration at a port nobody listens on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	if err := wh.register(ctx(t), closed, wh.caPEM); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := wh.register(context.Background(), wh.addr, wh.caPEM); err != nil {
+			t.Errorf("re-register webhook: %v", err)
+		}
+		if err := wh.waitStamping(context.Background()); err != nil {
+			t.Errorf("webhook not back: %v", err)
+		}
+	})
+	createPod(t, kit.Pod(ns, "scheduled"))
+	expectBound(t, ns, "scheduled", scheduleBudget)
+	// Even the pinned pod onto the marked node passes: failurePolicy Ignore.
+	p := createPod(t, kit.Pod(ns, "pinned", kit.OnNode(dying)))
+	if _, stamped := p.Annotations[nodemark.AnnotationDrainOrder]; stamped {
+		t.Fatal("pod stamped although the webhook is unreachable")
+	}
+}
+
+func TestARotatedCertificateIsServedWithoutRestart(t *testing.T) {
+	before := servedCert(t, wh.addr)
+	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.WriteFiles(wh.certDir, pems.Cert, pems.Key); err != nil {
+		t.Fatal(err)
+	}
+	kit.Eventually(t, 15*time.Second, "the new certificate served", func(context.Context) (bool, string, error) {
+		return !bytes.Equal(servedCert(t, wh.addr), before), "old certificate", nil
+	})
+	// Trust only the new CA: stamping works only if the new pair is served.
+	wh.caPEM = pems.CA
+	if err := wh.register(ctx(t), wh.addr, pems.CA); err != nil {
+		t.Fatal(err)
+	}
+	if err := wh.waitStamping(ctx(t)); err != nil {
+		t.Fatalf("API server cannot call the webhook with the new CA: %v", err)
+	}
+}
+
+// agentClient sets up the agent's account and a pod of it on node, and
+// returns a client using a token bound to that pod.
+func agentClient(t *testing.T, node string) kubernetes.Interface {
+	t.Helper()
+	c := env.Client
+	bg := ctx(t)
+	if _, err := c.CoreV1().Namespaces().Create(bg, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "termgate"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().ServiceAccounts("termgate").Create(bg, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent-test"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/eviction"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
+	}}
+	if _, err := c.RbacV1().ClusterRoles().Create(bg, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent-test"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "termgate-agent", Namespace: "termgate"}}}
+	if _, err := c.RbacV1().ClusterRoleBindings().Create(bg, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	agentPod := kit.Pod("termgate", "agent-"+node, kit.OnNode(node))
+	agentPod.Spec.ServiceAccountName = "termgate-agent"
+	p, err := c.CoreV1().Pods("termgate").Create(bg, agentPod, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		p, err = c.CoreV1().Pods("termgate").Get(bg, agentPod.Name, metav1.GetOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := c.CoreV1().ServiceAccounts("termgate").CreateToken(bg, "termgate-agent", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptr.To[int64](600),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token request: %v", err)
+	}
+	cfg := rest.AnonymousClientConfig(env.Config)
+	cfg.BearerToken = tr.Status.Token
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
+	return c.PolicyV1().Evictions(ns).Evict(ctx(t), &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+}
+
+func TestTheAgentIsConfinedToItsOwnNode(t *testing.T) {
+	ns := kit.Namespace(t, env.Client)
+	names := nodeNames(t)
+	own, other := names[0], names[1]
+	agent := agentClient(t, own)
+	createPod(t, kit.Pod(ns, "here", kit.OnNode(own)))
+	createPod(t, kit.Pod(ns, "there", kit.OnNode(other)))
+
+	err := evict(agent, t, ns, "there")
+	if err == nil || !strings.Contains(err.Error(), "may not evict or delete pod "+ns+"/there on node "+other) {
+		t.Fatalf("eviction on another node: got %v, want a refusal", err)
+	}
+	err = agent.CoreV1().Pods(ns).Delete(ctx(t), "there", metav1.DeleteOptions{})
+	if err == nil || !strings.Contains(err.Error(), "on node "+other) {
+		t.Fatalf("delete on another node: got %v, want a refusal", err)
+	}
+	if err := evict(agent, t, ns, "here"); err != nil {
+		t.Fatalf("eviction on its own node refused: %v", err)
+	}
+	// An admin is not confined.
+	if err := evict(env.Client, t, ns, "there"); err != nil {
+		t.Fatalf("admin eviction refused: %v", err)
+	}
+}
+
+func TestTheAgentMayPatchOnlyTermgateMarksOnItsOwnNode(t *testing.T) {
+	names := nodeNames(t)
+	own, other := names[0], names[1]
+	agent := agentClient(t, own)
+	t.Cleanup(func() { unmarkNode(t, own) })
+	mark := func(node string, annotations map[string]string, labels map[string]string) error {
+		meta := map[string]any{}
+		if annotations != nil {
+			meta["annotations"] = annotations
+		}
+		if labels != nil {
+			meta["labels"] = labels
+		}
+		patch, _ := json.Marshal(map[string]any{"metadata": meta})
+		_, err := agent.CoreV1().Nodes().Patch(ctx(t), node, types.MergePatchType, patch, metav1.PatchOptions{})
+		return err
+	}
+	tests := map[string]struct {
+		node        string
+		annotations map[string]string
+		labels      map[string]string
+		wantErr     string
+	}{
+		"The agent marks its own node with termgate annotations and the LB-exclusion label.": {
+			node: own, annotations: map[string]string{nodemark.AnnotationState: "advance"}, labels: map[string]string{nodemark.LabelExcludeFromLB: "true"},
+		},
+		"The agent may not mark another node.": {
+			node: other, annotations: map[string]string{nodemark.AnnotationState: "advance"}, wantErr: "only the node its token is bound to",
+		},
+		"The agent may not set foreign annotations on its own node.": {
+			node: own, annotations: map[string]string{"example.com/x": "y"}, wantErr: "only termgate.dev/ annotations",
+		},
+		"The agent may not set foreign labels on its own node.": {
+			node: own, labels: map[string]string{"role": "x"}, wantErr: "exclude-from-external-load-balancers",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			err := mark(tc.node, tc.annotations, tc.labels)
+			if tc.wantErr == "" && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("got %v, want a refusal containing %q", err, tc.wantErr)
+			}
+		})
+	}
+	// Leave the label off again (unmarkNode removes annotations and taint).
+	patchNode(t, own, func(n *corev1.Node) { delete(n.Labels, nodemark.LabelExcludeFromLB) })
+}

@@ -1,0 +1,121 @@
+// Package nodecache keeps the termination marks of every Node in memory, fed
+// by a metadata-only informer: the mark lives in annotations, so the webhook
+// never needs node specs or statuses. Lookups are map reads under a read
+// lock; the bind gate's fast path makes no API call.
+package nodecache
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/tools/cache"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+var nodesResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
+
+// Node is what a gate learns about a node.
+type Node struct {
+	// Mark is the parsed mark; its zero value means "not marked".
+	Mark nodemark.Mark
+	// Err is set when the node carries a malformed mark. Gates still honour
+	// Mark.State: a node said to be terminating is treated as terminating.
+	Err error
+}
+
+// Terminating reports whether binds onto the node must be checked.
+func (n Node) Terminating() bool { return n.Mark.Terminating() }
+
+// Cache answers lookups from an informer store.
+type Cache struct {
+	store    cache.Store
+	informer cache.SharedIndexInformer
+}
+
+// New builds a cache fed by a metadata informer on Nodes. Run it with Start.
+func New(client metadata.Interface) *Cache {
+	inf := metadatainformer.NewFilteredMetadataInformer(client, nodesResource, "", 0, cache.Indexers{}, nil).Informer()
+	// Keep only what a lookup reads: the name and termgate's annotations.
+	// With thousands of nodes this keeps the cache to a few hundred bytes a
+	// node instead of the full metadata with managedFields.
+	_ = inf.SetTransform(trim)
+	return &Cache{store: inf.GetStore(), informer: inf}
+}
+
+// NewFromStore wraps a store the caller fills (tests and the load
+// generator). Objects must be *metav1.PartialObjectMetadata keyed by name.
+func NewFromStore(store cache.Store) *Cache { return &Cache{store: store} }
+
+// NewStore returns an empty store suitable for NewFromStore.
+func NewStore() cache.Store { return cache.NewStore(cache.MetaNamespaceKeyFunc) }
+
+// Start runs the informer until ctx ends and waits for the first list.
+func (c *Cache) Start(ctx context.Context) error {
+	if c.informer == nil {
+		return nil
+	}
+	go c.informer.RunWithContext(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced) {
+		return fmt.Errorf("node cache: not synced before shutdown")
+	}
+	return nil
+}
+
+// HasSynced reports whether the first list has been stored (readiness).
+func (c *Cache) HasSynced() bool { return c.informer == nil || c.informer.HasSynced() }
+
+// Lookup returns the node named name; known is false on a cache miss.
+func (c *Cache) Lookup(name string) (n Node, known bool) {
+	obj, known, err := c.store.GetByKey(name)
+	if err != nil || !known {
+		return Node{}, false
+	}
+	meta, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		return Node{}, false
+	}
+	m, marked, err := nodemark.Read(meta.Annotations)
+	if !marked {
+		return Node{}, true
+	}
+	return Node{Mark: m, Err: err}, true
+}
+
+const annotationPrefix = "termgate.dev/"
+
+// trim drops all metadata but the name, resource version and termgate's
+// annotations.
+func trim(obj any) (any, error) {
+	meta, ok := obj.(*metav1.PartialObjectMetadata)
+	if !ok {
+		// Tombstones and other wrappers pass through untouched.
+		return obj, nil
+	}
+	out := &metav1.PartialObjectMetadata{TypeMeta: meta.TypeMeta}
+	out.Name = meta.Name
+	out.UID = meta.UID
+	out.ResourceVersion = meta.ResourceVersion
+	for k, v := range meta.Annotations {
+		if strings.HasPrefix(k, annotationPrefix) {
+			if out.Annotations == nil {
+				out.Annotations = make(map[string]string, len(nodemark.AnnotationKeys))
+			}
+			out.Annotations[k] = v
+		}
+	}
+	return out, nil
+}
+
+// NodeMeta returns a node object for NewFromStore with the given annotations.
+func NodeMeta(name string, annotations map[string]string) *metav1.PartialObjectMetadata {
+	return &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Node"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations},
+	}
+}

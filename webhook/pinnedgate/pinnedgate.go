@@ -1,0 +1,84 @@
+// Package pinnedgate refuses pods created with spec.nodeName already set
+// onto a terminating node. Such pods skip the scheduler and the bind, and the
+// kubelet only rejects untolerated NoExecute taints, so without this gate a
+// controller that pins pods (or a user) could keep landing work on a node
+// that is about to vanish. The registration's matchConditions send only
+// pinned pods here; every other pod creation never calls the webhook.
+package pinnedgate
+
+import (
+	"context"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/review"
+)
+
+// Name labels the gate in metrics and logs.
+const Name = "pinned-pod"
+
+// Verdicts, the metric label values this gate uses.
+const (
+	VerdictNotPinned      = "allowed-not-pinned"
+	VerdictMirror         = "allowed-mirror"
+	VerdictNotTerminating = "allowed-not-terminating"
+	VerdictUnknownNode    = "allowed-unknown-node"
+	VerdictTolerates      = "allowed-tolerates"
+	VerdictDenied         = "denied"
+	VerdictInvalid        = "invalid"
+)
+
+// Nodes looks nodes up in the cache.
+type Nodes interface {
+	Lookup(name string) (nodecache.Node, bool)
+}
+
+// Gate is the pinned-pod gate.
+type Gate struct {
+	nodes   Nodes
+	effect  corev1.TaintEffect
+	metrics *review.GateMetrics
+}
+
+var _ review.Gate = (*Gate)(nil)
+
+// New returns the gate; metrics may be nil.
+func New(nodes Nodes, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
+	return &Gate{nodes: nodes, effect: effect, metrics: metrics}
+}
+
+// Name implements review.Gate.
+func (g *Gate) Name() string { return Name }
+
+// Admit implements review.Gate.
+func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
+	if req.Operation != review.OperationCreate || req.SubResource != "" {
+		return review.Allow(VerdictNotPinned)
+	}
+	pod, err := review.DecodePod(req.Object, req.Namespace)
+	if err != nil {
+		return review.Invalid(VerdictInvalid, err.Error())
+	}
+	if pod.Spec.NodeName == "" {
+		return review.Allow(VerdictNotPinned)
+	}
+	// Mirror pods stand for static pods the kubelet already runs; refusing
+	// them hides those pods without stopping them.
+	if nodemark.IsMirrorPod(pod) {
+		return review.Allow(VerdictMirror)
+	}
+	node, known := g.nodes.Lookup(pod.Spec.NodeName)
+	if !known {
+		g.metrics.CacheMiss()
+		return review.Allow(VerdictUnknownNode)
+	}
+	if !node.Terminating() {
+		return review.Allow(VerdictNotTerminating)
+	}
+	if nodecache.Tolerates(pod, g.effect) {
+		return review.Allow(VerdictTolerates)
+	}
+	return review.Deny(VerdictDenied, node.Refusal(pod.Spec.NodeName, g.effect))
+}

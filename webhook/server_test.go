@@ -1,0 +1,251 @@
+package webhook_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"termgate.dev/termgate/certs"
+	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/webhook"
+	"termgate.dev/termgate/webhook/confine"
+	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/review"
+)
+
+// fixture is a webhook served over HTTPS on 127.0.0.1:0 with n nodes in the
+// cache, every tenth of them terminating.
+type fixture struct {
+	url    string
+	client *http.Client
+	server *webhook.Server
+	stop   func()
+	done   chan error
+}
+
+func startWebhook(tb testing.TB, nodes int, shutdownDelay time.Duration, clk clock.Clock) *fixture {
+	tb.Helper()
+	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	if err := certs.WriteFiles(dir, pems.Cert, pems.Key); err != nil {
+		tb.Fatal(err)
+	}
+	store := nodecache.NewStore()
+	for i := range nodes {
+		var ann map[string]string
+		if i%10 == 0 {
+			ann = nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: time.Now(), Deadline: time.Now().Add(30 * time.Second)}.Annotations()
+		}
+		_ = store.Add(nodecache.NodeMeta(fmt.Sprintf("node-%d", i), ann))
+	}
+	metrics, err := review.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	reloader := certs.NewReloader(dir, clk)
+	srv := &webhook.Server{
+		Handler: webhook.Handler(webhook.Config{
+			Nodes: nodecache.NewFromStore(store), Pods: noPods{}, TaintEffect: corev1.TaintEffectNoSchedule,
+			Agent: confine.Options{Username: "agent"}, Metrics: metrics, Log: logr.Discard(), Clock: clk,
+		}),
+		TLSConfig:     certs.ServerConfig(reloader.GetCertificate),
+		ShutdownDelay: shutdownDelay,
+		Clock:         clk,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _ = reloader.Start(ctx) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pems.CA)
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		MaxIdleConnsPerHost: 64,
+	}, Timeout: 10 * time.Second}
+	f := &fixture{url: "https://" + ln.Addr().String(), client: client, server: srv, done: done}
+	var once sync.Once
+	f.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("webhook server: %v", err)
+			}
+			client.CloseIdleConnections()
+		})
+	}
+	tb.Cleanup(f.stop)
+	waitServing(tb, f)
+	return f
+}
+
+// waitServing polls until the certificate is loaded and a review succeeds.
+func waitServing(tb testing.TB, f *fixture) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := f.post(webhook.PathBinding, bindReview("p", "node-1"))
+		if err == nil {
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("webhook not serving: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *fixture) post(path string, body []byte) (*http.Response, error) {
+	return f.client.Post(f.url+path, "application/json", bytes.NewReader(body))
+}
+
+type noPods struct{}
+
+func (noPods) GetPod(_ context.Context, ns, name string) (*corev1.Pod, error) {
+	p := &corev1.Pod{}
+	p.Name, p.Namespace = name, ns
+	return p, nil
+}
+
+func bindReview(pod, node string) []byte {
+	return []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"0f9a1c7e-5b7e-4a55-9a55-2b1f3c1e1a10","kind":{"group":"","version":"v1","kind":"Binding"},"resource":{"group":"","version":"v1","resource":"pods"},"subResource":"binding","requestKind":{"group":"","version":"v1","kind":"Binding"},"requestResource":{"group":"","version":"v1","resource":"pods"},"requestSubResource":"binding","name":"` + pod + `","namespace":"default","operation":"CREATE","userInfo":{"username":"system:kube-scheduler","groups":["system:authenticated"]},"object":{"kind":"Binding","apiVersion":"v1","metadata":{"name":"` + pod + `","namespace":"default","uid":"9b0e2c0a-3f1e-4a8e-8f51-7d2f0e6c4b11","creationTimestamp":null},"target":{"kind":"Node","name":"` + node + `"}},"oldObject":null,"dryRun":false,"options":{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1"}}}`)
+}
+
+func decode(t *testing.T, resp *http.Response) *admissionv1.AdmissionResponse {
+	t.Helper()
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	var r admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &r); err != nil || r.Response == nil {
+		t.Fatalf("bad review %s: %v", body, err)
+	}
+	return r.Response
+}
+
+func TestEveryGateIsServedAtItsPath(t *testing.T) {
+	f := startWebhook(t, 20, 0, clock.RealClock{})
+	pinned := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","namespace":"default","operation":"CREATE","object":{"metadata":{"name":"p"},"spec":{"nodeName":"node-10"}}}}`
+	plainPod := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","namespace":"default","operation":"CREATE","object":{"metadata":{"name":"p"},"spec":{}}}}`
+	eviction := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","name":"p","namespace":"default","operation":"CREATE","subResource":"eviction","userInfo":{"username":"agent"},"object":{}}}`
+	tests := map[string]struct {
+		path, body  string
+		wantAllowed bool
+		wantPatch   bool
+		wantMessage string
+	}{
+		"The bind path allows a bind onto a healthy node.":               {path: webhook.PathBinding, body: string(bindReview("p", "node-1")), wantAllowed: true},
+		"The bind path denies a bind onto a terminating node.":           {path: webhook.PathBinding, body: string(bindReview("p", "node-10")), wantMessage: "node node-10 is terminating"},
+		"The pinned-pod path denies a pod pinned to a terminating node.": {path: webhook.PathPinnedPod, body: pinned, wantMessage: "node node-10 is terminating"},
+		"The drain-order path stamps a new pod.":                         {path: webhook.PathDrainOrder, body: plainPod, wantAllowed: true, wantPatch: true},
+		"The agent path denies an eviction by an unbound agent token.":   {path: webhook.PathAgent, body: eviction, wantMessage: confine.ExtraNodeName},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			resp, err := f.post(tc.path, []byte(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := decode(t, resp)
+			if r.Allowed != tc.wantAllowed || (len(r.Patch) > 0) != tc.wantPatch {
+				t.Fatalf("got %+v", r)
+			}
+			if tc.wantMessage != "" && (r.Result == nil || !strings.Contains(r.Result.Message, tc.wantMessage)) {
+				t.Fatalf("got %+v, want message containing %q", r.Result, tc.wantMessage)
+			}
+		})
+	}
+}
+
+func TestTLSBelow12IsRefused(t *testing.T) {
+	f := startWebhook(t, 1, 0, clock.RealClock{})
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11}}} //nolint:gosec // the point of the test
+	if _, err := c.Post(f.url+webhook.PathBinding, "application/json", bytes.NewReader(bindReview("p", "node-1"))); err == nil {
+		t.Fatal("a TLS 1.1 handshake succeeded")
+	}
+}
+
+func TestShutdownKeepsServingThroughTheDelay(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Now())
+	f := startWebhook(t, 5, time.Minute, clk)
+	stopped := make(chan struct{})
+	go func() { f.stop(); close(stopped) }()
+	// Readiness turns false first...
+	deadline := time.Now().Add(5 * time.Second)
+	for f.server.Draining() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("server never reported draining")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// ...while reviews are still answered until the delay has passed.
+	resp, err := f.post(webhook.PathBinding, bindReview("p", "node-1"))
+	if err != nil {
+		t.Fatalf("review during the shutdown delay failed: %v", err)
+	}
+	if r := decode(t, resp); !r.Allowed {
+		t.Fatalf("got %+v", r)
+	}
+	for !clk.HasWaiters() {
+		time.Sleep(time.Millisecond)
+	}
+	clk.Step(time.Minute)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not stop after the delay")
+	}
+}
+
+func TestReadinessListsWhatIsMissing(t *testing.T) {
+	ok := webhook.Check{Name: "node-cache", Fn: func() error { return nil }}
+	bad := webhook.Check{Name: "serving-certificate", Fn: func() error { return fmt.Errorf("not loaded yet") }}
+	tests := map[string]struct {
+		checks   []webhook.Check
+		path     string
+		wantCode int
+		wantBody string
+	}{
+		"Ready when every check holds.":                 {checks: []webhook.Check{ok}, path: "/readyz", wantCode: 200, wantBody: "ok"},
+		"Not ready names the failing check and why.":    {checks: []webhook.Check{ok, bad}, path: "/readyz", wantCode: 503, wantBody: "[-]serving-certificate failed: not loaded yet"},
+		"Verbose readiness lists every check.":          {checks: []webhook.Check{ok}, path: "/readyz?verbose", wantCode: 200, wantBody: "[+]node-cache ok"},
+		"Liveness does not depend on readiness checks.": {checks: []webhook.Check{bad}, path: "/healthz", wantCode: 200, wantBody: "ok"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			webhook.Probes(tc.checks).ServeHTTP(w, httptest.NewRequest(http.MethodGet, tc.path, nil))
+			if w.Code != tc.wantCode || !strings.Contains(w.Body.String(), tc.wantBody) {
+				t.Fatalf("got %d %q", w.Code, w.Body.String())
+			}
+		})
+	}
+}
