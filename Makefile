@@ -68,7 +68,7 @@ bench-agent: binaries
 	$(GO) run ./test/bench/agent
 
 bench-webhook: binaries
-	$(GO) run ./cmd/webhookbench
+	$(GO) run ./test/bench/webhook -cluster
 
 clean:
 	rm -rf $(BIN)

@@ -29,14 +29,9 @@ const (
 	PathAgent      = "/validate-agent"
 )
 
-// Nodes looks nodes up in the node cache.
-type Nodes interface {
-	Lookup(name string) (nodecache.Node, bool)
-}
-
 // Config is what the gates need.
 type Config struct {
-	Nodes Nodes
+	Nodes nodecache.Lookup
 	Pods  review.PodGetter
 	// TaintEffect is the effect of the termination taint the agent writes.
 	TaintEffect corev1.TaintEffect

@@ -32,14 +32,9 @@ const (
 	VerdictInvalid        = "invalid"
 )
 
-// Nodes looks nodes up in the cache.
-type Nodes interface {
-	Lookup(name string) (nodecache.Node, bool)
-}
-
 // Gate is the bind gate.
 type Gate struct {
-	nodes   Nodes
+	nodes   nodecache.Lookup
 	pods    review.PodGetter
 	effect  corev1.TaintEffect
 	metrics *review.GateMetrics
@@ -49,7 +44,7 @@ var _ review.Gate = (*Gate)(nil)
 
 // New returns the gate. effect is the termination taint's effect, which
 // decides which tolerations count; metrics may be nil.
-func New(nodes Nodes, pods review.PodGetter, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
+func New(nodes nodecache.Lookup, pods review.PodGetter, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
 	return &Gate{nodes: nodes, pods: pods, effect: effect, metrics: metrics}
 }
 

@@ -32,6 +32,13 @@ type Node struct {
 // Terminating reports whether binds onto the node must be checked.
 func (n Node) Terminating() bool { return n.Mark.Terminating() }
 
+// Lookup is what a gate needs of the cache; tests pass their own.
+type Lookup interface {
+	Lookup(name string) (Node, bool)
+}
+
+var _ Lookup = (*Cache)(nil)
+
 // Cache answers lookups from an informer store.
 type Cache struct {
 	store    cache.Store

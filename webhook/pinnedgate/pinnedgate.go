@@ -30,14 +30,9 @@ const (
 	VerdictInvalid        = "invalid"
 )
 
-// Nodes looks nodes up in the cache.
-type Nodes interface {
-	Lookup(name string) (nodecache.Node, bool)
-}
-
 // Gate is the pinned-pod gate.
 type Gate struct {
-	nodes   Nodes
+	nodes   nodecache.Lookup
 	effect  corev1.TaintEffect
 	metrics *review.GateMetrics
 }
@@ -45,7 +40,7 @@ type Gate struct {
 var _ review.Gate = (*Gate)(nil)
 
 // New returns the gate; metrics may be nil.
-func New(nodes Nodes, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
+func New(nodes nodecache.Lookup, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
 	return &Gate{nodes: nodes, effect: effect, metrics: metrics}
 }
 
