@@ -80,6 +80,14 @@ func New(cfg Config, p Parts) (*Agent, error) {
 	selector := fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
 	nodes := coreinformers.NewFilteredNodeInformer(p.Client, 0, cache.Indexers{},
 		func(o *metav1.ListOptions) { o.FieldSelector = selector })
+	// The agent reads metadata, taints and the boot ID; the image list and
+	// managed fields are most of a real Node's size.
+	_ = nodes.SetTransform(func(obj any) (any, error) {
+		if n, ok := obj.(*corev1.Node); ok {
+			n.ManagedFields, n.Status.Images = nil, nil
+		}
+		return obj, nil
+	})
 	return &Agent{
 		cfg: cfg, client: p.Client, clock: p.Clock, watcher: p.Watcher,
 		marker:  mark.New(p.Client, p.Clock, cfg.NodeName, cfg.DryRun),
@@ -230,6 +238,9 @@ func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark
 	latency := a.clock.Since(m.NoticeTime)
 	a.metrics.observeMark(m, latency)
 	logger.Info("node marked", "noticeToMark", latency)
+	if err := a.marker.SetCondition(ctx, m); err != nil {
+		return err
+	}
 	left := m.Deadline.Sub(a.clock.Now()).Round(time.Millisecond)
 	if m.Terminating() {
 		a.event(corev1.EventTypeWarning, ReasonTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -34,17 +35,56 @@ type Marker struct {
 	clock  clock.Clock
 	node   string
 	dryRun bool
+
+	// The caller's informer copy lags behind the Marker's own writes by a
+	// watch round trip; a mark right after an unmark would then be computed
+	// from a stale Node and bounce off a 409. The Marker remembers the Node
+	// its last write returned and the resourceVersions that write replaced,
+	// and uses its own copy while the caller's is one of those. Only
+	// equality of resourceVersions is used, as the API requires.
+	mu         sync.Mutex
+	written    *corev1.Node
+	superseded map[string]bool
 }
 
 // New returns a Marker for node.
 func New(client kubernetes.Interface, clk clock.Clock, node string, dryRun bool) *Marker {
-	return &Marker{client: client, clock: clk, node: node, dryRun: dryRun}
+	return &Marker{client: client, clock: clk, node: node, dryRun: dryRun, superseded: map[string]bool{}}
+}
+
+// base returns the freshest known view of the Node: the caller's, unless it
+// predates the Marker's own last write.
+func (mk *Marker) base(current *corev1.Node) *corev1.Node {
+	mk.mu.Lock()
+	defer mk.mu.Unlock()
+	if current != nil && mk.written != nil && mk.superseded[current.ResourceVersion] {
+		return mk.written
+	}
+	return current
+}
+
+// remember records a write that turned the Node at resourceVersion before
+// into after.
+func (mk *Marker) remember(before string, after *corev1.Node) {
+	mk.mu.Lock()
+	defer mk.mu.Unlock()
+	if len(mk.superseded) > 64 { // the caller caught up long ago
+		clear(mk.superseded)
+	}
+	if before != "" {
+		mk.superseded[before] = true
+	}
+	if mk.written != nil {
+		mk.superseded[mk.written.ResourceVersion] = true
+	}
+	mk.written = after
 }
 
 // maxConflicts bounds the 409 retries; each re-reads the node first.
 const maxConflicts = 10
 
-// Mark writes m with the given taint effect. current is the caller's latest
+// Mark writes m's annotations, taint and label in one guarded patch (then
+// call SetCondition). current is the caller's latest
 // view of the Node (an informer's copy), saving a GET on the fast path.
 func (mk *Marker) Mark(ctx context.Context, current *corev1.Node, m nodemark.Mark, effect corev1.TaintEffect) error {
 	if mk.dryRun {
@@ -53,6 +93,16 @@ func (mk *Marker) Mark(ctx context.Context, current *corev1.Node, m nodemark.Mar
 	err := mk.patchWithRetry(ctx, current, func(n *corev1.Node) ([]byte, error) { return markPatch(n, m, effect) })
 	if err != nil {
 		return fmt.Errorf("mark node %s: %w", mk.node, err)
+	}
+	return nil
+}
+
+// SetCondition records m as the node's TerminationImminent condition. It is
+// a separate write, after Mark, because status is its own subresource; the
+// taint that steers the scheduler must not wait for it.
+func (mk *Marker) SetCondition(ctx context.Context, m nodemark.Mark) error {
+	if mk.dryRun {
+		return nil
 	}
 	if err := mk.patchCondition(ctx, conditionFor(m, mk.clock.Now())); err != nil {
 		return fmt.Errorf("mark node %s: %w", mk.node, err)
@@ -72,14 +122,17 @@ func (mk *Marker) Unmark(ctx context.Context, current *corev1.Node) error {
 		{"type": nodemark.ConditionType, "$patch": "delete"},
 	}}}
 	body, _ := json.Marshal(del)
-	if _, err := mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status"); err != nil {
+	after, err := mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
+	if err != nil {
 		return fmt.Errorf("unmark node %s: remove condition: %w", mk.node, err)
 	}
+	mk.remember("", after)
 	return nil
 }
 
 func (mk *Marker) patchWithRetry(ctx context.Context, node *corev1.Node, build func(*corev1.Node) ([]byte, error)) error {
 	var err error
+	node = mk.base(node)
 	for range maxConflicts {
 		if node == nil {
 			if node, err = mk.client.CoreV1().Nodes().Get(ctx, mk.node, metav1.GetOptions{}); err != nil {
@@ -93,7 +146,11 @@ func (mk *Marker) patchWithRetry(ctx context.Context, node *corev1.Node, build f
 		if body == nil {
 			return nil // nothing to change
 		}
-		_, err = mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager})
+		var after *corev1.Node
+		after, err = mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager})
+		if err == nil {
+			mk.remember(node.ResourceVersion, after)
+		}
 		if !apierrors.IsConflict(err) {
 			return err
 		}
@@ -107,10 +164,11 @@ func (mk *Marker) patchCondition(ctx context.Context, cond corev1.NodeCondition)
 	if err != nil {
 		return fmt.Errorf("encode condition: %w", err)
 	}
-	_, err = mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
+	after, err := mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
 	if err != nil {
 		return fmt.Errorf("set condition: %w", err)
 	}
+	mk.remember("", after)
 	return nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -72,7 +74,7 @@ func run(ctx context.Context, trials, drains int, out string) error {
 		return err
 	}
 	a, err := localrun.StartAgent(ctx, localrun.AgentSpec{Binary: bin, Dir: c.Dir, Kubeconfig: c.Kubeconfig, Node: "bench-spot", MetadataHost: md.Host(),
-		Flags: []string{"--zap-log-level=error"}})
+		Flags: append([]string{"--zap-log-level=error"}, strings.Fields(os.Getenv("AGENT_FLAGS"))...)})
 	if err != nil {
 		return err
 	}
@@ -91,6 +93,7 @@ func run(ctx context.Context, trials, drains int, out string) error {
 		}
 		issued, gone = append(issued, i), append(gone, g)
 	}
+	printAgentHistogram(a.Addr)
 	rss, err := rssMB(a.PID())
 	if err != nil {
 		return err
@@ -299,4 +302,22 @@ func report(res map[string]float64, trials, drains int, out string) error {
 		return err
 	}
 	return os.WriteFile(out, append(b, '\n'), 0o644)
+}
+
+// printAgentHistogram shows the agent's own notice-to-mark histogram (from
+// receiving the metadata answer to the patch being accepted), which splits
+// the end-to-end figure into the agent's share and the watch's.
+func printAgentHistogram(addr string) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	fmt.Println("agent-side termgate_agent_notice_to_mark_seconds (cumulative):")
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "termgate_agent_notice_to_mark_seconds_bucket") {
+			fmt.Println("  " + strings.TrimPrefix(line, "termgate_agent_notice_to_mark_seconds_bucket"))
+		}
+	}
 }
