@@ -99,21 +99,6 @@ func FuzzDeleteGrace(f *testing.F) {
 	})
 }
 
-func TestBackoffGrowsToTheCapWithJitter(t *testing.T) {
-	q := &evictionQueue{cfg: Config{BackoffBase: 100 * time.Millisecond, BackoffCap: 5 * time.Second}}
-	for attempt, full := range []time.Duration{100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000} {
-		full *= time.Millisecond
-		for range 50 {
-			if d := q.backoff(attempt); d < full/2 || d > full {
-				t.Fatalf("attempt %d: delay %s outside [%s, %s]", attempt, d, full/2, full)
-			}
-		}
-	}
-	if d := q.backoff(1000); d > 5*time.Second {
-		t.Errorf("a very late attempt waits %s, beyond the cap", d)
-	}
-}
-
 func TestConfigValidate(t *testing.T) {
 	valid := Config{NodeName: "n"}.WithDefaults()
 	if err := valid.Validate(); err != nil {

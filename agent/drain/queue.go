@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	"termgate.dev/termgate/agent/retry"
 	"termgate.dev/termgate/nodemark"
 )
 
@@ -165,7 +165,7 @@ func (q *evictionQueue) work(ctx context.Context, it *item) {
 		default:
 			logger.Info("request failed, will retry", "attempt", attempt+1, "error", err.Error())
 		}
-		if !q.sleep(ctx, q.backoff(attempt)) {
+		if !retry.Sleep(ctx, q.clk, retry.Delay(q.cfg.BackoffBase, q.cfg.BackoffCap, attempt)) {
 			return
 		}
 	}
@@ -297,30 +297,5 @@ func (q *evictionQueue) record(it *item, out outcome, attempt int) {
 	if out == outcomeBlocked && attempt == 0 && q.rec != nil {
 		q.rec.Eventf(it.pod, corev1.EventTypeWarning, ReasonEvictionBlocked,
 			"Eviction from terminating node %s refused by a PodDisruptionBudget; retrying until the drain escalates", q.cfg.NodeName)
-	}
-}
-
-// backoff returns the delay before retry attempt+1: exponential from the
-// base up to the cap, with jitter in its upper half so that pods refused
-// together do not retry together.
-func (q *evictionQueue) backoff(attempt int) time.Duration {
-	d := q.cfg.BackoffBase
-	for i := 0; i < attempt && d < q.cfg.BackoffCap; i++ {
-		d *= 2
-	}
-	d = min(d, q.cfg.BackoffCap)
-	half := d / 2
-	return half + rand.N(half+1)
-}
-
-// sleep waits d on the injected clock; false means the item was cancelled.
-func (q *evictionQueue) sleep(ctx context.Context, d time.Duration) bool {
-	t := q.clk.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C():
-		return true
 	}
 }

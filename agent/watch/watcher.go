@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -13,6 +12,8 @@ import (
 	"cloud.google.com/go/compute/metadata"
 	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
+
+	"termgate.dev/termgate/agent/retry"
 )
 
 // Config tunes the watcher.
@@ -129,30 +130,9 @@ func (w *Watcher) follow(ctx context.Context, key Key, out chan<- Observation) {
 			log.V(1).Info("metadata watch failed; retrying", "error", fmt.Sprint(err), "failures", failures+1)
 		}
 		failures++
-		if !w.sleep(ctx, w.backoff(failures)) {
+		if !retry.Sleep(ctx, w.clock, retry.Delay(w.cfg.BackoffBase, w.cfg.BackoffCap, failures-1)) {
 			return
 		}
-	}
-}
-
-func (w *Watcher) backoff(failures int) time.Duration {
-	d := w.cfg.BackoffBase << min(failures-1, 16)
-	if d > w.cfg.BackoffCap || d <= 0 {
-		d = w.cfg.BackoffCap
-	}
-	// Full jitter over the upper half keeps a fleet of agents from
-	// retrying in lockstep after a metadata server restart.
-	return d/2 + rand.N(d/2+1)
-}
-
-func (w *Watcher) sleep(ctx context.Context, d time.Duration) bool {
-	t := w.clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C():
-		return true
 	}
 }
 
