@@ -100,9 +100,14 @@ func (c *Cluster) AddNodes(ctx context.Context, specs ...NodeSpec) error {
 	return nil
 }
 
-// WaitNodeReady waits until the node's Ready condition is True.
+// WaitNodeReady waits until the node is Ready and schedulable: its Ready
+// condition is True and the node lifecycle controller has lifted the
+// not-ready and unreachable taints it puts on every new node. Before that the
+// scheduler piles new pods onto whichever nodes cleared first.
 func (c *Cluster) WaitNodeReady(ctx context.Context, name string) error {
-	const budget = 30 * time.Second // kwok readies a node in well under a second
+	// kwok readies a node in well under a second; the controller-manager
+	// lifts the taints within its node monitor period (1 s here).
+	const budget = 30 * time.Second
 	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, budget, true, func(ctx context.Context) (bool, error) {
 		if err := c.Healthy(); err != nil {
 			return false, err
@@ -111,15 +116,28 @@ func (c *Cluster) WaitNodeReady(ctx context.Context, name string) error {
 		if err != nil {
 			return false, nil
 		}
-		for _, cond := range n.Status.Conditions {
-			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
-				return true, nil
-			}
-		}
-		return false, nil
+		return isReady(n) && !hasLifecycleTaint(n), nil
 	})
 	if err != nil {
-		return fmt.Errorf("node %s not Ready (kwok log: %s): %w", name, c.LogPath("kwok"), err)
+		return fmt.Errorf("node %s not Ready and schedulable (kwok log: %s): %w", name, c.LogPath("kwok"), err)
 	}
 	return nil
+}
+
+func isReady(n *corev1.Node) bool {
+	for _, cond := range n.Status.Conditions {
+		if cond.Type == corev1.NodeReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func hasLifecycleTaint(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == corev1.TaintNodeNotReady || t.Key == corev1.TaintNodeUnreachable {
+			return true
+		}
+	}
+	return false
 }

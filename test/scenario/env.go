@@ -7,13 +7,10 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 )
 
@@ -94,9 +91,6 @@ func StartEnv(ctx context.Context, o EnvOptions) (e *Env, err error) {
 	}
 	o.Say("%d agents ready, one per node, flags %v (%s)", len(e.agents), e.AgentFlags, since(began))
 	began = time.Now()
-	if err := awaitSchedulable(ctx, e.Client, e.Nodes); err != nil {
-		return nil, err
-	}
 	if e.Workload, err = DeployWorkload(ctx, e.Client, o.Namespace, e.Nodes); err != nil {
 		return nil, err
 	}
@@ -186,27 +180,4 @@ func (e *Env) Stop() {
 	wg.Wait()
 	e.agents, e.Webhook = nil, nil
 	_ = e.Fleet.Close()
-}
-
-// awaitSchedulable waits until every node is Ready and free of the
-// node-lifecycle taints (not-ready, unreachable) that the controller-manager
-// removes a few seconds after a node turns Ready. A workload deployed before
-// that piles onto the first nodes to clear, and the scenarios would drain
-// empty nodes.
-func awaitSchedulable(ctx context.Context, c kubernetes.Interface, nodes []cluster.NodeSpec) error {
-	const budget = 30 * time.Second // the node monitor period is 5 s
-	return kit.Poll(ctx, budget, func(ctx context.Context) (bool, string, error) {
-		for _, spec := range nodes {
-			n, err := c.CoreV1().Nodes().Get(ctx, spec.Name, metav1.GetOptions{})
-			if err != nil {
-				return false, "", fmt.Errorf("read node %s: %w", spec.Name, err)
-			}
-			for _, t := range n.Spec.Taints {
-				if t.Effect != corev1.TaintEffectPreferNoSchedule {
-					return false, fmt.Sprintf("node %s still tainted %s:%s", n.Name, t.Key, t.Effect), nil
-				}
-			}
-		}
-		return true, "", nil
-	})
 }

@@ -122,27 +122,6 @@ func patchNode(t *testing.T, name string, mutate func(*corev1.Node)) {
 	})
 }
 
-// waitSchedulable waits until no node carries a NoSchedule taint (the node
-// lifecycle controller taints fresh nodes until it has seen them Ready), so
-// the scheduler's choice depends only on what the test sets up.
-func waitSchedulable(t *testing.T) {
-	t.Helper()
-	kit.Eventually(t, 30*time.Second, "every node schedulable", func(ctx context.Context) (bool, string, error) {
-		list, err := env.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, "", err
-		}
-		for _, n := range list.Items {
-			for _, tn := range n.Spec.Taints {
-				if tn.Effect == corev1.TaintEffectNoSchedule || tn.Effect == corev1.TaintEffectNoExecute {
-					return false, n.Name + " has taint " + tn.Key, nil
-				}
-			}
-		}
-		return true, "", nil
-	})
-}
-
 func preferNode(node string) func(*corev1.Pod) {
 	return func(p *corev1.Pod) {
 		p.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
@@ -182,7 +161,6 @@ func expectBound(t *testing.T, ns, name string, budget time.Duration) string {
 func TestSchedulerBindOntoATerminatingNodeIsRefusedAndThePodLandsElsewhere(t *testing.T) {
 	ns := kit.Namespace(t, env.Client)
 	dying := nodeNames(t)[0]
-	waitSchedulable(t)
 	// The mark without the taint: the scheduler still likes the node, so
 	// only the webhook stands between the pod and the node.
 	markNode(t, dying, false)
