@@ -87,8 +87,8 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	if err := ensureNamespace(ctx, s.Client, s.Namespace); err != nil {
 		return nil, err
 	}
-	configs.PointAt("https://" + w.Addr)
-	if err := configs.register(ctx, s.Client); err != nil {
+	configs.PointAt("https://"+w.Addr, nil)
+	if err := configs.Register(ctx, s.Client); err != nil {
 		return nil, err
 	}
 	args := append([]string{"webhook",
@@ -283,16 +283,16 @@ func (c *WebhookConfigurations) load(file string) error {
 }
 
 // PointAt replaces every webhook's Service reference by a URL on base
-// (scheme and host), keeping its path, and clears the CA bundle for the
-// webhook to inject.
-func (c *WebhookConfigurations) PointAt(base string) {
+// (scheme and host), keeping its path, and sets the CA bundle (nil leaves it
+// for the webhook to inject).
+func (c *WebhookConfigurations) PointAt(base string, caBundle []byte) {
 	url := func(cc *admissionv1.WebhookClientConfig) {
 		path := ""
 		if cc.Service != nil && cc.Service.Path != nil {
 			path = *cc.Service.Path
 		}
 		u := base + path
-		cc.Service, cc.URL, cc.CABundle = nil, &u, nil
+		cc.Service, cc.URL, cc.CABundle = nil, &u, caBundle
 	}
 	if c.Validating != nil {
 		for i := range c.Validating.Webhooks {
@@ -306,19 +306,36 @@ func (c *WebhookConfigurations) PointAt(base string) {
 	}
 }
 
-// register creates the configurations, replacing any left by an earlier run.
-func (c *WebhookConfigurations) register(ctx context.Context, client kubernetes.Interface) error {
+// Register creates the configurations, or updates those of the same name
+// left by an earlier run or registration.
+func (c *WebhookConfigurations) Register(ctx context.Context, client kubernetes.Interface) error {
 	api := client.AdmissionregistrationV1()
 	if c.Validating != nil {
-		_ = api.ValidatingWebhookConfigurations().Delete(ctx, c.Name, metav1.DeleteOptions{})
-		if _, err := api.ValidatingWebhookConfigurations().Create(ctx, c.Validating, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("register ValidatingWebhookConfiguration %s: %w", c.Name, err)
+		v := c.Validating.DeepCopy()
+		_, err := api.ValidatingWebhookConfigurations().Create(ctx, v, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			var old *admissionv1.ValidatingWebhookConfiguration
+			if old, err = api.ValidatingWebhookConfigurations().Get(ctx, v.Name, metav1.GetOptions{}); err == nil {
+				v.ResourceVersion = old.ResourceVersion
+				_, err = api.ValidatingWebhookConfigurations().Update(ctx, v, metav1.UpdateOptions{})
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("register ValidatingWebhookConfiguration %s: %w", v.Name, err)
 		}
 	}
 	if c.Mutating != nil {
-		_ = api.MutatingWebhookConfigurations().Delete(ctx, c.Name, metav1.DeleteOptions{})
-		if _, err := api.MutatingWebhookConfigurations().Create(ctx, c.Mutating, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("register MutatingWebhookConfiguration %s: %w", c.Name, err)
+		m := c.Mutating.DeepCopy()
+		_, err := api.MutatingWebhookConfigurations().Create(ctx, m, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			var old *admissionv1.MutatingWebhookConfiguration
+			if old, err = api.MutatingWebhookConfigurations().Get(ctx, m.Name, metav1.GetOptions{}); err == nil {
+				m.ResourceVersion = old.ResourceVersion
+				_, err = api.MutatingWebhookConfigurations().Update(ctx, m, metav1.UpdateOptions{})
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("register MutatingWebhookConfiguration %s: %w", m.Name, err)
 		}
 	}
 	return nil

@@ -30,6 +30,7 @@ import (
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
@@ -92,19 +93,10 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		return nil, nil, err
 	}
 	w.caPEM = pems.CA
-	metrics, err := review.NewMetrics(prometheus.NewRegistry())
+	srv, reloader, err := newServer(w.nodes, c.Client, w.certDir, prometheus.NewRegistry())
 	if err != nil {
 		cancel()
 		return nil, nil, err
-	}
-	reloader := certs.NewReloader(w.certDir, clock.RealClock{})
-	srv := &webhook.Server{
-		Handler: webhook.Handler(webhook.Config{
-			Nodes: w.nodes, Pods: webhook.APIPods{Client: c.Client}, TaintEffect: corev1.TaintEffectNoSchedule,
-			Agent: confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
-		}),
-		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
-		Clock:     clock.RealClock{},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -135,47 +127,31 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 	return w, stop, nil
 }
 
-// shippedConfigurations reads manifests/base/webhook-configurations.yaml.
-func shippedConfigurations() (*admissionregistrationv1.ValidatingWebhookConfiguration, *admissionregistrationv1.MutatingWebhookConfiguration, error) {
-	root, err := cluster.RepoRoot()
+// newServer wires the webhook the way `termgate webhook` does, serving the
+// certificate in certDir and counting decisions in registry.
+func newServer(nodes *nodecache.Cache, client kubernetes.Interface, certDir string, registry *prometheus.Registry) (*webhook.Server, *certs.Reloader, error) {
+	metrics, err := review.NewMetrics(registry)
 	if err != nil {
 		return nil, nil, err
 	}
-	data, err := os.ReadFile(filepath.Join(root, "manifests", "base", "webhook-configurations.yaml"))
-	if err != nil {
-		return nil, nil, err
-	}
-	docs := strings.Split(string(data), "\n---\n")
-	if len(docs) != 2 {
-		return nil, nil, fmt.Errorf("webhook-configurations.yaml: %d documents, want 2", len(docs))
-	}
-	v := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-	m := &admissionregistrationv1.MutatingWebhookConfiguration{}
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), v); err != nil {
-		return nil, nil, fmt.Errorf("validating configuration: %w", err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), m); err != nil {
-		return nil, nil, fmt.Errorf("mutating configuration: %w", err)
-	}
-	return v, m, nil
+	reloader := certs.NewReloader(certDir, clock.RealClock{})
+	return &webhook.Server{
+		Handler: webhook.Handler(webhook.Config{
+			Nodes: nodes, Pods: webhook.APIPods{Client: client}, TaintEffect: corev1.TaintEffectNoSchedule,
+			Agent: confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
+		}),
+		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
+		Clock:     clock.RealClock{},
+	}, reloader, nil
 }
 
-// pointAt rewrites every clientConfig to https://addr<path> with caPEM.
-func pointAt(v *admissionregistrationv1.ValidatingWebhookConfiguration, m *admissionregistrationv1.MutatingWebhookConfiguration, addr string, caPEM []byte) {
-	rewrite := func(cc *admissionregistrationv1.WebhookClientConfig) {
-		url := "https://" + addr + *cc.Service.Path
-		cc.URL, cc.Service, cc.CABundle = &url, nil, caPEM
+// shippedConfigurations reads the configurations in manifests/base.
+func shippedConfigurations() (*localrun.WebhookConfigurations, error) {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return nil, err
 	}
-	for i := range v.Webhooks {
-		if v.Webhooks[i].ClientConfig.Service != nil {
-			rewrite(&v.Webhooks[i].ClientConfig)
-		}
-	}
-	for i := range m.Webhooks {
-		if m.Webhooks[i].ClientConfig.Service != nil {
-			rewrite(&m.Webhooks[i].ClientConfig)
-		}
-	}
+	return localrun.LoadWebhookConfigurations(filepath.Join(root, "manifests", "base"))
 }
 
 // install registers the shipped configurations (pointed at addr) and the
@@ -192,28 +168,12 @@ func (w *runningWebhook) install(ctx context.Context) error {
 }
 
 func (w *runningWebhook) register(ctx context.Context, addr string, caPEM []byte) error {
-	v, m, err := shippedConfigurations()
+	c, err := shippedConfigurations()
 	if err != nil {
 		return err
 	}
-	pointAt(v, m, addr, caPEM)
-	adm := w.client.AdmissionregistrationV1()
-	if old, err := adm.ValidatingWebhookConfigurations().Get(ctx, v.Name, metav1.GetOptions{}); err == nil {
-		v.ResourceVersion = old.ResourceVersion
-		_, err = adm.ValidatingWebhookConfigurations().Update(ctx, v, metav1.UpdateOptions{})
-		if err != nil {
-			return err
-		}
-	} else if _, err := adm.ValidatingWebhookConfigurations().Create(ctx, v, metav1.CreateOptions{}); err != nil {
-		return err
-	}
-	if old, err := adm.MutatingWebhookConfigurations().Get(ctx, m.Name, metav1.GetOptions{}); err == nil {
-		m.ResourceVersion = old.ResourceVersion
-		_, err = adm.MutatingWebhookConfigurations().Update(ctx, m, metav1.UpdateOptions{})
-		return err
-	}
-	_, err = adm.MutatingWebhookConfigurations().Create(ctx, m, metav1.CreateOptions{})
-	return err
+	c.PointAt("https://"+addr, caPEM)
+	return c.Register(ctx, w.client)
 }
 
 func installPolicy(ctx context.Context, client kubernetes.Interface) error {

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,12 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 
-	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/test/kit"
-	"termgate.dev/termgate/webhook"
-	"termgate.dev/termgate/webhook/confine"
-	"termgate.dev/termgate/webhook/review"
 )
 
 // TestSelfManagedCertificatesAreIssuedInjectedAndServed runs a second
@@ -35,19 +30,10 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 	ensureNamespace(t, "termgate")
 
 	registry := prometheus.NewRegistry()
-	metrics, err := review.NewMetrics(registry)
+	dir := filepath.Join(t.TempDir(), "certs")
+	srv, reloader, err := newServer(wh.nodes, env.Client, dir, registry)
 	if err != nil {
 		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "certs")
-	reloader := certs.NewReloader(dir, clock.RealClock{})
-	srv := &webhook.Server{
-		Handler: webhook.Handler(webhook.Config{
-			Nodes: wh.nodes, Pods: webhook.APIPods{Client: env.Client}, TaintEffect: corev1.TaintEffectNoSchedule,
-			Agent: confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
-		}),
-		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
-		Clock:     clock.RealClock{},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -116,26 +102,23 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 // tests never call this webhook.
 func registerLimited(t *testing.T, name, addr, ns string) {
 	t.Helper()
-	v, m, err := shippedConfigurations()
+	c, err := shippedConfigurations()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pointAt(v, m, addr, nil)
+	c.PointAt("https://"+addr, nil)
 	only := &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}
-	v.Name, m.Name = name, name
-	for i := range v.Webhooks {
-		v.Webhooks[i].NamespaceSelector = only
+	c.Name, c.Validating.Name, c.Mutating.Name = name, name, name
+	for i := range c.Validating.Webhooks {
+		c.Validating.Webhooks[i].NamespaceSelector = only
 	}
-	for i := range m.Webhooks {
-		m.Webhooks[i].NamespaceSelector = only
+	for i := range c.Mutating.Webhooks {
+		c.Mutating.Webhooks[i].NamespaceSelector = only
+	}
+	if err := c.Register(t.Context(), env.Client); err != nil {
+		t.Fatal(err)
 	}
 	adm := env.Client.AdmissionregistrationV1()
-	if _, err := adm.ValidatingWebhookConfigurations().Create(t.Context(), v, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := adm.MutatingWebhookConfigurations().Create(t.Context(), m, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
 		_ = adm.ValidatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = adm.MutatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
