@@ -34,14 +34,37 @@ func Namespace(t testing.TB, client kubernetes.Interface) string {
 	t.Cleanup(func() {
 		_ = client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
 	})
-	Eventually(t, 30*time.Second, "default ServiceAccount in "+ns.Name, func(ctx context.Context) (bool, string, error) {
-		_, err := client.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
+	if err := WaitDefaultServiceAccount(ctx, client, ns.Name); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+// EnsureNamespace creates namespace ns unless it exists, and waits until
+// pods can be created in it.
+func EnsureNamespace(ctx context.Context, client kubernetes.Interface, ns string) error {
+	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	return WaitDefaultServiceAccount(ctx, client, ns)
+}
+
+// WaitDefaultServiceAccount waits for the namespace's default ServiceAccount:
+// the ServiceAccount admission plugin refuses pods until the controller-manager
+// has made it, usually within a second.
+func WaitDefaultServiceAccount(ctx context.Context, client kubernetes.Interface, ns string) error {
+	err := Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, string, error) {
+		_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, "not created yet", nil
 		}
 		return err == nil, "", err
 	})
-	return ns.Name
+	if err != nil {
+		return fmt.Errorf("default ServiceAccount in %s: %w", ns, err)
+	}
+	return nil
 }
 
 // Condition reports whether the expectation holds, and if not, what it saw.

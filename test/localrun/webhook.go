@@ -14,7 +14,6 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -23,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/proc"
 )
 
@@ -84,7 +84,7 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 		Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), HealthAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
 		ConfigName: configs.Name, client: s.Client,
 	}
-	if err := ensureNamespace(ctx, s.Client, s.Namespace); err != nil {
+	if err := kit.EnsureNamespace(ctx, s.Client, s.Namespace); err != nil {
 		return nil, err
 	}
 	configs.PointAt("https://"+w.Addr, nil)
@@ -115,14 +115,6 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 		return nil, err
 	}
 	return w, nil
-}
-
-func ensureNamespace(ctx context.Context, c kubernetes.Interface, ns string) error {
-	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create namespace %s: %w", ns, err)
-	}
-	return nil
 }
 
 // waitReady polls /readyz and the configurations' caBundle. Thirty seconds

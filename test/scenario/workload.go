@@ -60,7 +60,7 @@ type Workload struct {
 // forbids disruption, a batch Job, a DaemonSet and kube-system pods.
 func DeployWorkload(ctx context.Context, c kubernetes.Interface, ns string, nodes []cluster.NodeSpec) (*Workload, error) {
 	w := &Workload{Namespace: ns, LedgerNode: firstNode(nodes, NodeOnDemand)}
-	if err := ensureNamespace(ctx, c, ns); err != nil {
+	if err := kit.EnsureNamespace(ctx, c, ns); err != nil {
 		return nil, err
 	}
 	if err := w.create(ctx, c); err != nil {
@@ -76,22 +76,6 @@ func DeployWorkload(ctx context.Context, c kubernetes.Interface, ns string, node
 	w.Summary = fmt.Sprintf("%d web, %d inference%s, a %d-pod Job, %d node-exporter, %d kube-system cluster-dns; PDBs on web, inference, ledger",
 		webReplicas, inferenceReplicas, ledger, nightlyPods, len(nodes), dnsReplicas)
 	return w, nil
-}
-
-func ensureNamespace(ctx context.Context, c kubernetes.Interface, ns string) error {
-	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create namespace %s: %w", ns, err)
-	}
-	// Pods cannot be created before the controller-manager makes the
-	// namespace's default ServiceAccount.
-	return kit.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, string, error) {
-		_, err := c.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return false, "no default ServiceAccount in " + ns, nil
-		}
-		return err == nil, "", err
-	})
 }
 
 func (w *Workload) create(ctx context.Context, c kubernetes.Interface) error {

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -27,7 +25,9 @@ import (
 func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 	ns := kit.Namespace(t, env.Client)
 	const configName = "termgate-self-managed-test"
-	ensureNamespace(t, "termgate")
+	if err := kit.EnsureNamespace(t.Context(), env.Client, "termgate"); err != nil {
+		t.Fatal(err)
+	}
 
 	registry := prometheus.NewRegistry()
 	dir := filepath.Join(t.TempDir(), "certs")
@@ -123,14 +123,6 @@ func registerLimited(t *testing.T, name, addr, ns string) {
 		_ = adm.ValidatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = adm.MutatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-}
-
-func ensureNamespace(t *testing.T, name string) {
-	t.Helper()
-	_, err := env.Client.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
 }
 
 // decisions sums termgate_webhook_decisions_total for gate in registry.

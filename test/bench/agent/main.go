@@ -167,11 +167,8 @@ func (b *bench) drain110(ctx context.Context) (issuedMS, goneMS float64, err err
 		return 0, 0, err
 	}
 	defer client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	if err := kit.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, string, error) {
-		_, err := client.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, "", nil
-	}); err != nil {
-		return 0, 0, fmt.Errorf("default service account: %w", err)
+	if err := kit.WaitDefaultServiceAccount(ctx, client, ns.Name); err != nil {
+		return 0, 0, err
 	}
 	onNode := kit.OnNode(b.node)
 	short := func(p *corev1.Pod) { p.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1) }

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
 )
 
 // bindLatency is what the cluster phase measures: the round trip of a
@@ -71,13 +72,8 @@ func benchNamespace(ctx context.Context, client kubernetes.Interface) (string, e
 	if err != nil {
 		return "", fmt.Errorf("create namespace: %w", err)
 	}
-	// Pods cannot be created before the default ServiceAccount exists.
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, err := client.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("default ServiceAccount in %s: %w", ns.Name, err)
+	if err := kit.WaitDefaultServiceAccount(ctx, client, ns.Name); err != nil {
+		return "", err
 	}
 	return ns.Name, nil
 }
