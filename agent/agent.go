@@ -170,7 +170,7 @@ func (a *Agent) observe(ctx context.Context, o watch.Observation) {
 // reconcile brings the Node in line with the signals and returns when it
 // must run again by itself.
 func (a *Agent) reconcile(ctx context.Context) time.Time {
-	err := a.reconcileOnce(ctx)
+	wake, err := a.reconcileOnce(ctx)
 	a.mu.Lock()
 	a.lastErr = err
 	a.mu.Unlock()
@@ -178,40 +178,39 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 		log.FromContext(ctx).Error(err, "reconcile failed; will retry")
 		return a.clock.Now().Add(time.Second)
 	}
-	if !a.signals.known() {
-		return time.Time{}
-	}
-	return decide(a.cfg, a.signals, a.currentNode(), a.clock.Now()).wake
+	return wake
 }
 
-func (a *Agent) reconcileOnce(ctx context.Context) error {
+// reconcileOnce applies the decision and returns when it changes by itself.
+func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 	node := a.currentNode()
 	if node == nil {
-		return fmt.Errorf("node %s not found", a.cfg.NodeName)
+		return time.Time{}, fmt.Errorf("node %s not found", a.cfg.NodeName)
 	}
 	if !a.signals.known() {
-		return nil
+		return time.Time{}, nil
 	}
 	cur, marked, err := nodemark.Read(node.Annotations)
 	if err != nil {
 		log.FromContext(ctx).Error(err, "node carries a malformed mark; it will be rewritten or removed")
 		marked = true
 	}
-	want := decide(a.cfg, a.signals, node, a.clock.Now()).mark
+	d := decide(a.cfg, a.signals, node, a.clock.Now())
+	want := d.mark
 	switch {
 	case want == nil && marked:
 		a.stopDrain()
-		return a.unmark(ctx, node, cur)
+		return d.wake, a.unmark(ctx, node, cur)
 	case want == nil:
 		a.stopDrain()
-		return nil
+		return d.wake, nil
 	case !marked || err != nil || !sameMark(cur, *want):
 		if err := a.markNode(ctx, node, *want); err != nil {
-			return err
+			return d.wake, err
 		}
 	}
 	a.ensureDrain(ctx, *want)
-	return nil
+	return d.wake, nil
 }
 
 func (a *Agent) currentNode() *corev1.Node {
