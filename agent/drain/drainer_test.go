@@ -200,7 +200,7 @@ func TestBlockedPodsAreDeletedAtTheirCutoffWithGraceClampedToTheDeadline(t *test
 	if err != nil {
 		expectDeadlinePassed(t, err)
 		for name, p := range k.pods() {
-			if !terminating(p) || p.DeletionTimestamp.After(testMark.Deadline.Add(tick)) {
+			if !terminating(p) || p.DeletionTimestamp.After(testMark.Deadline.Add(clockSkew)) {
 				t.Errorf("%s is still there at the deadline and not about to go", name)
 			}
 		}
