@@ -1,5 +1,8 @@
-# termgate: one static binary (`termgate agent`, `termgate webhook`) on a
-# distroless, non-root base.
+# termgate: one static binary (`termgate agent`, `termgate webhook`) on an
+# empty base, run as user 65532. `make image` builds the same image without a
+# container engine (test/imagebuild, an OCI archive at bin/termgate-image.tar);
+# TestDockerfileMatchesRecipe (test/e2e/realnode) fails when the two disagree
+# on the build flags, the binary's path, the user or the entrypoint.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -9,10 +12,9 @@ COPY agent/ agent/
 COPY webhook/ webhook/
 COPY certs/ certs/
 COPY nodemark/ nodemark/
-ARG VERSION=dev
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o /out/termgate ./cmd/termgate
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM scratch
 COPY --from=build /out/termgate /termgate
 USER 65532:65532
 ENTRYPOINT ["/termgate"]

@@ -20,12 +20,13 @@ KWOK_STAGES := node/fast/node-initialize node/heartbeat-with-lease/node-heartbea
 TEST_TIMEOUT ?= 40m
 
 .PHONY: build test unit lint demo bench bench-agent bench-webhook cluster binaries clean
+.PHONY: image real-node-binaries
 
 build:
 	$(GO) build -o $(BIN)/termgate ./cmd/termgate
 
-## binaries: the local cluster's control plane and kwok, rebuilt only when their pins change.
-binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
+## binaries: the local cluster's control plane, kwok and cert-manager, rebuilt only when their pins change.
+binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/cert-manager real-node-binaries
 
 # One multi-call binary: etcd, kube-apiserver, kube-scheduler,
 # kube-controller-manager and kubectl link once.
@@ -42,6 +43,71 @@ $(BIN)/kwok-$(KWOK_VERSION).stamp:
 	for s in $(KWOK_STAGES); do install -m 0644 $$dir/$$s.yaml $(BIN)/kwok-stages/; done
 	touch $@
 
+# cert-manager's certificates controllers, CA and SelfSigned issuers and CA
+# injector, from cert-manager's own packages (test/certmanager/main.go).
+$(BIN)/cert-manager: test/certmanager/go.mod test/certmanager/go.sum test/certmanager/main.go
+	@mkdir -p $(BIN)
+	cd test/certmanager && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $@ .
+
+## real-node-binaries: kubelet, containerd, runc and the CNI plugins of the
+## local cluster's optional real node (test/cluster Options.RealNode), each
+## from a Go module of its own under test/ so that none of them moves the
+## control plane's pins, plus the node's own images (pause and the workload
+## the end-to-end tests run), built offline like termgate's.
+REALNODE_BIN := $(BIN)/realnode
+CONTAINERD_VERSION := v2.4.2
+RUNC_VERSION := v1.5.3
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+real-node-binaries: $(REALNODE_BIN)/kubelet $(REALNODE_BIN)/containerd $(REALNODE_BIN)/runc \
+	$(REALNODE_BIN)/bridge $(REALNODE_BIN)/images.stamp
+
+$(REALNODE_BIN)/kubelet: test/kubelet/go.mod test/kubelet/go.sum test/kubelet/main.go
+	@mkdir -p $(REALNODE_BIN)
+	@echo "building the kubelet $(K8S_VERSION) (a few minutes on 2 cores the first time)"
+	cd test/kubelet && $(GO) build -trimpath -ldflags '$(CONTROLPLANE_LDFLAGS)' -o $@ .
+
+# containerd-shim-runc-v2 re-executes itself, so three binaries, not one.
+$(REALNODE_BIN)/containerd: test/noderuntime/containerd/go.mod test/noderuntime/containerd/go.sum
+	@mkdir -p $(REALNODE_BIN)
+	cd test/noderuntime/containerd && for cmd in ctr containerd-shim-runc-v2 containerd; do \
+		CGO_ENABLED=0 $(GO) build -trimpath \
+			-ldflags '-s -w -X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION)' \
+			-o $(REALNODE_BIN)/$$cmd github.com/containerd/containerd/v2/cmd/$$cmd || exit 1; done
+
+# runc needs cgo and libseccomp: containerd gives every sandbox a seccomp profile.
+$(REALNODE_BIN)/runc: test/noderuntime/runc/go.mod test/noderuntime/runc/go.sum
+	@mkdir -p $(REALNODE_BIN)
+	@pkg-config --exists libseccomp 2>/dev/null || { \
+		echo "installing libseccomp-dev and pkg-config (runc is built with seccomp support)"; \
+		$(SUDO) apt-get install -y libseccomp-dev pkg-config || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y libseccomp-dev pkg-config; }; }
+	cd test/noderuntime/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags seccomp \
+		-ldflags '-s -w -X main.version=$(RUNC_VERSION:v%=%)' -o $@ github.com/opencontainers/runc
+
+# bridge and host-local; loopback is containerd's own (use_internal_loopback).
+$(REALNODE_BIN)/bridge: test/noderuntime/cni/go.mod test/noderuntime/cni/go.sum
+	@mkdir -p $(REALNODE_BIN)
+	cd test/noderuntime/cni && for p in ipam/host-local main/bridge; do \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(REALNODE_BIN)/$${p#*/} \
+			github.com/containernetworking/plugins/plugins/$$p || exit 1; done
+
+$(REALNODE_BIN)/images.stamp: $(wildcard test/imagebuild/*.go test/imagebuild/*/*.go) \
+		test/imagebuild/go.mod test/imagebuild/go.sum
+	@mkdir -p $(REALNODE_BIN)
+	cd test/imagebuild && $(GO) run . testimages -o $(REALNODE_BIN)
+	touch $@
+
+## image: the image users run, as an OCI archive (bin/termgate-image.tar) built
+## offline: the static binary on an empty base, user 65532. Push it with e.g.
+## `skopeo copy oci-archive:bin/termgate-image.tar docker://REGISTRY/termgate:TAG`.
+IMAGE ?= termgate.local/termgate:dev
+image:
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '-s -w' \
+		-o $(BIN)/termgate-linux-amd64 ./cmd/termgate
+	cd test/imagebuild && $(GO) run . termgate -binary $(BIN)/termgate-linux-amd64 \
+		-ref $(IMAGE) -o $(BIN)/termgate-image.tar
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -51,7 +117,7 @@ unit:
 	$(GO) test -short -count=1 ./...
 
 ## test: every test, unit and integration, on the local cluster.
-test: binaries lint
+test: binaries image lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## demo: the main job end to end on a local cluster.
@@ -62,13 +128,21 @@ demo: binaries build
 cluster: binaries
 	$(GO) run ./test/cmd/localcluster $(CLUSTER_FLAGS)
 
-bench: bench-agent bench-webhook
+## bench: every benchmark; each prints a table and writes bin/bench/<name>.json.
+bench: bench-agent bench-webhook bench-storm
 
-bench-agent: binaries
+# The benchmarks run on kwok nodes: the control plane and kwok are all they
+# need of `make binaries` (no cert-manager, no real node).
+bench-agent: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 	$(GO) run ./test/bench/agent
 
-bench-webhook: binaries
+bench-webhook: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 	$(GO) run ./test/bench/webhook -cluster
+
+## bench-storm: 50 of 200 nodes preempted within a second, termgate as deployed.
+.PHONY: bench-storm
+bench-storm: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
+	$(GO) run ./test/bench/storm
 
 clean:
 	rm -rf $(BIN)

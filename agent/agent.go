@@ -96,11 +96,19 @@ func New(cfg Config, p Parts) (*Agent, error) {
 	}, nil
 }
 
-// Run works until ctx ends. A drain in progress is abandoned on shutdown; the
-// marks stay on the Node, so the next agent resumes it.
+// Run works until ctx ends. When ctx ends in the middle of a drain (SIGTERM:
+// a rollout, or the kubelet's graceful node shutdown), the agent keeps
+// draining until the drain ends, the notice is withdrawn or its own grace
+// period runs out, with the drain's cut-offs moved before that moment. A
+// drain it has to abandon keeps its marks on the Node, so the next agent
+// resumes it.
 func (a *Agent) Run(ctx context.Context) error {
 	logger := log.FromContext(ctx).WithValues("node", a.cfg.NodeName)
-	ctx = log.IntoContext(ctx, logger)
+	signalled := ctx.Done()
+	// The watch, the caches and the API calls outlive the signal: they
+	// serve the drain that goes on after it.
+	work, stop := context.WithCancel(log.IntoContext(context.WithoutCancel(ctx), logger))
+	defer stop()
 
 	nodeChanged := make(chan struct{}, 1)
 	_, _ = a.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -109,42 +117,100 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	defer stop()
 	observations := make(chan watch.Observation, 8)
-	wg.Go(func() { a.watcher.Run(ctx, observations) })
-	wg.Go(func() { a.nodes.RunWithContext(ctx) })
-	wg.Go(func() { a.pods.Run(ctx) })
-	if !cache.WaitForCacheSync(ctx.Done(), a.nodes.HasSynced) {
-		return ctx.Err()
+	wg.Go(func() { a.watcher.Run(work, observations) })
+	wg.Go(func() { a.nodes.RunWithContext(work) })
+	wg.Go(func() { a.pods.Run(work) })
+	if !waitForSync(ctx, a.nodes.HasSynced) {
+		return nil
 	}
 	logger.Info("agent started", "dryRun", a.cfg.DryRun, "taintEffect", a.cfg.TaintEffect)
 
 	wake := a.clock.NewTimer(time.Hour)
 	wake.Stop()
+	var exit <-chan time.Time // the end of the grace after a signal
 	for {
 		var drainDone chan drainOutcome
 		if a.drain != nil && !a.drain.finished {
 			drainDone = a.drain.done
 		}
 		select {
-		case <-ctx.Done():
-			a.stopDrain()
+		case <-signalled:
+			signalled = nil
+			if !a.draining() {
+				logger.Info("stopping: no drain in progress")
+				return nil
+			}
+			exit = a.keepDrainingAfterSignal(work)
+			continue
+		case <-exit:
+			logger.Info("stopping: the grace period after the signal is over; the next agent resumes the drain")
 			return nil
 		case o := <-observations:
-			a.observe(ctx, o)
+			a.observe(work, o)
 		case <-nodeChanged:
 		case <-wake.C():
 		case out := <-drainDone:
-			a.drainFinished(ctx, out)
-			continue
+			a.drainFinished(work, out)
 		}
-		next := a.reconcile(ctx)
+		next := a.reconcile(work)
+		if exit != nil && !a.draining() {
+			logger.Info("stopping: the drain is over")
+			return nil
+		}
 		wake.Stop()
 		if !next.IsZero() {
 			wake.Reset(max(next.Sub(a.clock.Now()), 0))
 		}
 	}
+}
+
+// waitForSync waits for the informers, or returns false when ctx ends first.
+func waitForSync(ctx context.Context, synced ...cache.InformerSynced) bool {
+	return cache.WaitForCacheSync(ctx.Done(), synced...)
+}
+
+// draining reports whether a drain is running.
+func (a *Agent) draining() bool { return a.drain != nil && !a.drain.finished }
+
+// keepDrainingAfterSignal moves the running drain's cut-offs before the end
+// of the agent's grace period and returns a channel that fires at that end.
+func (a *Agent) keepDrainingAfterSignal(ctx context.Context) <-chan time.Time {
+	now := a.clock.Now()
+	grace := a.shutdownGrace()
+	exitAt := now.Add(max(grace-shutdownMargin, 0))
+	deadline := a.drain.mark.Deadline
+	log.FromContext(ctx).Info("signalled during a drain: draining on", "grace", grace, "until", exitAt, "deadline", deadline)
+	if exitAt.Before(deadline) {
+		a.drainer.Hurry(exitAt)
+		a.event(corev1.EventTypeWarning, nodemark.EventShutdownDuringDrain,
+			"agent stopping during the drain: %s left of its grace, %s before the deadline; moving the system wave and escalations before %s",
+			grace.Round(time.Millisecond), deadline.Sub(now).Round(time.Millisecond), exitAt.UTC().Format(time.RFC3339Nano))
+	} else {
+		a.event(corev1.EventTypeNormal, nodemark.EventShutdownDuringDrain,
+			"agent stopping during the drain: its grace (%s) covers the deadline; draining on", grace.Round(time.Millisecond))
+	}
+	return a.clock.After(max(exitAt.Sub(now), 0))
+}
+
+// shutdownGrace is how long the agent may keep working after a signal: the
+// configured grace, else its own pod's (a pod already being deleted is
+// killed at its deletionTimestamp), else the Kubernetes default.
+func (a *Agent) shutdownGrace() time.Duration {
+	if a.cfg.ShutdownGrace > 0 {
+		return a.cfg.ShutdownGrace
+	}
+	pod := a.pods.Get(a.cfg.PodNamespace, a.cfg.PodName)
+	switch {
+	case pod == nil:
+		return DefaultShutdownGrace
+	case pod.DeletionTimestamp != nil:
+		return max(pod.DeletionTimestamp.Sub(a.clock.Now()), 0)
+	case pod.Spec.TerminationGracePeriodSeconds != nil:
+		return time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	return DefaultShutdownGrace
 }
 
 func poke(ch chan struct{}) {
@@ -158,12 +224,16 @@ func poke(ch chan struct{}) {
 func (a *Agent) observe(ctx context.Context, o watch.Observation) {
 	prev, seen := a.signals[o.Key]
 	a.signals[o.Key] = o
-	if seen && prev.Kind == o.Kind {
+	if seen && prev.Kind == o.Kind && prev.Raw == o.Raw {
 		return
 	}
 	log.FromContext(ctx).Info("metadata changed", "key", o.Key, "value", o.Raw, "kind", o.Kind)
-	if o.Kind == watch.KindMigrate {
-		a.event(corev1.EventTypeNormal, ReasonLiveMigration, "GCE is live-migrating this VM (%s); nothing to drain", o.Raw)
+	switch {
+	case o.Kind == watch.KindMigrate:
+		a.event(corev1.EventTypeNormal, nodemark.EventLiveMigration, "GCE is live-migrating this VM (%s); nothing to drain", o.Raw)
+	case o.Unreadable != "" && (!seen || prev.Unreadable == ""):
+		a.event(corev1.EventTypeWarning, nodemark.EventMaintenanceUnreadable,
+			"%s could not be read (%s); treating it as no maintenance window", o.Key, o.Unreadable)
 	}
 }
 
@@ -182,12 +252,16 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 }
 
 // reconcileOnce applies the decision and returns when it changes by itself.
+// The order is the order of urgency: a withdrawn notice stops the drain
+// before the Node is unmarked; a notice taints the Node, then starts the
+// drain, then records the condition, so neither the drain nor the scheduler
+// waits for the condition.
 func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 	node := a.currentNode()
 	if node == nil {
 		return time.Time{}, fmt.Errorf("node %s not found", a.cfg.NodeName)
 	}
-	if !a.signals.known() {
+	if len(a.signals) == 0 {
 		return time.Time{}, nil
 	}
 	cur, marked, err := nodemark.Read(node.Annotations)
@@ -198,19 +272,21 @@ func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 	d := decide(a.cfg, a.signals, node, a.clock.Now())
 	want := d.mark
 	switch {
-	case want == nil && marked:
-		a.stopDrain()
-		return d.wake, a.unmark(ctx, node, cur)
+	case d.hold:
+		return d.wake, nil
 	case want == nil:
 		a.stopDrain()
-		return d.wake, nil
+		if !marked {
+			return d.wake, nil
+		}
+		return d.wake, a.unmark(ctx, node, cur)
 	case !marked || err != nil || !sameMark(cur, *want):
-		if err := a.markNode(ctx, node, *want); err != nil {
+		if err := a.markNode(ctx, node, *want, d.lateStart); err != nil {
 			return d.wake, err
 		}
 	}
 	a.ensureDrain(ctx, *want)
-	return d.wake, nil
+	return d.wake, a.ensureCondition(ctx, node, *want)
 }
 
 func (a *Agent) currentNode() *corev1.Node {
@@ -221,7 +297,9 @@ func (a *Agent) currentNode() *corev1.Node {
 	return obj.(*corev1.Node)
 }
 
-func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark) error {
+// markNode writes the mark (annotations, taint, label) and records the
+// notice. The condition follows in ensureCondition, after the drain starts.
+func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark, lateStart bool) error {
 	effect := a.cfg.TaintEffect
 	if !m.Terminating() {
 		effect = corev1.TaintEffectPreferNoSchedule
@@ -236,17 +314,28 @@ func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark
 	}
 	latency := a.clock.Since(m.NoticeTime)
 	a.metrics.observeMark(m, latency)
-	logger.Info("node marked", "noticeToMark", latency)
-	if err := a.marker.SetCondition(ctx, m); err != nil {
-		return err
-	}
+	logger.Info("node marked", "noticeToMark", latency, "lateStart", lateStart)
 	left := m.Deadline.Sub(a.clock.Now()).Round(time.Millisecond)
-	if m.Terminating() {
-		a.event(corev1.EventTypeWarning, ReasonTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
-	} else {
-		a.event(corev1.EventTypeNormal, ReasonMaintenanceScheduled, "maintenance window starts %s; drain starts %s before it", m.Deadline.UTC().Format(time.RFC3339), a.cfg.UpcomingLead)
+	switch {
+	case m.Terminating() && lateStart:
+		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice,
+			"%s: the notice was already present when the agent started; assuming %s left and draining before %s",
+			m.Reason, left, m.Deadline.UTC().Format(time.RFC3339))
+	case m.Terminating():
+		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
+	default:
+		a.event(corev1.EventTypeNormal, nodemark.EventMaintenanceScheduled, "maintenance window starts %s; drain starts %s before it", m.Deadline.UTC().Format(time.RFC3339), a.cfg.UpcomingLead)
 	}
 	return nil
+}
+
+// ensureCondition records the mark as the Node's condition unless the Node
+// already carries it.
+func (a *Agent) ensureCondition(ctx context.Context, node *corev1.Node, m nodemark.Mark) error {
+	if a.cfg.DryRun || mark.HasCondition(node, m) {
+		return nil
+	}
+	return a.marker.SetCondition(ctx, m)
 }
 
 func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark) error {
@@ -262,8 +351,13 @@ func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark
 		return err
 	}
 	a.metrics.restored.Inc()
-	log.FromContext(ctx).Info("node restored", "why", why, "reason", was.Reason)
-	a.event(corev1.EventTypeNormal, ReasonRestored, "termination marks removed: %s", why)
+	seen := a.signals.latest()
+	log.FromContext(ctx).Info("node restored", "why", why, "reason", was.Reason, "withdrawalSeen", seen)
+	if a.events != nil {
+		at := map[string]string{nodemark.EventAnnotationWithdrawalSeen: seen.UTC().Format(time.RFC3339Nano)}
+		a.events.AnnotatedEventf(nodemark.NodeEventRef(a.cfg.NodeName), at, corev1.EventTypeNormal,
+			nodemark.EventTerminationCancelled, "termination marks removed: %s", why)
+	}
 	return nil
 }
 
@@ -287,14 +381,16 @@ func (a *Agent) ensureDrain(ctx context.Context, m nodemark.Mark) {
 	}()
 }
 
+// stopDrain cancels the running drain without waiting for it: the drain
+// sends no new request once cancelled, and the calls already on the wire
+// finish in the background (cutting one short could leave a disruption
+// budget counting a running pod as evicted). The caller goes on at once,
+// so a withdrawn notice unmarks the Node without waiting for them.
 func (a *Agent) stopDrain() {
 	if a.drain == nil {
 		return
 	}
 	a.drain.cancel()
-	if !a.drain.finished {
-		<-a.drain.done
-	}
 	a.drain = nil
 }
 
@@ -312,11 +408,14 @@ func (a *Agent) drainFinished(ctx context.Context, out drainOutcome) {
 	default:
 		logger.Error(out.err, "drain ended", kv...)
 	}
-	a.drain.finished = true
+	if a.drain != nil {
+		a.drain.finished = true
+	}
 }
 
-// Ready returns an error until the agent can act: node cache synced, every
-// metadata key read, and the last reconcile succeeded.
+// Ready returns an error until the agent can act: caches synced, a first
+// metadata value read (each key acts on its own as soon as it is read), and
+// the last reconcile succeeded.
 func (a *Agent) Ready() error {
 	if !a.nodes.HasSynced() {
 		return errors.New("node cache not synced")
@@ -324,7 +423,7 @@ func (a *Agent) Ready() error {
 	if !a.pods.HasSynced() {
 		return errors.New("pod cache not synced")
 	}
-	if !a.watcher.Synced() {
+	if unread := a.watcher.Unread(); len(unread) == len(watch.Keys) {
 		return errors.New("metadata not read yet")
 	}
 	a.mu.Lock()

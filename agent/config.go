@@ -30,9 +30,26 @@ type Config struct {
 	// UpcomingLead is how long before an announced maintenance window the
 	// drain starts. Until then the node is only discouraged (PreferNoSchedule).
 	UpcomingLead time.Duration
+	// LateStartBudget is the time a VM is assumed to have left when
+	// instance/preempted is already TRUE at the agent's first read: the
+	// notice may be most of PreemptionNotice old.
+	LateStartBudget time.Duration
+	// ShutdownGrace is how long the agent may keep draining after SIGTERM:
+	// its pod's terminationGracePeriodSeconds. Zero means "read it from the
+	// agent's own pod" (POD_NAME), falling back to DefaultShutdownGrace.
+	ShutdownGrace time.Duration
+	// PodName and PodNamespace name the agent's own pod (downward API).
+	PodName, PodNamespace string
 	// DryRun logs every decision and changes nothing.
 	DryRun bool
 }
+
+// DefaultShutdownGrace is the Kubernetes default terminationGracePeriodSeconds.
+const DefaultShutdownGrace = 30 * time.Second
+
+// shutdownMargin is kept between the agent's last step and the kubelet's
+// SIGKILL, for the final requests and the process exit.
+const shutdownMargin = 2 * time.Second
 
 // DefaultConfig returns the defaults behind the agent's flags.
 func DefaultConfig() Config {
@@ -43,6 +60,7 @@ func DefaultConfig() Config {
 		AcceleratorMaintenanceBudget: 60 * time.Minute,
 		AcceleratorLabel:             "cloud.google.com/gke-accelerator",
 		UpcomingLead:                 15 * time.Minute,
+		LateStartBudget:              15 * time.Second,
 	}
 }
 
@@ -62,6 +80,12 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s %s must be positive", name, d))
 		}
+	}
+	if c.LateStartBudget <= 0 {
+		errs = append(errs, fmt.Errorf("late-start budget %s must be positive", c.LateStartBudget))
+	}
+	if c.ShutdownGrace < 0 {
+		errs = append(errs, fmt.Errorf("shutdown grace %s is negative", c.ShutdownGrace))
 	}
 	if c.UpcomingLead < 0 {
 		errs = append(errs, fmt.Errorf("upcoming-maintenance lead %s is negative", c.UpcomingLead))

@@ -18,6 +18,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 )
 
 // workload110 is the mixed node of the drain test: what a busy Spot node
@@ -132,8 +133,8 @@ func watchNodePods(t *testing.T, node string) *podLog {
 	go func() {
 		for ev := range w.ResultChan() {
 			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
+			if !ok || p.Namespace == localrun.AgentNamespace {
+				continue // not a pod, or the agent's own
 			}
 			key := p.Namespace + "/" + p.Name
 			l.mu.Lock()
@@ -185,13 +186,17 @@ func TestPreemptionDrains110PodsInWavesBeforeTheDeadline(t *testing.T) {
 		if err != nil {
 			return false, "", err
 		}
-		ready := 0
+		ready, all := 0, 0
 		for _, p := range list.Items {
+			if p.Namespace == localrun.AgentNamespace {
+				continue // the agent's own pod
+			}
+			all++
 			if p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodSucceeded {
 				ready++
 			}
 		}
-		return ready == 110, fmt.Sprintf("%d of %d ready", ready, len(list.Items)), nil
+		return ready == 110, fmt.Sprintf("%d of %d ready", ready, all), nil
 	})
 	// A second node of the same pool gives the evicted pods somewhere to go,
 	// so the PDB frees up as replacements become Ready.

@@ -24,7 +24,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(kit.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(2)}, &env, func(dir string) error {
+	os.Exit(kit.RunUnitsAndCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(2)}, &env, func(dir string) error {
 		var err error
 		binary, err = localrun.Build(context.Background(), dir)
 		return err
@@ -40,9 +40,21 @@ type node struct {
 }
 
 // newNode adds a node to the shared cluster, starts a fake metadata server
-// for it and an agent with the given extra flags.
+// for it and an agent with the given extra flags. The agent runs as users
+// run it: with its own service-account token, bound to a pod of its
+// DaemonSet on the node, under the shipped RBAC and Node policy.
 func newNode(t *testing.T, spec cluster.NodeSpec, flags ...string) *node {
 	t.Helper()
+	n := prepareNode(t, spec, flags...)
+	n.start(t)
+	return n
+}
+
+// prepareNode is newNode without starting the agent, for tests that set
+// the metadata server up first.
+func prepareNode(t *testing.T, spec cluster.NodeSpec, flags ...string) *node {
+	t.Helper()
+	kit.NeedCluster(t, env)
 	ctx := context.Background()
 	if spec.Name == "" {
 		spec.Name = "n-" + rand.String(6)
@@ -62,10 +74,13 @@ func newNode(t *testing.T, spec cluster.NodeSpec, flags ...string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	id, err := localrun.NewAgentIdentity(ctx, localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config, Dir: env.Dir, Node: spec.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := &node{name: spec.Name, md: md, spec: localrun.AgentSpec{
-		Binary: binary, Dir: env.Dir, Kubeconfig: env.Kubeconfig, Node: spec.Name, MetadataHost: md.Host(), Flags: flags,
+		Binary: binary, Dir: env.Dir, Kubeconfig: id.Kubeconfig, Node: spec.Name, MetadataHost: md.Host(), Flags: flags, Pod: id.Pod,
 	}}
-	n.start(t)
 	return n
 }
 
@@ -106,7 +121,8 @@ func condition(node *corev1.Node) *corev1.NodeCondition {
 	return nil
 }
 
-// expectMarked waits for the full mark: annotations, taint, label, condition.
+// expectMarked waits for the full mark: annotations, taint, condition, and
+// the load-balancer exclusion label once (and only once) the node drains.
 func (n *node) expectMarked(t *testing.T, reason nodemark.Reason, state nodemark.State, effect corev1.TaintEffect, budget time.Duration) nodemark.Mark {
 	t.Helper()
 	var m nodemark.Mark
@@ -116,8 +132,9 @@ func (n *node) expectMarked(t *testing.T, reason nodemark.Reason, state nodemark
 		var err error
 		m, ok, err = nodemark.Read(node.Annotations)
 		seen := fmt.Sprintf("mark=%v ok=%v err=%v taints=%v labels=%v cond=%v", m, ok, err, node.Spec.Taints, node.Labels[nodemark.LabelExcludeFromLB], condition(node) != nil)
+		_, excluded := node.Labels[nodemark.LabelExcludeFromLB]
 		return ok && err == nil && m.Reason == reason && m.State == state && hasTaint(node, effect) &&
-			node.Labels[nodemark.LabelExcludeFromLB] == "true" && condition(node) != nil, seen, nil
+			excluded == (state == nodemark.StateTerminating) && condition(node) != nil, seen, nil
 	})
 	return m
 }

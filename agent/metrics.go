@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,25 +16,29 @@ type Metrics struct {
 	restored     prometheus.Counter
 }
 
-// NewMetrics registers the agent's metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics creates the agent's metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		notices: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_agent_notices_total",
+			Namespace: "termgate", Subsystem: "agent", Name: "notices_total",
 			Help: "Termination notices acted on (node marked), by reason and state (advance or terminating).",
 		}, []string{"reason", "state"}),
 		noticeToMark: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "termgate_agent_notice_to_mark_seconds",
+			Namespace: "termgate", Subsystem: "agent", Name: "notice_to_mark_seconds",
 			Help:    "Time from receiving a metadata notice to the Node patch being accepted.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
 		restored: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "termgate_agent_restored_total",
+			Namespace: "termgate", Subsystem: "agent", Name: "restored_total",
 			Help: "Nodes unmarked because the notice was withdrawn or the VM came back with a new boot ID.",
 		}),
 	}
-	reg.MustRegister(m.notices, m.noticeToMark, m.restored)
-	return m
+	for _, c := range []prometheus.Collector{m.notices, m.noticeToMark, m.restored} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register agent metrics: %w", err)
+		}
+	}
+	return m, nil
 }
 
 func (m *Metrics) observeMark(mk nodemark.Mark, latency time.Duration) {

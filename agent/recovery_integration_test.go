@@ -12,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/rand"
 
-	"termgate.dev/termgate/agent"
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
@@ -56,7 +55,7 @@ func TestNodeBackWithNewBootIDIsRestored(t *testing.T) {
 	n.md.SetPreempted(false)
 	n.start(t)
 	n.expectUnmarked(t, 5*time.Second)
-	n.expectEvent(t, agent.ReasonRestored, "new boot ID", 5*time.Second)
+	n.expectEvent(t, nodemark.EventTerminationCancelled, "new boot ID", 5*time.Second)
 }
 
 // Host maintenance on a GPU VM gives an hour; the agent must take the
@@ -66,7 +65,7 @@ func TestHostMaintenanceOnAcceleratorNodeUsesItsBudget(t *testing.T) {
 	n := newNode(t, cluster.NodeSpec{Accelerator: "nvidia-l4", MachineType: "g2-standard-8", Zone: "us-central1-a"},
 		"--accelerator-maintenance-budget=45m", "--maintenance-budget=60s")
 	n.md.SetMaintenanceEvent("MIGRATE_ON_HOST_MAINTENANCE")
-	n.expectEvent(t, agent.ReasonLiveMigration, "live-migrating", 5*time.Second)
+	n.expectEvent(t, nodemark.EventLiveMigration, "live-migrating", 5*time.Second)
 	if _, marked, _ := nodemark.Read(n.get(t).Annotations); marked {
 		t.Fatal("live migration marked the node")
 	}

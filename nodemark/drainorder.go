@@ -9,10 +9,17 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// AnnotationDrainOrder on a Pod holds its drain order. The webhook stamps it at
-// creation; a pod's owner may set it to override the default. The agent uses
-// it when present and falls back to DefaultDrainOrder otherwise.
+// AnnotationDrainOrder on a Pod is its owner's explicit drain order. Only an
+// owner sets it; the agent honours it when valid and otherwise applies
+// DefaultDrainOrder to the live pod.
 const AnnotationDrainOrder = "termgate.dev/drain-order"
+
+// AnnotationDefaultDrainOrder is the default order the webhook computed when
+// the pod was created, stamped so that owners see it. It is informational:
+// the agent ignores it and recomputes the default from the live pod, so a
+// toleration added after creation counts for the drain as it does for the
+// bind gate.
+const AnnotationDefaultDrainOrder = "termgate.dev/default-drain-order"
 
 // Wave is the phase of the drain in which a pod is evicted.
 type Wave string

@@ -84,8 +84,12 @@ func (m Mark) Annotations() map[string]string {
 	}
 }
 
-// AnnotationKeys lists every annotation a Mark writes, for removal.
+// AnnotationKeys lists every annotation a Mark writes.
 var AnnotationKeys = []string{AnnotationState, AnnotationReason, AnnotationNoticeTime, AnnotationDeadline, AnnotationBootID}
+
+// OwnedAnnotationKeys lists every annotation termgate may leave on a Node,
+// the mark's and AnnotationLBLabelAdded: what unmarking removes.
+var OwnedAnnotationKeys = append(append([]string{}, AnnotationKeys...), AnnotationLBLabelAdded)
 
 // Terminating reports whether the mark means the node is draining.
 func (m Mark) Terminating() bool { return m.State == StateTerminating }

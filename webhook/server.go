@@ -14,6 +14,8 @@ import (
 	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	"termgate.dev/termgate/webhook/review"
 )
 
 // Server serves the gates over HTTPS and shuts down in two steps: on
@@ -27,6 +29,11 @@ type Server struct {
 	// ShutdownTimeout bounds the wait for requests in flight.
 	ShutdownTimeout time.Duration
 	Clock           clock.Clock
+	// Limits bound connections, calls and bodies; zero fields take
+	// DefaultLimits.
+	Limits Limits
+	// Metrics counts refused calls; may be nil.
+	Metrics *review.Metrics
 
 	draining atomic.Bool
 }
@@ -47,18 +54,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// Requests keep a live context during the shutdown delay, and carry the
 	// logger so gates log with the server's fields.
 	base := log.IntoContext(context.WithoutCancel(ctx), logger)
+	limits := s.Limits.withDefaults()
 	srv := &http.Server{
-		Handler:           s.Handler,
+		Handler:           newLimitCalls(s.Handler, limits, s.Metrics),
 		TLSConfig:         s.TLSConfig,
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       90 * time.Second,
+		ReadHeaderTimeout: limits.ReadHeaderTimeout,
+		ReadTimeout:       limits.ReadTimeout,
+		WriteTimeout:      limits.WriteTimeout,
+		IdleTimeout:       limits.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: limits.MaxConcurrentStreams},
 		BaseContext:       func(net.Listener) context.Context { return base },
 		// Handshake failures (a scanner, a client with an old CA) are
 		// routine; they go to the structured log at V(1), not stderr.
 		ErrorLog: slog.NewLogLogger(logr.ToSlogHandler(logger.V(1)), slog.LevelInfo),
 	}
 	errc := make(chan error, 1)
+	ln = newLimitListener(ln, limits.MaxConnections)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	logger.Info("Serving admission webhook", "address", ln.Addr().String())
 

@@ -32,11 +32,22 @@ const (
 // Config is what the gates need.
 type Config struct {
 	Nodes nodecache.Lookup
-	Pods  review.PodGetter
+	// Pods serves the bind gate's slow path.
+	Pods review.PodGetter
+	// AgentPods serves the confinement gate's reads of pods the locator
+	// does not hold; give it a client of its own so confinement and the
+	// bind gate never wait on each other's budget. Nil uses Pods.
+	AgentPods review.PodGetter
+	// AgentPodLocator answers where a pod runs from memory (nodepods.Cache);
+	// nil reads every evicted pod through AgentPods.
+	AgentPodLocator confine.PodLocator
 	// TaintEffect is the effect of the termination taint the agent writes.
 	TaintEffect corev1.TaintEffect
 	// Agent configures the confinement of the agent's service account.
 	Agent confine.Options
+	// MaxBodyBytes bounds a review body (413 beyond); 0 means
+	// review.MaxBodyBytes.
+	MaxBodyBytes int64
 	// Metrics may be nil.
 	Metrics *review.Metrics
 	Log     logr.Logger
@@ -46,15 +57,19 @@ type Config struct {
 // Handler returns the mux serving every gate at its path.
 func Handler(cfg Config) http.Handler {
 	m := cfg.Metrics
+	agentPods := cfg.AgentPods
+	if agentPods == nil {
+		agentPods = cfg.Pods
+	}
 	gates := map[string]review.Gate{
 		PathBinding:    bindgate.New(cfg.Nodes, cfg.Pods, cfg.TaintEffect, m.ForGate(bindgate.Name)),
 		PathPinnedPod:  pinnedgate.New(cfg.Nodes, cfg.TaintEffect, m.ForGate(pinnedgate.Name)),
 		PathDrainOrder: drainorder.New(cfg.TaintEffect),
-		PathAgent:      confine.New(cfg.Agent, cfg.Pods, m.ForGate(confine.Name)),
+		PathAgent:      confine.New(cfg.Agent, cfg.AgentPodLocator, agentPods, m.ForGate(confine.Name)),
 	}
 	mux := http.NewServeMux()
 	for path, gate := range gates {
-		mux.Handle(path, review.NewHandler(gate, cfg.Log, cfg.Clock, m))
+		mux.Handle(path, review.NewHandler(gate, cfg.Log, cfg.Clock, m).WithMaxBodyBytes(cfg.MaxBodyBytes))
 	}
 	return mux
 }

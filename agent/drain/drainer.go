@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,12 +27,41 @@ type Drainer struct {
 	clk    clock.WithTicker
 	cfg    Config
 	rec    record.EventRecorder
+
+	// exitBy is when the process must be done (after SIGTERM); zero until
+	// Hurry. hurried is closed by the first Hurry to wake running drains.
+	mu      sync.Mutex
+	exitBy  time.Time
+	hurried chan struct{}
 }
 
 // New returns a Drainer. Zero config fields take their defaults; Run reports
 // an invalid config. rec may be nil, which records no events.
 func New(client kubernetes.Interface, pods *PodSource, clk clock.WithTicker, cfg Config, rec record.EventRecorder) *Drainer {
-	return &Drainer{client: client, pods: pods, clk: clk, cfg: cfg.WithDefaults(), rec: rec}
+	return &Drainer{client: client, pods: pods, clk: clk, cfg: cfg.WithDefaults(), rec: rec, hurried: make(chan struct{})}
+}
+
+// Hurry tells running and later drains that the process stops at exitAt
+// (it was signalled): cut-offs after exitAt minus their margins move
+// earlier, so the system wave and the escalated deletes are sent while the
+// agent still runs. Escalated deletes keep their grace up to the node's
+// deadline, since the pods outlive the agent until the VM stops.
+func (d *Drainer) Hurry(exitAt time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.exitBy.IsZero() && !exitAt.Before(d.exitBy) {
+		return
+	}
+	if d.exitBy.IsZero() {
+		close(d.hurried)
+	}
+	d.exitBy = exitAt
+}
+
+func (d *Drainer) exitTime() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.exitBy
 }
 
 // Result summarises one Run for logs, metrics and the demo timeline.
@@ -81,16 +111,18 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 	changes, unsubscribe := d.pods.Subscribe()
 	defer unsubscribe()
 
-	queueCtx, stopQueue := context.WithCancel(ctx)
 	r := &run{
 		d:       d,
 		sched:   newSchedule(mark, d.cfg),
-		queue:   newEvictionQueue(queueCtx, d.client, d.clk, d.cfg, mark.Deadline, d.rec),
+		queue:   newEvictionQueue(d.client, d.clk, d.cfg, mark.Deadline, d.rec),
 		started: map[Step]time.Duration{},
 	}
 	r.steps = r.plan()
-	outcome, last, err := r.loop(ctx, changes)
-	stopQueue()
+	// The queue's items live in the loop's context: when the loop ends,
+	// for whatever reason, nothing more is sent.
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	outcome, last, err := r.loop(loopCtx, changes)
+	stopLoop()
 	r.queue.wait()
 
 	res := r.result(last)
@@ -117,6 +149,7 @@ func (r *run) loop(ctx context.Context, changes <-chan struct{}) (string, *pass,
 	}
 	for {
 		now := r.d.clk.Now()
+		r.sched = r.sched.within(r.d.exitTime(), r.d.cfg)
 		p := classify(r.d.pods.List(), now, r.sched, r.d.cfg.TaintEffect)
 		if p.remaining() == 0 {
 			return outcomeComplete, p, nil
@@ -174,6 +207,7 @@ func (r *run) sleep(ctx context.Context, changes <-chan struct{}, d time.Duratio
 		return false
 	case <-changes:
 	case <-timer.C():
+	case <-r.d.hurried:
 	}
 	return true
 }
@@ -202,13 +236,13 @@ func (r *run) finish(ctx context.Context, outcome string, res Result) {
 	if r.d.rec == nil {
 		return
 	}
-	ref := nodeRef(r.d.cfg.NodeName)
+	ref := nodemark.NodeEventRef(r.d.cfg.NodeName)
 	switch outcome {
 	case outcomeComplete:
-		r.d.rec.Eventf(ref, corev1.EventTypeNormal, ReasonDrainCompleted,
+		r.d.rec.Eventf(ref, corev1.EventTypeNormal, nodemark.EventDrainCompleted,
 			"Drained in %s: %d evicted, %d deleted at a cut-off, %d kept", res.Duration.Round(time.Millisecond), res.Evicted, res.Deleted, res.Kept)
 	case outcomeDeadline:
-		r.d.rec.Eventf(ref, corev1.EventTypeWarning, ReasonDrainDeadlinePassed,
+		r.d.rec.Eventf(ref, corev1.EventTypeWarning, nodemark.EventDrainDeadlinePassed,
 			"Deadline passed with %d pods still on the node", res.Remaining)
 	}
 }

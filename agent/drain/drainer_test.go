@@ -68,7 +68,7 @@ func TestWavesGoInOrderAndSpareKeptMirrorAndFinishedPods(t *testing.T) {
 		}
 	}
 	events := k.events()
-	for _, reason := range []string{ReasonDrainWaveStarted, ReasonDrainCompleted} {
+	for _, reason := range []string{nodemark.EventDrainWaveStarted, nodemark.EventDrainCompleted} {
 		if !hasEvent(events, reason) {
 			t.Errorf("no %s event in %v", reason, events)
 		}
@@ -246,7 +246,7 @@ func TestBlockedPodsAreDeletedAtTheirCutoffWithGraceClampedToTheDeadline(t *test
 	if got := counterValue(t, reg, "termgate_drain_evictions_total", "result", "blocked"); got < 3 {
 		t.Errorf("blocked evictions metric %v, want at least 3", got)
 	}
-	if !hasEvent(k.events(), ReasonDrainEscalated) {
+	if !hasEvent(k.events(), nodemark.EventDrainEscalated) {
 		t.Error("no escalation event on the node")
 	}
 }

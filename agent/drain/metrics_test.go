@@ -77,10 +77,3 @@ func TestRegisteringTheMetricsTwiceIsAnErrorNotAPanic(t *testing.T) {
 		t.Error("second registration succeeded")
 	}
 }
-
-func TestNilMetricsRecordNothing(t *testing.T) {
-	var m *Metrics
-	m.observeEviction(outcomeAccepted)
-	m.observeEscalation("regular")
-	m.observeDuration(outcomeComplete, 0)
-}

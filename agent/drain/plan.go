@@ -29,6 +29,27 @@ func newSchedule(mark nodemark.Mark, cfg Config) schedule {
 	}
 }
 
+// within returns the schedule of a drain whose process stops at exitAt:
+// each cut-off comes no later than exitAt minus its margin before the
+// deadline, so a short remaining grace moves the system wave and the
+// escalations to now. The deadline itself, which clamps grace periods, is
+// the VM's and does not move. A zero exitAt changes nothing.
+func (s schedule) within(exitAt time.Time, cfg Config) schedule {
+	if exitAt.IsZero() || !exitAt.Before(s.deadline) {
+		return s
+	}
+	s.regularCutoff = earliest(s.regularCutoff, exitAt.Add(-cfg.SystemGrace))
+	s.systemCutoff = earliest(s.systemCutoff, exitAt.Add(-cfg.SystemEscalateBefore))
+	return s
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
 // due returns when a delayed pod becomes evictable: its toleration after the
 // notice, but no later than the regular cut-off, so that even a long
 // toleration leaves the pod time to stop before the machine does.

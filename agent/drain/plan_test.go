@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"termgate.dev/termgate/nodemark"
 )
 
 func TestDeleteGrace(t *testing.T) {
@@ -152,5 +154,27 @@ func BenchmarkClassify(b *testing.B) {
 	s := newSchedule(testMark, Config{}.WithDefaults())
 	for b.Loop() {
 		classify(pods, notice, s, corev1.TaintEffectNoSchedule)
+	}
+}
+
+// After SIGTERM the agent has until exitAt: cut-offs later than exitAt minus
+// their margins move before it; the VM's deadline, which clamps grace
+// periods, stays.
+func TestScheduleWithinTheAgentsGrace(t *testing.T) {
+	cfg := Config{SystemGrace: 10 * time.Second, SystemEscalateBefore: 5 * time.Second}
+	notice := time.Unix(1000, 0)
+	s := newSchedule(nodemark.Mark{NoticeTime: notice, Deadline: notice.Add(30 * time.Second)}, cfg)
+	if got := s.within(time.Time{}, cfg); got != s {
+		t.Fatalf("no signal changed the schedule: %+v", got)
+	}
+	if got := s.within(notice.Add(40*time.Second), cfg); got != s {
+		t.Fatalf("a grace beyond the deadline changed the schedule: %+v", got)
+	}
+	short := s.within(notice.Add(12*time.Second), cfg)
+	if !short.regularCutoff.Equal(notice.Add(2*time.Second)) || !short.systemCutoff.Equal(notice.Add(7*time.Second)) || !short.deadline.Equal(s.deadline) {
+		t.Fatalf("exit at +12s: got cut-offs %s/%s deadline %s", short.regularCutoff.Sub(notice), short.systemCutoff.Sub(notice), short.deadline.Sub(notice))
+	}
+	if again := short.within(notice.Add(20*time.Second), cfg); again != short {
+		t.Fatal("a later exit moved cut-offs back")
 	}
 }

@@ -10,6 +10,8 @@ import (
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"termgate.dev/termgate/nodemark"
 )
 
 // PodSource caches the pods bound to one node. It lists and watches with the
@@ -32,7 +34,7 @@ func NewPodSource(client kubernetes.Interface, nodeName string) *PodSource {
 	s := &PodSource{nodeName: nodeName, informer: inf, subs: map[chan struct{}]struct{}{}}
 	// Both calls fail only on an informer that was already started or
 	// stopped, which a new one is not.
-	_ = inf.SetTransform(stripManagedFields)
+	_ = inf.SetTransform(trimPod)
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { s.notify() },
 		UpdateFunc: func(any, any) { s.notify() },
@@ -44,9 +46,6 @@ func NewPodSource(client kubernetes.Interface, nodeName string) *PodSource {
 // Run watches until ctx is done.
 func (s *PodSource) Run(ctx context.Context) { s.informer.RunWithContext(ctx) }
 
-// Start runs the watch in the background until ctx is done.
-func (s *PodSource) Start(ctx context.Context) { go s.Run(ctx) }
-
 // HasSynced reports whether the first full list has arrived.
 func (s *PodSource) HasSynced() bool { return s.informer.HasSynced() }
 
@@ -54,6 +53,19 @@ func (s *PodSource) HasSynced() bool { return s.informer.HasSynced() }
 // whether it synced.
 func (s *PodSource) WaitForSync(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), s.informer.HasSynced)
+}
+
+// Get returns the cached pod namespace/name on the node, or nil.
+func (s *PodSource) Get(namespace, name string) *corev1.Pod {
+	if name == "" {
+		return nil
+	}
+	obj, ok, err := s.informer.GetStore().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return nil
+	}
+	pod, _ := obj.(*corev1.Pod)
+	return pod
 }
 
 // List returns the cached pods of the node. The pods are shared with the
@@ -97,11 +109,49 @@ func (s *PodSource) notify() {
 	}
 }
 
-// stripManagedFields drops what the drain never reads, which is most of a
-// pod's size, before it enters the cache.
-func stripManagedFields(obj any) (any, error) {
-	if acc, ok := obj.(metav1.ObjectMetaAccessor); ok {
-		acc.GetObjectMeta().SetManagedFields(nil)
+// keptAnnotations are the only annotations the drain reads.
+var keptAnnotations = []string{nodemark.AnnotationDrainOrder, corev1.MirrorPodAnnotationKey}
+
+// trimPod keeps only what the drain reads, before the pod enters the cache.
+// Tenants decide how large their pods are (annotations, environment,
+// volumes); the agent's memory must not follow: a node's pods could
+// otherwise push it past its limit, and a crash-looping agent ignores its
+// node's notices. With the client's streaming lists, each pod is trimmed as
+// it arrives, so even the initial list never holds whole pods.
+func trimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // a deletion tombstone: the store only needs its key
 	}
-	return obj, nil
+	trimmed := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:                       pod.Name,
+			Namespace:                  pod.Namespace,
+			UID:                        pod.UID,
+			ResourceVersion:            pod.ResourceVersion,
+			DeletionTimestamp:          pod.DeletionTimestamp,
+			DeletionGracePeriodSeconds: pod.DeletionGracePeriodSeconds,
+		},
+		Spec: corev1.PodSpec{
+			NodeName:                      pod.Spec.NodeName,
+			PriorityClassName:             pod.Spec.PriorityClassName,
+			Tolerations:                   pod.Spec.Tolerations,
+			TerminationGracePeriodSeconds: pod.Spec.TerminationGracePeriodSeconds,
+		},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase},
+	}
+	for _, k := range keptAnnotations {
+		if v, ok := pod.Annotations[k]; ok {
+			if trimmed.Annotations == nil {
+				trimmed.Annotations = map[string]string{}
+			}
+			trimmed.Annotations[k] = v
+		}
+	}
+	for _, ref := range pod.OwnerReferences {
+		if ref.Controller != nil && *ref.Controller {
+			trimmed.OwnerReferences = []metav1.OwnerReference{ref}
+		}
+	}
+	return trimmed, nil
 }

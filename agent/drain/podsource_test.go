@@ -2,11 +2,15 @@ package drain
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clienttesting "k8s.io/client-go/testing"
+
+	"termgate.dev/termgate/nodemark"
 )
 
 func TestPodSourceWatchesOnlyItsNode(t *testing.T) {
@@ -66,4 +70,35 @@ func asCalls(s *PodSource) []call {
 		out = append(out, call{name: p.Name})
 	}
 	return out
+}
+
+// Tenants decide how large their pods are; the cache keeps only what the
+// drain reads.
+func TestTrimPodKeepsOnlyWhatTheDrainReads(t *testing.T) {
+	big := strings.Repeat("x", 256<<10)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", UID: "u", ResourceVersion: "7",
+			Annotations: map[string]string{"tenant/blob": big, nodemark.AnnotationDrainOrder: "system", corev1.MirrorPodAnnotationKey: "h"},
+			Labels:      map[string]string{"big": "label"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "other"},
+				{Kind: "DaemonSet", Name: "ds", Controller: ptr(true)}},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "m"}}},
+		Spec: corev1.PodSpec{NodeName: "n", PriorityClassName: "pc", TerminationGracePeriodSeconds: ptr[int64](7),
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers:  []corev1.Container{{Name: "c", Env: []corev1.EnvVar{{Name: "E", Value: big}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, Message: big},
+	}
+	obj, err := trimPod(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := obj.(*corev1.Pod)
+	if len(got.Spec.Containers) != 0 || got.Labels != nil || got.ManagedFields != nil || got.Status.Message != "" || len(got.Annotations) != 2 {
+		t.Fatalf("kept more than the drain reads: %d containers, labels %v, %d annotations", len(got.Spec.Containers), got.Labels, len(got.Annotations))
+	}
+	if nodemark.DrainOrderFor(got, corev1.TaintEffectNoSchedule) != nodemark.DrainOrderFor(pod, corev1.TaintEffectNoSchedule) ||
+		nodemark.IsMirrorPod(got) != nodemark.IsMirrorPod(pod) || nodemark.IsSystemPod(got) != nodemark.IsSystemPod(pod) ||
+		ownGrace(got) != ownGrace(pod) || got.UID != pod.UID || got.Spec.NodeName != "n" || got.Status.Phase != corev1.PodRunning {
+		t.Fatalf("trimmed pod reads differently: %+v", got)
+	}
 }

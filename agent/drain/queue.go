@@ -44,6 +44,7 @@ type outcome string
 // Outcomes double as the result label of the evictions metric.
 const (
 	outcomeAccepted    outcome = "accepted"     // the API server took it
+	outcomeSkipped     outcome = "skipped"      // a delete that would not shorten the pod's end: not sent
 	outcomeGone        outcome = "gone"         // 404, or 409 because the pod (this UID) is gone
 	outcomeBlocked     outcome = "blocked"      // 429: a PodDisruptionBudget refuses it for now
 	outcomeServerError outcome = "server_error" // 5xx: retried
@@ -56,7 +57,6 @@ type item struct {
 	act    action
 	wave   nodemark.Wave
 	cancel context.CancelFunc
-	done   bool
 }
 
 // queueStats are the counts a drain reports.
@@ -78,7 +78,6 @@ type evictionQueue struct {
 	cfg      Config
 	deadline time.Time
 	rec      record.EventRecorder
-	ctx      context.Context
 	sem      chan struct{}
 	wg       sync.WaitGroup
 
@@ -87,36 +86,36 @@ type evictionQueue struct {
 	stats queueStats
 }
 
-func newEvictionQueue(ctx context.Context, client kubernetes.Interface, clk clock.WithTicker, cfg Config, deadline time.Time, rec record.EventRecorder) *evictionQueue {
+func newEvictionQueue(client kubernetes.Interface, clk clock.WithTicker, cfg Config, deadline time.Time, rec record.EventRecorder) *evictionQueue {
 	return &evictionQueue{
 		client:   client,
 		clk:      clk,
 		cfg:      cfg,
 		deadline: deadline,
 		rec:      rec,
-		ctx:      ctx,
 		sem:      make(chan struct{}, cfg.Concurrency),
 		items:    map[types.UID]*item{},
 	}
 }
 
 // evict asks for pod's eviction unless the pod is already queued or done.
-// It reports whether a new item was started.
-func (q *evictionQueue) evict(pod *corev1.Pod, wave nodemark.Wave) bool {
-	return q.add(pod, actEvict, wave)
+// It reports whether a new item was started; the item stops sending when
+// ctx ends.
+func (q *evictionQueue) evict(ctx context.Context, pod *corev1.Pod, wave nodemark.Wave) bool {
+	return q.add(ctx, pod, actEvict, wave)
 }
 
 // delete asks for pod's deletion with a grace period clamped to the
 // deadline, superseding a pending eviction. It reports whether a new item
 // was started.
-func (q *evictionQueue) delete(pod *corev1.Pod, wave nodemark.Wave) bool {
-	return q.add(pod, actDelete, wave)
+func (q *evictionQueue) delete(ctx context.Context, pod *corev1.Pod, wave nodemark.Wave) bool {
+	return q.add(ctx, pod, actDelete, wave)
 }
 
-func (q *evictionQueue) add(pod *corev1.Pod, act action, wave nodemark.Wave) bool {
+func (q *evictionQueue) add(ctx context.Context, pod *corev1.Pod, act action, wave nodemark.Wave) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return false
 	}
 	if old, ok := q.items[pod.UID]; ok {
@@ -125,16 +124,16 @@ func (q *evictionQueue) add(pod *corev1.Pod, act action, wave nodemark.Wave) boo
 		}
 		old.cancel()
 	}
-	ctx, cancel := context.WithCancel(q.ctx)
+	itemCtx, cancel := context.WithCancel(ctx)
 	it := &item{pod: pod, act: act, wave: wave, cancel: cancel}
 	q.items[pod.UID] = it
 	q.wg.Add(1)
-	go q.work(ctx, it)
+	go q.work(itemCtx, it)
 	return true
 }
 
 // wait blocks until every item has finished or been cancelled. The caller
-// cancels the queue's context first.
+// ends the items' context first.
 func (q *evictionQueue) wait() { q.wg.Wait() }
 
 func (q *evictionQueue) snapshot() queueStats {
@@ -152,12 +151,12 @@ func (q *evictionQueue) work(ctx context.Context, it *item) {
 		out, err := q.attempt(ctx, it)
 		// An answer that arrived is counted even if the item was cancelled
 		// meanwhile; a call cut short by the cancellation is not.
-		if ctx.Err() != nil && out != outcomeAccepted && out != outcomeGone {
+		if ctx.Err() != nil && out != outcomeAccepted && out != outcomeGone && out != outcomeSkipped {
 			return
 		}
 		q.record(it, out, attempt)
 		switch out {
-		case outcomeAccepted, outcomeGone:
+		case outcomeAccepted, outcomeGone, outcomeSkipped:
 			logger.V(1).Info("done", "outcome", out, "attempts", attempt+1)
 			return
 		case outcomeBlocked:
@@ -183,6 +182,11 @@ func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) 
 		return outcomeError, ctx.Err()
 	}
 	defer func() { <-q.sem }()
+	// Both cases above can be ready at once, and select picks at random: a
+	// drain stopped because its notice was withdrawn must send nothing more.
+	if err := ctx.Err(); err != nil {
+		return outcomeError, err
+	}
 	// A call under way is never cut short, even when the item is cancelled
 	// (superseded by a delete, drain stopped): the API server records an
 	// eviction in the PodDisruptionBudget before it deletes the pod, and a
@@ -192,7 +196,10 @@ func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) 
 	defer cancel()
 	var err error
 	if it.act == actDelete {
-		err = q.callDelete(callCtx, it.pod)
+		var sent bool
+		if sent, err = q.callDelete(callCtx, it.pod); !sent {
+			return outcomeSkipped, nil
+		}
 	} else {
 		err = q.callEvict(callCtx, it.pod)
 	}
@@ -218,10 +225,13 @@ func (q *evictionQueue) callEvict(ctx context.Context, pod *corev1.Pod) error {
 	return nil
 }
 
-func (q *evictionQueue) callDelete(ctx context.Context, pod *corev1.Pod) error {
+// callDelete deletes pod with a grace clamped to the deadline; sent is
+// false when such a delete would not end the pod sooner than it already
+// ends, and nothing was sent.
+func (q *evictionQueue) callDelete(ctx context.Context, pod *corev1.Pod) (sent bool, err error) {
 	grace, useful := deleteGrace(pod, q.clk.Now(), q.deadline, q.cfg.MinDeleteGrace)
 	if !useful {
-		return nil
+		return false, nil
 	}
 	uid := pod.UID
 	opts := metav1.DeleteOptions{
@@ -230,10 +240,10 @@ func (q *evictionQueue) callDelete(ctx context.Context, pod *corev1.Pod) error {
 		DryRun:             q.dryRun(),
 	}
 	if err := q.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, opts); err != nil {
-		return fmt.Errorf("delete pod %s/%s with grace %ds: %w", pod.Namespace, pod.Name, grace, err)
+		return true, fmt.Errorf("delete pod %s/%s with grace %ds: %w", pod.Namespace, pod.Name, grace, err)
 	}
 	log.FromContext(ctx).V(1).Info("deleted", "pod", klog.KObj(pod), "grace", grace)
-	return nil
+	return true, nil
 }
 
 func (q *evictionQueue) dryRun() []string {
@@ -270,15 +280,14 @@ func (q *evictionQueue) classify(ctx context.Context, pod *corev1.Pod, err error
 func (q *evictionQueue) record(it *item, out outcome, attempt int) {
 	q.mu.Lock()
 	switch out {
+	case outcomeSkipped:
 	case outcomeAccepted:
-		it.done = true
 		if it.act == actDelete {
 			q.stats.Deleted++
 		} else {
 			q.stats.Evicted++
 		}
 	case outcomeGone:
-		it.done = true
 		q.stats.Gone++
 	case outcomeBlocked:
 		q.stats.Retried429++
@@ -295,7 +304,7 @@ func (q *evictionQueue) record(it *item, out outcome, attempt int) {
 	// One event per pod, on the first refusal: enough for its owner to see
 	// that a budget held it up, without flooding the event stream.
 	if out == outcomeBlocked && attempt == 0 && q.rec != nil {
-		q.rec.Eventf(it.pod, corev1.EventTypeWarning, ReasonEvictionBlocked,
+		q.rec.Eventf(it.pod, corev1.EventTypeWarning, nodemark.EventEvictionBlocked,
 			"Eviction from terminating node %s refused by a PodDisruptionBudget; retrying until the drain escalates", q.cfg.NodeName)
 	}
 }

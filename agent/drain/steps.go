@@ -28,7 +28,7 @@ const (
 // Steps only enqueue work, so running one again is harmless.
 type step struct {
 	name Step
-	run  func(p *pass) (acted int, wake time.Time)
+	run  func(ctx context.Context, p *pass) (acted int, wake time.Time)
 }
 
 func (r *run) plan() []step {
@@ -46,7 +46,7 @@ func (r *run) plan() []step {
 func (r *run) runSteps(ctx context.Context, p *pass) time.Time {
 	wake := r.sched.deadline
 	for _, s := range r.steps {
-		acted, w := s.run(p)
+		acted, w := s.run(ctx, p)
 		if acted > 0 {
 			r.begin(ctx, s.name, p.now, acted)
 		}
@@ -59,15 +59,15 @@ func (r *run) runSteps(ctx context.Context, p *pass) time.Time {
 
 // evictRegular evicts regular pods, from the notice until the regular
 // cut-off.
-func (r *run) evictRegular(p *pass) (int, time.Time) {
+func (r *run) evictRegular(ctx context.Context, p *pass) (int, time.Time) {
 	if !p.now.Before(r.sched.regularCutoff) {
 		return 0, time.Time{}
 	}
-	return r.evictAll(p.regular, nodemark.WaveRegular), time.Time{}
+	return r.evictAll(ctx, p.regular, nodemark.WaveRegular), time.Time{}
 }
 
 // evictDelayed evicts each delayed pod once its toleration has run out.
-func (r *run) evictDelayed(p *pass) (int, time.Time) {
+func (r *run) evictDelayed(ctx context.Context, p *pass) (int, time.Time) {
 	if !p.now.Before(r.sched.regularCutoff) {
 		return 0, time.Time{}
 	}
@@ -79,7 +79,7 @@ func (r *run) evictDelayed(p *pass) (int, time.Time) {
 			if next.IsZero() || dp.due.Before(next) {
 				next = dp.due
 			}
-		case r.queue.evict(dp.pod, nodemark.WaveDelayed):
+		case r.queue.evict(ctx, dp.pod, nodemark.WaveDelayed):
 			acted++
 		}
 	}
@@ -89,13 +89,13 @@ func (r *run) evictDelayed(p *pass) (int, time.Time) {
 // escalateRegular deletes, at the regular cut-off, the regular and delayed
 // pods still present, so that they end by the deadline whatever their
 // disruption budgets say.
-func (r *run) escalateRegular(p *pass) (int, time.Time) {
+func (r *run) escalateRegular(ctx context.Context, p *pass) (int, time.Time) {
 	if p.now.Before(r.sched.regularCutoff) {
 		return 0, r.sched.regularCutoff
 	}
-	acted := r.escalateAll(p.regular, nodemark.WaveRegular, p.now)
+	acted := r.escalateAll(ctx, p.regular, nodemark.WaveRegular, p.now)
 	for _, dp := range p.delayed {
-		if r.escalate(dp.pod, nodemark.WaveDelayed, p.now) {
+		if r.escalate(ctx, dp.pod, nodemark.WaveDelayed, p.now) {
 			acted++
 		}
 	}
@@ -104,40 +104,40 @@ func (r *run) escalateRegular(p *pass) (int, time.Time) {
 
 // evictSystem evicts system pods once the regular wave has left the node or
 // at the regular cut-off, whichever comes first, until the system cut-off.
-func (r *run) evictSystem(p *pass) (int, time.Time) {
+func (r *run) evictSystem(ctx context.Context, p *pass) (int, time.Time) {
 	if p.now.Before(r.sched.regularCutoff) && !p.regularGone() {
 		return 0, r.sched.regularCutoff
 	}
 	if !p.now.Before(r.sched.systemCutoff) {
 		return 0, time.Time{}
 	}
-	return r.evictAll(p.system, nodemark.WaveSystem), time.Time{}
+	return r.evictAll(ctx, p.system, nodemark.WaveSystem), time.Time{}
 }
 
 // escalateSystem deletes, at the system cut-off, the system pods still
 // present.
-func (r *run) escalateSystem(p *pass) (int, time.Time) {
+func (r *run) escalateSystem(ctx context.Context, p *pass) (int, time.Time) {
 	if p.now.Before(r.sched.systemCutoff) {
 		return 0, r.sched.systemCutoff
 	}
-	return r.escalateAll(p.system, nodemark.WaveSystem, p.now), time.Time{}
+	return r.escalateAll(ctx, p.system, nodemark.WaveSystem, p.now), time.Time{}
 }
 
 // evictAll queues the eviction of every pod not already being deleted.
-func (r *run) evictAll(pods []*corev1.Pod, wave nodemark.Wave) int {
+func (r *run) evictAll(ctx context.Context, pods []*corev1.Pod, wave nodemark.Wave) int {
 	acted := 0
 	for _, pod := range pods {
-		if !terminating(pod) && r.queue.evict(pod, wave) {
+		if !terminating(pod) && r.queue.evict(ctx, pod, wave) {
 			acted++
 		}
 	}
 	return acted
 }
 
-func (r *run) escalateAll(pods []*corev1.Pod, wave nodemark.Wave, now time.Time) int {
+func (r *run) escalateAll(ctx context.Context, pods []*corev1.Pod, wave nodemark.Wave, now time.Time) int {
 	acted := 0
 	for _, pod := range pods {
-		if r.escalate(pod, wave, now) {
+		if r.escalate(ctx, pod, wave, now) {
 			acted++
 		}
 	}
@@ -147,14 +147,14 @@ func (r *run) escalateAll(pods []*corev1.Pod, wave nodemark.Wave, now time.Time)
 // escalate queues the deletion of pod unless it is already being deleted
 // and will be gone by the deadline. A pod whose own deletion would outlast
 // the deadline (a long grace period) is deleted again with a shorter one.
-func (r *run) escalate(pod *corev1.Pod, wave nodemark.Wave, now time.Time) bool {
+func (r *run) escalate(ctx context.Context, pod *corev1.Pod, wave nodemark.Wave, now time.Time) bool {
 	if terminating(pod) && !endsAfter(pod, r.sched.deadline) {
 		return false
 	}
 	if _, useful := deleteGrace(pod, now, r.sched.deadline, r.d.cfg.MinDeleteGrace); !useful {
 		return false
 	}
-	return r.queue.delete(pod, wave)
+	return r.queue.delete(ctx, pod, wave)
 }
 
 // begin records the first time a step acts, logs it and records an event.
@@ -168,10 +168,11 @@ func (r *run) begin(ctx context.Context, name Step, now time.Time, pods int) {
 	if r.d.rec == nil {
 		return
 	}
-	reason, verb := ReasonDrainWaveStarted, "evicting"
+	reason, verb := nodemark.EventDrainWaveStarted, "evicting"
 	if name == StepEscalateRegular || name == StepEscalateSystem {
-		reason, verb = ReasonDrainEscalated, "deleting with grace clamped to the deadline"
+		reason, verb = nodemark.EventDrainEscalated, "deleting with grace clamped to the deadline"
 	}
-	r.d.rec.Eventf(nodeRef(r.d.cfg.NodeName), corev1.EventTypeNormal, reason,
+	at := map[string]string{nodemark.EventAnnotationStepTime: now.UTC().Format(time.RFC3339Nano)}
+	r.d.rec.AnnotatedEventf(nodemark.NodeEventRef(r.d.cfg.NodeName), at, corev1.EventTypeNormal, reason,
 		"%s: %s %d pods, %s before the deadline", name, verb, pods, left.Round(time.Millisecond))
 }

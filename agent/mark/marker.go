@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -83,6 +82,18 @@ func (mk *Marker) remember(before string, after *corev1.Node) {
 // maxConflicts bounds the 409 retries; each re-reads the node first.
 const maxConflicts = 10
 
+// callTimeout bounds each API call of the mark path: a black-holed
+// connection must fail fast so that the reconcile retries, not hang for the
+// transport's tens of seconds while the notice's deadline runs out.
+const callTimeout = 5 * time.Second
+
+// bounded runs one API call under callTimeout.
+func bounded[T any](ctx context.Context, call func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	return call(ctx)
+}
+
 // Mark writes m's annotations, taint and label in one guarded patch (then
 // call SetCondition). current is the caller's latest
 // view of the Node (an informer's copy), saving a GET on the fast path.
@@ -122,7 +133,7 @@ func (mk *Marker) Unmark(ctx context.Context, current *corev1.Node) error {
 		{"type": nodemark.ConditionType, "$patch": "delete"},
 	}}}
 	body, _ := json.Marshal(del)
-	after, err := mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
+	after, err := mk.patchStatus(ctx, body)
 	if err != nil {
 		return fmt.Errorf("unmark node %s: remove condition: %w", mk.node, err)
 	}
@@ -135,7 +146,10 @@ func (mk *Marker) patchWithRetry(ctx context.Context, node *corev1.Node, build f
 	node = mk.base(node)
 	for range maxConflicts {
 		if node == nil {
-			if node, err = mk.client.CoreV1().Nodes().Get(ctx, mk.node, metav1.GetOptions{}); err != nil {
+			node, err = bounded(ctx, func(ctx context.Context) (*corev1.Node, error) {
+				return mk.client.CoreV1().Nodes().Get(ctx, mk.node, metav1.GetOptions{})
+			})
+			if err != nil {
 				return fmt.Errorf("read node: %w", err)
 			}
 		}
@@ -147,7 +161,9 @@ func (mk *Marker) patchWithRetry(ctx context.Context, node *corev1.Node, build f
 			return nil // nothing to change
 		}
 		var after *corev1.Node
-		after, err = mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager})
+		after, err = bounded(ctx, func(ctx context.Context) (*corev1.Node, error) {
+			return mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager})
+		})
 		if err == nil {
 			mk.remember(node.ResourceVersion, after)
 		}
@@ -164,12 +180,19 @@ func (mk *Marker) patchCondition(ctx context.Context, cond corev1.NodeCondition)
 	if err != nil {
 		return fmt.Errorf("encode condition: %w", err)
 	}
-	after, err := mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
+	after, err := mk.patchStatus(ctx, body)
 	if err != nil {
 		return fmt.Errorf("set condition: %w", err)
 	}
 	mk.remember("", after)
 	return nil
+}
+
+// patchStatus sends a strategic-merge patch of the Node's status.
+func (mk *Marker) patchStatus(ctx context.Context, body []byte) (*corev1.Node, error) {
+	return bounded(ctx, func(ctx context.Context) (*corev1.Node, error) {
+		return mk.client.CoreV1().Nodes().Patch(ctx, mk.node, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: nodemark.FieldManager}, "status")
+	})
 }
 
 // markPatch builds the one patch that marks the node.
@@ -178,10 +201,19 @@ func markPatch(n *corev1.Node, m nodemark.Mark, effect corev1.TaintEffect) ([]by
 	for k, v := range m.Annotations() {
 		annotations[k] = v
 	}
+	// Load balancers lose the node only once it drains: an announced
+	// window may be days ahead, and services with externalTrafficPolicy
+	// Local would lose the node's traffic until then.
 	labels := map[string]any{}
-	if _, has := n.Labels[nodemark.LabelExcludeFromLB]; !has {
+	_, has := n.Labels[nodemark.LabelExcludeFromLB]
+	added := n.Annotations[nodemark.AnnotationLBLabelAdded] == "true"
+	switch {
+	case m.Terminating() && !has:
 		labels[nodemark.LabelExcludeFromLB] = "true"
 		annotations[nodemark.AnnotationLBLabelAdded] = "true"
+	case !m.Terminating() && added:
+		labels[nodemark.LabelExcludeFromLB] = nil
+		annotations[nodemark.AnnotationLBLabelAdded] = nil
 	}
 	taints := withoutOurTaint(n.Spec.Taints)
 	taints = append(taints, corev1.Taint{Key: nodemark.TaintKey, Value: string(m.Reason), Effect: effect})
@@ -208,7 +240,7 @@ func nodePatch(n *corev1.Node, annotations, labels map[string]any, taints []core
 // unmarkPatch removes the mark; nil when there is nothing of ours left.
 func unmarkPatch(n *corev1.Node) ([]byte, error) {
 	annotations := map[string]any{}
-	for _, k := range append(slices.Clone(nodemark.AnnotationKeys), nodemark.AnnotationLBLabelAdded) {
+	for _, k := range nodemark.OwnedAnnotationKeys {
 		if _, ok := n.Annotations[k]; ok {
 			annotations[k] = nil
 		}
@@ -232,6 +264,17 @@ func withoutOurTaint(taints []corev1.Taint) []corev1.Taint {
 		}
 	}
 	return out
+}
+
+// HasCondition reports whether node already carries m's condition.
+func HasCondition(node *corev1.Node, m nodemark.Mark) bool {
+	want := conditionFor(m, time.Time{})
+	for _, c := range node.Status.Conditions {
+		if c.Type == want.Type {
+			return c.Status == want.Status && c.Reason == want.Reason && c.Message == want.Message
+		}
+	}
+	return false
 }
 
 func conditionFor(m nodemark.Mark, now time.Time) corev1.NodeCondition {

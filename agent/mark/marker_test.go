@@ -108,3 +108,36 @@ func TestUnmarkOfAnUnmarkedNodeSendsNothing(t *testing.T) {
 		t.Fatalf("got patch %s, %v; want none", p, err)
 	}
 }
+
+// Load balancers keep an announced-maintenance node until it drains: the
+// advance state never adds the exclusion label, and going back from
+// terminating to advance (a window moved later) removes the label termgate
+// added, never a label someone else set.
+func TestLoadBalancerExclusionOnlyWhileTerminating(t *testing.T) {
+	advance := preempted
+	advance.State, advance.Reason = nodemark.StateAdvance, nodemark.ReasonUpcomingMaintenance
+	mark := func(n *corev1.Node, m nodemark.Mark) *corev1.Node {
+		t.Helper()
+		patch, err := markPatch(n, m, corev1.TaintEffectPreferNoSchedule)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return apply(t, n, patch)
+	}
+	ahead := mark(node(nil, nil), advance)
+	if _, ok := ahead.Labels[nodemark.LabelExcludeFromLB]; ok {
+		t.Fatal("advance state excluded the node from load balancers")
+	}
+	draining := mark(ahead, preempted)
+	if draining.Labels[nodemark.LabelExcludeFromLB] != "true" || draining.Annotations[nodemark.AnnotationLBLabelAdded] != "true" {
+		t.Fatalf("terminating state: labels %v annotations %v", draining.Labels, draining.Annotations)
+	}
+	back := mark(draining, advance)
+	if _, ok := back.Labels[nodemark.LabelExcludeFromLB]; ok {
+		t.Fatal("back to advance kept termgate's exclusion label")
+	}
+	users := mark(node(map[string]string{nodemark.LabelExcludeFromLB: "true"}, nil), advance)
+	if users.Labels[nodemark.LabelExcludeFromLB] != "true" {
+		t.Fatal("advance removed a label termgate did not add")
+	}
+}

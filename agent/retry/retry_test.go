@@ -37,8 +37,12 @@ func TestSleepReturnsWhenTheClockPasses(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Now())
 	done := make(chan bool)
 	go func() { done <- Sleep(context.Background(), clk, time.Second) }()
-	for !clk.HasWaiters() {
-		time.Sleep(time.Millisecond)
+	// The goroutine reaches its timer within milliseconds; a second is a
+	// bound that only a broken Sleep exceeds.
+	for bound := time.Now().Add(time.Second); !clk.HasWaiters(); time.Sleep(time.Millisecond) {
+		if time.Now().After(bound) {
+			t.Fatal("Sleep never waited on the clock")
+		}
 	}
 	clk.Step(time.Second)
 	if !<-done {

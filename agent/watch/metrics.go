@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -14,24 +15,28 @@ type Metrics struct {
 	invalidValues *prometheus.CounterVec
 }
 
-// NewMetrics registers the watch's metrics on reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// NewMetrics creates the watch's metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_agent_metadata_responses_total",
+			Namespace: "termgate", Subsystem: "agent", Name: "metadata_responses_total",
 			Help: "HTTP responses from the GCE metadata server, by status code (0 = transport error). The client retries 5xx and 429 itself.",
 		}, []string{"code"}),
 		watchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_agent_metadata_errors_total",
+			Namespace: "termgate", Subsystem: "agent", Name: "metadata_errors_total",
 			Help: "Metadata watches that failed after the client's own retries and were restarted with backoff, by key.",
 		}, []string{"key"}),
 		invalidValues: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_agent_metadata_invalid_values_total",
-			Help: "Metadata values the agent could not parse and therefore ignored, by key.",
+			Namespace: "termgate", Subsystem: "agent", Name: "metadata_invalid_values_total",
+			Help: "Metadata values the agent could not parse, by key: ignored, or for upcoming-maintenance read as no window.",
 		}, []string{"key"}),
 	}
-	reg.MustRegister(m.responses, m.watchErrors, m.invalidValues)
-	return m
+	for _, c := range []prometheus.Collector{m.responses, m.watchErrors, m.invalidValues} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metadata watch metrics: %w", err)
+		}
+	}
+	return m, nil
 }
 
 // instrument counts every response the metadata client gets, including the

@@ -47,6 +47,13 @@ type Observation struct {
 	At time.Time
 	// Window is set for KindScheduled.
 	Window *Window
+	// First is set on the first value this process read for the key: a
+	// termination notice seen first is one that may have begun before the
+	// agent started.
+	First bool
+	// Unreadable explains why a value of upcoming-maintenance that could
+	// not be parsed counts as "no window"; empty for readable values.
+	Unreadable string
 }
 
 // Window is an upcoming maintenance window.
@@ -59,6 +66,7 @@ type Window struct {
 
 // Parse classifies a raw value of key. A value it cannot classify is an
 // error: the agent must never act on a value it does not understand.
+// Lenient is the watcher's reading of that rule per key.
 func Parse(key Key, raw string) (Observation, error) {
 	o := Observation{Key: key, Raw: raw}
 	v := strings.TrimSpace(raw)
@@ -144,4 +152,19 @@ func truncate(s string) string {
 		return s[:limit] + "..."
 	}
 	return s
+}
+
+// Lenient reads a value the way the watcher acts on it. An unreadable
+// preempted or maintenance-event value is an error: acting on it could mark
+// or unmark a node for nothing, so the key keeps its last known value. An
+// unreadable upcoming-maintenance value is "no window", with the reason in
+// Unreadable: its fields are optional and vary by machine family, and a
+// value the agent cannot schedule by must neither drain the node nor hold
+// back what the other keys say.
+func Lenient(key Key, raw string) (Observation, error) {
+	o, err := Parse(key, raw)
+	if err != nil && key == KeyUpcomingMaintenance {
+		return Observation{Key: key, Kind: KindClear, Raw: raw, Unreadable: err.Error()}, nil
+	}
+	return o, err
 }

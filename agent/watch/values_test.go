@@ -82,3 +82,22 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// An upcoming-maintenance value the agent cannot schedule by counts as no
+// window, with the reason; the other keys keep refusing garbage.
+func TestLenientReadsUnreadableMaintenanceAsNoWindow(t *testing.T) {
+	for _, raw := range []string{`{"type":"UNSCHEDULED","maintenance_status":"ONGOING"}`, `{"window_start_time":"tomorrow"}`, "\x00garbage"} {
+		o, err := Lenient(KeyUpcomingMaintenance, raw)
+		if err != nil || o.Kind != KindClear || o.Window != nil || o.Unreadable == "" {
+			t.Errorf("%q: got %+v, %v; want clear with a reason", raw, o, err)
+		}
+	}
+	if o, err := Lenient(KeyUpcomingMaintenance, `{}`); err != nil || o.Kind != KindClear || o.Unreadable != "" {
+		t.Errorf("{}: got %+v, %v; want a plain clear", o, err)
+	}
+	for _, key := range []Key{KeyPreempted, KeyMaintenanceEvent} {
+		if _, err := Lenient(key, "MAYBE"); err == nil {
+			t.Errorf("%s: garbage accepted", key)
+		}
+	}
+}

@@ -74,12 +74,12 @@ func (w *Watcher) Run(ctx context.Context, out chan<- Observation) {
 // follow keeps one subscription to key alive. The client's Subscribe does
 // the first GET and then loops on wait_for_change with last_etag, so no
 // change between two requests is missed; when it fails we back off with
-// jitter and subscribe again, which re-reads the current value.
+// jitter and subscribe again, which re-reads the current value. Each key has
+// its own goroutine: a key that fails or serves garbage never delays another.
 func (w *Watcher) follow(ctx context.Context, key Key, out chan<- Observation) {
 	log := logr.FromContextOrDiscard(ctx).WithValues("key", key)
 	suffix := string(key) + "?timeout_sec=" + strconv.Itoa(int(w.cfg.PollTimeout/time.Second))
-	var last string
-	var haveLast bool
+	f := &follower{w: w, key: key, out: out, log: log}
 	failures := 0
 	for ctx.Err() == nil {
 		err := w.client.SubscribeWithContext(ctx, suffix, func(ctx context.Context, v string, ok bool) error {
@@ -88,22 +88,7 @@ func (w *Watcher) follow(ctx context.Context, key Key, out chan<- Observation) {
 			if !ok {
 				v = "" // deleted: for upcoming-maintenance, nothing scheduled
 			}
-			if haveLast && v == last {
-				return nil // timeout_sec elapsed without a change
-			}
-			obs, err := Parse(key, v)
-			if err != nil {
-				w.metrics.invalidValues.WithLabelValues(string(key)).Inc()
-				log.Error(err, "ignoring metadata value")
-				return nil
-			}
-			last, haveLast = v, true
-			obs.At = w.clock.Now()
-			w.markReceived(key)
-			select {
-			case out <- obs:
-			case <-ctx.Done():
-			}
+			f.receive(ctx, v)
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -113,26 +98,52 @@ func (w *Watcher) follow(ctx context.Context, key Key, out chan<- Observation) {
 			// 404 on the first GET: the key is not served (upcoming
 			// maintenance on machine families without it). Treat as empty.
 			w.touch(key)
-			if !haveLast || last != "" {
-				if obs, perr := Parse(key, ""); perr == nil {
-					last, haveLast = "", true
-					obs.At = w.clock.Now()
-					w.markReceived(key)
-					select {
-					case out <- obs:
-					case <-ctx.Done():
-						return
-					}
-				}
-			}
+			f.receive(ctx, "")
 		} else {
 			w.metrics.watchErrors.WithLabelValues(string(key)).Inc()
-			log.V(1).Info("metadata watch failed; retrying", "error", fmt.Sprint(err), "failures", failures+1)
+			log.Info("metadata watch failed; retrying", "error", fmt.Sprint(err), "failures", failures+1)
 		}
 		failures++
 		if !retry.Sleep(ctx, w.clock, retry.Delay(w.cfg.BackoffBase, w.cfg.BackoffCap, failures-1)) {
 			return
 		}
+	}
+}
+
+// follower is the state of one key's watch: the last value sent.
+type follower struct {
+	w        *Watcher
+	key      Key
+	out      chan<- Observation
+	log      logr.Logger
+	last     string
+	haveLast bool
+}
+
+// receive parses a value and sends it unless it repeats the last one (a
+// hanging GET that timed out) or cannot be acted on.
+func (f *follower) receive(ctx context.Context, v string) {
+	if f.haveLast && v == f.last {
+		return
+	}
+	obs, err := Lenient(f.key, v)
+	if err != nil || obs.Unreadable != "" {
+		f.w.metrics.invalidValues.WithLabelValues(string(f.key)).Inc()
+	}
+	if err != nil {
+		f.log.Error(err, "ignoring metadata value; the key keeps its last known value")
+		return
+	}
+	if obs.Unreadable != "" {
+		f.log.Info("WARNING: unreadable upcoming-maintenance value counts as no window", "reason", obs.Unreadable)
+	}
+	obs.First = !f.haveLast
+	f.last, f.haveLast = v, true
+	obs.At = f.w.clock.Now()
+	f.w.markReceived(f.key)
+	select {
+	case f.out <- obs:
+	case <-ctx.Done():
 	}
 }
 
@@ -148,11 +159,17 @@ func (w *Watcher) markReceived(key Key) {
 	w.mu.Unlock()
 }
 
-// Synced reports whether a first value of every key has been read.
-func (w *Watcher) Synced() bool {
+// Unread lists the keys whose first value has not been read yet.
+func (w *Watcher) Unread() []Key {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.received) == len(Keys)
+	var unread []Key
+	for _, k := range Keys {
+		if !w.received[k] {
+			unread = append(unread, k)
+		}
+	}
+	return unread
 }
 
 // Alive returns an error unless every key heard from the metadata server

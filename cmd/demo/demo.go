@@ -31,18 +31,31 @@ type options struct {
 	keep      bool
 	out       string
 	gpuBudget time.Duration
+	certs     string
 }
 
 func parseFlags(args []string) (options, error) {
 	o := options{}
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.IntVar(&o.nodes, "nodes", 6, "kwok nodes: half Spot, one GPU, the rest on-demand (at least 4 for every scenario)")
-	fs.StringVar(&o.scenario, "scenario", "all", "scenario to play: all, or one of "+strings.Join(scenarioNames(), ", "))
+	fs.StringVar(&o.scenario, "scenario", "all", "scenario to play: all, or one of "+strings.Join(scenarioNames(), ", ")+" (default spot-preemption with --certs cert-manager)")
 	fs.BoolVar(&o.keep, "keep", false, "leave the cluster up after the scenarios and print its kubeconfig, until Ctrl-C")
 	fs.StringVar(&o.out, "out", "", "directory of report.json and timeline.svg (default bin/demo in the repository)")
 	fs.DurationVar(&o.gpuBudget, "gpu-budget", 45*time.Second, "GPU maintenance deadline given to the agents (GCE gives 60m; shortened to fit a demo)")
+	fs.StringVar(&o.certs, "certs", scenario.CertsSelfManaged, "webhook certificates: self-managed, or cert-manager (the real cert-manager issues them from the cert-manager overlay and its CA injector injects the CA)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.certs != scenario.CertsSelfManaged && o.certs != scenario.CertsCertManager {
+		fmt.Fprintf(fs.Output(), "--certs %q: want %s or %s\n", o.certs, scenario.CertsSelfManaged, scenario.CertsCertManager)
+		return o, errors.New("bad --certs")
+	}
+	scenarioSet := false
+	fs.Visit(func(f *flag.Flag) { scenarioSet = scenarioSet || f.Name == "scenario" })
+	if o.certs == scenario.CertsCertManager && !scenarioSet {
+		// What the cert-manager run shows is the webhook's certificate at
+		// work: the Spot preemption's bind gate is enough for that.
+		o.scenario = "spot-preemption"
 	}
 	if o.nodes < 1 {
 		fmt.Fprintln(fs.Output(), "--nodes must be at least 1")
@@ -92,13 +105,14 @@ func run(ctx context.Context, o options, out io.Writer) int {
 	}
 	defer os.RemoveAll(workDir)
 
-	c, binary, err := startClusterAndBuild(ctx, con, workDir, nodes)
+	c, binary, err := startClusterAndBuild(ctx, con, workDir, nodes, o.certs == scenario.CertsCertManager)
 	if err != nil {
 		return con.broken(err)
 	}
 	defer c.Stop()
 	env, err := scenario.StartEnv(ctx, scenario.EnvOptions{
 		Cluster: c, Nodes: nodes, Binary: binary, AcceleratorBudget: o.gpuBudget, Namespace: "shop", Say: con.step, Warn: con.warn,
+		Certs: o.certs,
 	})
 	if err != nil {
 		return con.broken(err)
@@ -107,7 +121,7 @@ func run(ctx context.Context, o options, out io.Writer) int {
 	con.note("GPU maintenance deadline shortened to %s by --accelerator-maintenance-budget (GCE gives 60m)", o.gpuBudget)
 
 	results, err := play(ctx, env, scenarios, con)
-	rep := newReport(o.nodes, env, results)
+	rep := newReport(o.nodes, o.certs, env, results)
 	if werr := rep.write(outDir); werr != nil {
 		con.note("could not write the report: %v", werr)
 	} else {
@@ -135,7 +149,7 @@ func (o options) outDir() (string, error) {
 }
 
 // startClusterAndBuild starts the cluster while termgate compiles.
-func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes []cluster.NodeSpec) (*cluster.Cluster, string, error) {
+func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes []cluster.NodeSpec, certManager bool) (*cluster.Cluster, string, error) {
 	type built struct {
 		bin string
 		err error
@@ -148,13 +162,16 @@ func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes [
 		done <- built{bin, err, time.Since(began)}
 	}()
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes})
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, CertManager: certManager})
 	if err != nil {
 		<-done
 		return nil, "", fmt.Errorf("start the local cluster: %w", err)
 	}
 	con.step("local cluster Ready: etcd, kube-apiserver, scheduler, controller-manager (v1.37.2) and kwok with %d nodes (%s)",
 		len(nodes), time.Since(began).Round(time.Millisecond))
+	if certManager {
+		con.step("cert-manager v1.21.2 running: its CRDs, certificates controllers, CA and SelfSigned issuers and CA injector (log: %s)", c.LogPath("cert-manager"))
+	}
 	b := <-done
 	if b.err != nil {
 		c.Stop()

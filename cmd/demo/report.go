@@ -23,6 +23,7 @@ type report struct {
 	Nodes      int              `json:"nodes"`
 	AgentFlags []string         `json:"agent_flags"`
 	Webhook    string           `json:"webhook"`
+	Certs      string           `json:"webhook_certificates"`
 	Held       bool             `json:"held"`
 	Scenarios  []scenarioReport `json:"scenarios"`
 }
@@ -55,8 +56,8 @@ type eventReport struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-func newReport(nodes int, env *scenario.Env, results []*scenario.Result) *report {
-	r := &report{Generated: time.Now().UTC(), Nodes: nodes, AgentFlags: env.AgentFlags, Webhook: "running", Held: len(results) > 0}
+func newReport(nodes int, certs string, env *scenario.Env, results []*scenario.Result) *report {
+	r := &report{Generated: time.Now().UTC(), Nodes: nodes, AgentFlags: env.AgentFlags, Webhook: "running", Certs: certs, Held: len(results) > 0}
 	if env.WebhookErr != nil {
 		r.Webhook = "not running: " + env.WebhookErr.Error()
 	}

@@ -37,7 +37,7 @@ func sample() *report {
 		Checks:   []scenario.Check{{Expect: "pinned pod refused", Held: false, Seen: "admitted"}},
 		Timeline: []scenario.Event{{At: 0, Kind: scenario.KindNotice}, {At: 90 * time.Millisecond, Kind: scenario.KindAdmitted, Subject: "shop/pinned"}},
 	}
-	return newReport(6, &scenario.Env{AgentFlags: []string{"--accelerator-maintenance-budget=45s"}}, []*scenario.Result{held, failed})
+	return newReport(6, scenario.CertsSelfManaged, &scenario.Env{AgentFlags: []string{"--accelerator-maintenance-budget=45s"}}, []*scenario.Result{held, failed})
 }
 
 func TestReportListsEveryScenarioWithItsVerdictAndFigures(t *testing.T) {

@@ -15,6 +15,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal asks for a graceful stop (the agent may drain on
+	// within its grace period); a second one ends the process at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	if err := app.Run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "termgate:", err)
 		os.Exit(1)

@@ -9,18 +9,23 @@ import (
 // binaries locates the cached control-plane binaries.
 type binaries struct {
 	controlplane, kwok, kwokStages string
+	// certManager is set only when the cluster runs cert-manager.
+	certManager string
 }
 
 // command returns how to run a component: the control-plane components are
 // subcommands of the one controlplane binary.
 func (b binaries) command(name string, args []string) (string, []string) {
-	if name == "kwok" {
+	switch name {
+	case "kwok":
 		return b.kwok, args
+	case "cert-manager":
+		return b.certManager, args
 	}
 	return b.controlplane, append([]string{name}, args...)
 }
 
-func findBinaries(dir string) (binaries, error) {
+func findBinaries(dir string, certManager bool) (binaries, error) {
 	if dir == "" {
 		dir = os.Getenv("TERMGATE_BIN")
 	}
@@ -36,7 +41,12 @@ func findBinaries(dir string) (binaries, error) {
 		kwok:         filepath.Join(dir, "kwok"),
 		kwokStages:   filepath.Join(dir, "kwok-stages"),
 	}
-	for _, f := range []string{b.controlplane, b.kwok, b.kwokStages} {
+	need := []string{b.controlplane, b.kwok, b.kwokStages}
+	if certManager {
+		b.certManager = filepath.Join(dir, "cert-manager")
+		need = append(need, b.certManager)
+	}
+	for _, f := range need {
 		if _, err := os.Stat(f); err != nil {
 			return binaries{}, fmt.Errorf("local cluster: %s missing (run `make binaries` first): %w", f, err)
 		}

@@ -39,6 +39,14 @@ type Options struct {
 	PodDeleteDelay time.Duration
 	// Verbosity is passed as -v to the Kubernetes components (default 1).
 	Verbosity int
+	// CertManager installs cert-manager's CRDs and runs bin/cert-manager
+	// (its certificates controllers, CA and SelfSigned issuers and CA
+	// injector) against the cluster.
+	CertManager bool
+	// RealNode adds one real node (kubelet, containerd, runc, CNI bridge)
+	// beside the kwok nodes; see RealNode. On a machine that cannot run it
+	// the cluster starts without it and RealNode says why.
+	RealNode bool
 }
 
 // Cluster is a running local control plane.
@@ -57,14 +65,24 @@ type Cluster struct {
 	pki     *pki
 	ownsDir bool
 	procs   []*proc.Process
+
+	realNode    *RealNode
+	realNodeErr error // why a requested real node is missing
 }
 
 // Start builds nothing: it expects the binaries that `make binaries` caches
 // under bin/, and fails with a clear message when they are missing.
-func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
-	bins, err := findBinaries(opts.BinDir)
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	bins, err := findBinaries(opts.BinDir, opts.CertManager)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Dir != "" {
+		if fi, err := os.Stat(opts.Dir); err != nil {
+			return nil, fmt.Errorf("local cluster directory: %w", err)
+		} else if !fi.IsDir() {
+			return nil, fmt.Errorf("local cluster directory %s is not a directory", opts.Dir)
+		}
 	}
 	if opts.Nodes == nil {
 		opts.Nodes = DefaultNodes(3)
@@ -75,25 +93,35 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if opts.Verbosity == 0 {
 		opts.Verbosity = 1
 	}
-	c = &Cluster{opts: opts, bins: bins, Dir: opts.Dir}
+	c := &Cluster{opts: opts, bins: bins, Dir: opts.Dir}
 	if c.Dir == "" {
 		if c.Dir, err = os.MkdirTemp("", "termgate-cluster-"); err != nil {
 			return nil, fmt.Errorf("create cluster dir: %w", err)
 		}
 		c.ownsDir = true
 	}
-	defer func() {
-		if err != nil {
-			c.Stop()
-		}
-	}()
-	if err := c.startControlPlane(ctx); err != nil {
-		return nil, err
-	}
-	if err := c.AddNodes(ctx, opts.Nodes...); err != nil {
+	// c, not a named result, is stopped: a failed start returns nil and
+	// must still stop what it started.
+	if err := c.bringUp(ctx); err != nil {
+		c.Stop()
 		return nil, err
 	}
 	return c, nil
+}
+
+func (c *Cluster) bringUp(ctx context.Context) error {
+	if err := c.startControlPlane(ctx); err != nil {
+		return err
+	}
+	if c.opts.CertManager {
+		if err := c.startCertManager(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.AddNodes(ctx, c.opts.Nodes...); err != nil {
+		return err
+	}
+	return c.startRealNode(ctx)
 }
 
 func (c *Cluster) startControlPlane(ctx context.Context) error {
@@ -109,7 +137,11 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 	if err := c.start("etcd", c.etcdArgs(etcdURL, ports[1])...); err != nil {
 		return err
 	}
-	if err := c.start("kube-apiserver", c.apiserverArgs(etcdURL, ports[2])...); err != nil {
+	audit, err := c.auditArgs()
+	if err != nil {
+		return err
+	}
+	if err := c.start("kube-apiserver", append(c.apiserverArgs(etcdURL, ports[2]), audit...)...); err != nil {
 		return err
 	}
 	if err := c.connect(ports[2]); err != nil {
@@ -142,6 +174,9 @@ func (c *Cluster) start(name string, args ...string) error {
 // Stop stops every component (newest first) and removes the directory it
 // created. It is safe to call more than once.
 func (c *Cluster) Stop() {
+	if err := c.stopRealNode(); err != nil {
+		fmt.Fprintln(os.Stderr, "local cluster:", err)
+	}
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		c.procs[i].Stop(2 * time.Second)
 	}

@@ -2,9 +2,13 @@ package cluster_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -139,5 +143,22 @@ func TestStopLeavesNothingBehind(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", host, time.Second); err == nil {
 		conn.Close()
 		t.Errorf("API server port %s still accepts connections after Stop", host)
+	}
+}
+
+// `make cluster CLUSTER_FLAGS="--dir DIR"` with a mistyped DIR must say so,
+// not panic while cleaning up.
+func TestStartWithMissingDirReturnsTheError(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "does-not-exist")
+	c, err := cluster.Start(context.Background(), cluster.Options{Dir: missing, Nodes: cluster.DefaultNodes(1)})
+	if err == nil {
+		c.Stop()
+		t.Fatal("Start succeeded with a directory that does not exist")
+	}
+	if c != nil {
+		t.Errorf("Start returned a cluster along with error %v", err)
+	}
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("error %q does not say that %s does not exist", err, missing)
 	}
 }

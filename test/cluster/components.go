@@ -55,6 +55,9 @@ func (c *Cluster) apiserverArgs(etcdURL string, port int) []string {
 		// validation refuses; nothing in the tests dials it.
 		"--endpoint-reconciler-type=none",
 		"--enable-admission-plugins=NodeRestriction",
+		// Webhook calls go straight to a Ready endpoint of the Service (a
+		// real node's pod IP): there is no kube-proxy for ClusterIPs.
+		"--enable-aggregator-routing=" + strconv.FormatBool(c.opts.RealNode),
 		"--profiling=false",
 		"--v=" + strconv.Itoa(c.opts.Verbosity),
 	}

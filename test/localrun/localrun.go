@@ -11,7 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/proc"
@@ -48,6 +51,13 @@ type AgentSpec struct {
 	Node         string
 	MetadataHost string   // the fake metadata server of this node
 	Flags        []string // extra flags, e.g. --preemption-notice=10s
+	// Pod is the agent's own pod (POD_NAME and POD_NAMESPACE), whose grace
+	// period bounds a drain after SIGTERM; see NewAgentIdentity.
+	Pod *corev1.Pod
+	// NoWait returns once the process runs, without waiting for /readyz
+	// (for agents that cannot become ready, such as a metadata server
+	// that fails).
+	NoWait bool
 }
 
 // StartAgent starts an agent and waits until it reports ready, or until the
@@ -60,11 +70,17 @@ func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
 	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig, "--listen=" + addr, "--zap-log-level=info"}, s.Flags...)
 	env := []string{"NODE_NAME=" + s.Node, "GCE_METADATA_HOST=" + s.MetadataHost}
+	if s.Pod != nil {
+		env = append(env, "POD_NAME="+s.Pod.Name, "POD_NAMESPACE="+s.Pod.Namespace)
+	}
 	p, err := proc.Start(s.Dir, "agent-"+s.Node, env, s.Binary, args...)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{Node: s.Node, Addr: addr, proc: p}
+	if s.NoWait {
+		return a, nil
+	}
 	if err := a.waitReady(ctx); err != nil {
 		a.Stop()
 		return nil, err
@@ -98,6 +114,13 @@ func (a *Agent) waitReady(ctx context.Context) error {
 
 // Stop ends the agent gracefully.
 func (a *Agent) Stop() { a.proc.Stop(5 * time.Second) }
+
+// Terminate sends SIGTERM, as the kubelet does when the agent's pod is
+// deleted or the node shuts down, and returns at once.
+func (a *Agent) Terminate() error { return a.proc.Signal(syscall.SIGTERM) }
+
+// Done is closed when the agent process has exited.
+func (a *Agent) Done() <-chan struct{} { return a.proc.Done() }
 
 // Kill ends the agent with SIGKILL, as an OOM kill or node crash would.
 func (a *Agent) Kill() { a.proc.Kill() }

@@ -40,6 +40,9 @@ type WebhookSpec struct {
 	// if missing. Defaults to termgate.
 	Namespace string
 	Flags     []string // extra flags
+	// Env is added to the process's environment, e.g. MEMORY_LIMIT as the
+	// Deployment sets it from the container's limit.
+	Env []string
 }
 
 // Webhook is one running `termgate webhook` process, registered with the
@@ -106,7 +109,8 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 		// serving after turning not-ready.
 		"--shutdown-delay=0s",
 	}, s.Flags...)
-	if w.proc, err = proc.Start(s.Dir, "webhook", []string{"POD_NAMESPACE=" + s.Namespace, "POD_NAME=webhook-local"}, s.Binary, args...); err != nil {
+	env := append([]string{"POD_NAMESPACE=" + s.Namespace, "POD_NAME=webhook-local"}, s.Env...)
+	if w.proc, err = proc.Start(s.Dir, "webhook", env, s.Binary, args...); err != nil {
 		w.unregister()
 		return nil, err
 	}
@@ -210,6 +214,9 @@ func (w *Webhook) Exited() error {
 	}
 	return nil
 }
+
+// PID is the webhook's process id (for its memory use in /proc).
+func (w *Webhook) PID() int { return w.proc.PID() }
 
 // LogPath is the webhook's log file.
 func (w *Webhook) LogPath() string { return w.proc.LogPath() }

@@ -76,6 +76,11 @@ func (p *Process) Stop(grace time.Duration) {
 	}
 }
 
+// Signal sends sig to the process group without waiting.
+func (p *Process) Signal(sig syscall.Signal) error {
+	return syscall.Kill(-p.cmd.Process.Pid, sig)
+}
+
 // Kill ends the process group at once with SIGKILL, as a crash or OOM would.
 func (p *Process) Kill() {
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)

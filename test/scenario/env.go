@@ -27,6 +27,10 @@ type EnvOptions struct {
 	AcceleratorBudget time.Duration
 	// Namespace of the workload; created if missing.
 	Namespace string
+	// Certs is where the webhook's serving certificate comes from:
+	// CertsSelfManaged (the default) or CertsCertManager, which needs a
+	// cluster started with cluster.Options.CertManager.
+	Certs string
 	// Say reports set-up steps and Warn what did not start; nil says nothing.
 	Say, Warn func(format string, args ...any)
 }
@@ -49,11 +53,22 @@ type Env struct {
 	AcceleratorBudget time.Duration
 
 	agents []*localrun.Agent
+	// certManager is the webhook when cert-manager issues its certificate.
+	certManager *localrun.CertManagerWebhook
 }
+
+// Certificate sources of the webhook (EnvOptions.Certs).
+const (
+	CertsSelfManaged = "self-managed"
+	CertsCertManager = "cert-manager"
+)
 
 // StartEnv starts everything beside the cluster. On error, whatever started
 // is stopped again.
-func StartEnv(ctx context.Context, o EnvOptions) (e *Env, err error) {
+func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
+	if o.Certs != "" && o.Certs != CertsSelfManaged && o.Certs != CertsCertManager {
+		return nil, fmt.Errorf("webhook certificates %q: want %s or %s", o.Certs, CertsSelfManaged, CertsCertManager)
+	}
 	if o.Say == nil {
 		o.Say = func(string, ...any) {}
 	}
@@ -63,7 +78,9 @@ func StartEnv(ctx context.Context, o EnvOptions) (e *Env, err error) {
 	if o.AcceleratorBudget <= 0 {
 		o.AcceleratorBudget = 45 * time.Second
 	}
-	e = &Env{
+	// e, not a named result, is what the deferred clean-up stops: the
+	// error returns below hand back nil.
+	e := &Env{
 		Cluster: o.Cluster, Client: o.Cluster.Client, Fleet: gcefake.NewFleet(), Nodes: o.Nodes,
 		AcceleratorBudget: o.AcceleratorBudget,
 		AgentFlags:        []string{"--accelerator-maintenance-budget=" + o.AcceleratorBudget.String()},
@@ -77,13 +94,30 @@ func StartEnv(ctx context.Context, o EnvOptions) (e *Env, err error) {
 		return nil, err
 	}
 	began := time.Now()
-	e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
-		Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: o.Cluster.Kubeconfig, Client: o.Cluster.Client,
-	})
+	switch o.Certs {
+	case "", CertsSelfManaged:
+		e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
+			Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: o.Cluster.Kubeconfig, Client: o.Cluster.Client,
+		})
+		if e.WebhookErr == nil {
+			o.Say("webhook serving on %s, self-managed CA injected, configurations registered (%s)", e.Webhook.Addr, since(began))
+		}
+	case CertsCertManager:
+		e.certManager, e.WebhookErr = localrun.StartCertManagerWebhook(ctx, localrun.CertManagerWebhookSpec{
+			Binary: o.Binary, Cluster: o.Cluster,
+		})
+		if e.WebhookErr == nil {
+			cm := e.certManager
+			e.Webhook = cm.Webhook
+			o.Say("webhook serving on %s with the certificate the real cert-manager issued (Certificate %s/%s from CA %s), "+
+				"CA bundle injected by cert-manager's CA injector; overlay applied to webhook Ready in %s "+
+				"(certificate Ready in %s, bundle injected in %s; the webhook re-reads its Certificate every 10 s)",
+				cm.Addr, cm.Namespace, cm.Certificate, cm.CACertificate, cm.ReadyAt.Sub(cm.AppliedAt).Round(time.Millisecond),
+				cm.CertificateReadyAt.Sub(cm.AppliedAt).Round(time.Millisecond), cm.InjectedAt.Sub(cm.AppliedAt).Round(time.Millisecond))
+		}
+	}
 	if e.WebhookErr != nil {
 		o.Warn("webhook NOT running (the pinned-pod scenario will fail): %v", e.WebhookErr)
-	} else {
-		o.Say("webhook serving on %s, self-managed CA injected, configurations registered (%s)", e.Webhook.Addr, since(began))
 	}
 	began = time.Now()
 	if err := e.startAgents(ctx, o.Binary); err != nil {
@@ -112,8 +146,9 @@ func (e *Env) startMetadata() error {
 	return nil
 }
 
-// startAgents starts one agent per node, all at once: each waits for its
-// own cache sync and first metadata reads.
+// startAgents starts one agent per node, all at once, each with its own
+// pod-bound identity: each waits for its own cache sync and first metadata
+// reads.
 func (e *Env) startAgents(ctx context.Context, binary string) error {
 	agents := make([]*localrun.Agent, len(e.Nodes))
 	errs := make([]error, len(e.Nodes))
@@ -121,9 +156,18 @@ func (e *Env) startAgents(ctx context.Context, binary string) error {
 	for i, n := range e.Nodes {
 		md, _ := e.Fleet.Get(n.Name)
 		wg.Go(func() {
+			// Each agent runs as its DaemonSet pod would: with a token bound
+			// to a pod on its node, under the shipped RBAC and Node policy.
+			id, err := localrun.NewAgentIdentity(ctx, localrun.IdentitySpec{
+				Admin: e.Cluster.Client, AdminConfig: e.Cluster.Config, Dir: e.Cluster.Dir, Node: n.Name,
+			})
+			if err != nil {
+				errs[i] = err
+				return
+			}
 			agents[i], errs[i] = localrun.StartAgent(ctx, localrun.AgentSpec{
-				Binary: binary, Dir: e.Cluster.Dir, Kubeconfig: e.Cluster.Kubeconfig,
-				Node: n.Name, MetadataHost: md.Host(), Flags: e.AgentFlags,
+				Binary: binary, Dir: e.Cluster.Dir, Kubeconfig: id.Kubeconfig,
+				Node: n.Name, MetadataHost: md.Host(), Flags: e.AgentFlags, Pod: id.Pod,
 			})
 		})
 	}
@@ -174,10 +218,13 @@ func (e *Env) Stop() {
 	for _, a := range e.agents {
 		wg.Go(a.Stop)
 	}
-	if e.Webhook != nil {
+	switch {
+	case e.certManager != nil:
+		wg.Go(e.certManager.Stop)
+	case e.Webhook != nil:
 		wg.Go(e.Webhook.Stop)
 	}
 	wg.Wait()
-	e.agents, e.Webhook = nil, nil
+	e.agents, e.Webhook, e.certManager = nil, nil, nil
 	_ = e.Fleet.Close()
 }

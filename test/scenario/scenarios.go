@@ -114,10 +114,9 @@ func playCancelled(r *run) error {
 	c := r.w.snapshot()
 	r.check("drain under way when cancelled: pods evicted, the ledger's PDB refusing", inProgress,
 		"%d evicted, ledger blocked: %v", c.evicted, c.blockedWithPrefix(ledgerPrefix))
-	r.cancelMaintenance()
+	cancelledAt := r.cancelMaintenance()
 	r.awaitReplacements(false)
-	c = r.w.snapshot()
-	r.check("drain stopped: no eviction after the node was restored", c.lateEvicts == 0, "%d evictions after", c.lateEvicts)
+	r.expectNoEvictionSentAfter(cancelledAt)
 	ledger, err := r.podsOnNode(AppLedger)
 	if err != nil {
 		return err
@@ -188,19 +187,59 @@ func (r *run) phantomDisruptions(ctx context.Context) ([]string, error) {
 	return stuck, nil
 }
 
-// cancelMaintenance withdraws the event and expects the node restored.
-func (r *run) cancelMaintenance() {
+// onTheWire is how much later than its sending an eviction may reach the
+// API server on this machine: a request the agent sent just before it saw
+// the withdrawal may arrive just after.
+const onTheWire = 50 * time.Millisecond
+
+// expectNoEvictionSentAfter checks, in the API server's audit log, that no
+// eviction or delete of the workload's pods arrived after the agent saw the
+// withdrawal (the instant its TerminationCancelled event records). Requests
+// sent before it may still have been answered later (the server holds an
+// eviction against a busy budget), so arrival time is what counts. The
+// withdrawal cannot have been seen before the metadata server changed, so a
+// claimed instant earlier than cancelledAt fails too.
+func (r *run) expectNoEvictionSentAfter(cancelledAt time.Time) {
+	const what = "no eviction sent after the agent saw the cancellation (API server audit log)"
+	if !r.waitFor("restored event", 10*time.Second, func(c counts) bool { return !c.withdrawalSeen.IsZero() }) {
+		r.check(what, false, "no %s event with %s", nodemark.EventTerminationCancelled, nodemark.EventAnnotationWithdrawalSeen)
+		return
+	}
+	seen := r.w.snapshot().withdrawalSeen
+	if seen.Before(cancelledAt) {
+		r.check(what, false, "agent claims it saw the withdrawal %s before it happened", fmtDur(cancelledAt.Sub(seen)))
+		return
+	}
+	removals, err := r.env.Cluster.PodRemovals()
+	if err != nil {
+		r.check(what, false, "audit log unreadable: %v", err)
+		return
+	}
+	var late []string
+	for _, rm := range removals {
+		if rm.Namespace == r.env.Workload.Namespace && rm.Received.After(seen.Add(onTheWire)) {
+			late = append(late, fmt.Sprintf("%s +%s", rm.Pod, fmtDur(rm.Received.Sub(seen))))
+		}
+	}
+	r.check(what, len(late) == 0, "seen %s after the change; %d sent after: %v", fmtDur(seen.Sub(cancelledAt)), len(late), late)
+}
+
+// cancelMaintenance withdraws the event, expects the node restored and
+// returns the wall-clock time of the withdrawal.
+func (r *run) cancelMaintenance() time.Time {
 	r.tl.Add(KindCancelled, r.node, "instance/maintenance-event = NONE")
 	at := r.tl.Since()
+	cancelledAt := time.Now()
 	r.md.SetMaintenanceEvent("NONE")
 	ok := r.waitFor("restoring", restoreWithin, func(c counts) bool { return c.restored })
 	c := r.w.snapshot()
 	what := fmt.Sprintf("node restored within %s of the cancellation (taint, annotations, label, condition gone)", restoreWithin)
 	if !ok {
 		r.check(what, false, "still marked %s after", restoreWithin)
-		return
+		return cancelledAt
 	}
 	r.check(what, true, "restored %s after the cancellation", fmtDur(c.restoredAt-at))
+	return cancelledAt
 }
 
 // playPinned: a Spot node is preempted; meanwhile the scheduler must keep

@@ -3,7 +3,6 @@ package scenario
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +15,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"termgate.dev/termgate/agent/drain"
 	"termgate.dev/termgate/nodemark"
 )
 
@@ -45,23 +43,25 @@ type watcher struct {
 	budgets []Budget
 	effect  corev1.TaintEffect
 
-	mu           sync.Mutex
-	mark         nodemark.Mark
-	markedAt     time.Duration
-	marked       bool
-	restored     bool
-	restoredAt   time.Duration
-	onNode       map[types.UID]*podTrack
-	ownersOnNode map[types.UID]bool
-	replaced     map[types.UID]int
-	readySeen    map[types.UID]bool
-	minReady     map[string]int
-	drainedAt    time.Duration
-	drained      bool
-	blocked      map[string]bool
-	bindsRefused int
-	admitted     int
-	lateEvicts   int // evictions after the node was restored
+	mu         sync.Mutex
+	mark       nodemark.Mark
+	markedAt   time.Duration
+	marked     bool
+	restored   bool
+	restoredAt time.Duration
+	// withdrawalSeen is when the agent says it read the withdrawal (from
+	// its TerminationCancelled event); zero until that event arrives.
+	withdrawalSeen time.Time
+	onNode         map[types.UID]*podTrack
+	ownersOnNode   map[types.UID]bool
+	replaced       map[types.UID]int
+	readySeen      map[types.UID]bool
+	minReady       map[string]int
+	drainedAt      time.Duration
+	drained        bool
+	blocked        map[string]bool
+	bindsRefused   int
+	admitted       int
 
 	allPods cache.Store
 	stop    context.CancelFunc
@@ -243,9 +243,6 @@ func (w *watcher) onNodePod(obj any, initial, deleted bool) {
 		t.terminating = true
 		if started {
 			w.tl.Add(KindEvicted, t.key, "wave "+t.order.String())
-			if w.restored {
-				w.lateEvicts++
-			}
 		}
 	}
 	if deleted && !t.gone {
@@ -394,36 +391,32 @@ func (w *watcher) eventHandler(on func(*corev1.Event)) cache.ResourceEventHandle
 // onNodeEvent turns the agent's drain events into timeline events.
 func (w *watcher) onNodeEvent(e *corev1.Event) {
 	kinds := map[string]Kind{
-		drain.ReasonDrainWaveStarted:    KindWave,
-		drain.ReasonDrainEscalated:      KindEscalated,
-		drain.ReasonDrainCompleted:      KindDrained,
-		drain.ReasonDrainDeadlinePassed: KindDeadline,
+		nodemark.EventDrainWaveStarted:    KindWave,
+		nodemark.EventDrainEscalated:      KindEscalated,
+		nodemark.EventDrainCompleted:      KindDrained,
+		nodemark.EventDrainDeadlinePassed: KindDeadline,
 	}
 	if k, ok := kinds[e.Reason]; ok {
-		w.tl.AddAt(w.stepTime(e.Message), k, w.node, e.Message)
+		w.tl.AddAt(stepTime(e), k, w.node, e.Message)
+	}
+	if e.Reason == nodemark.EventTerminationCancelled {
+		if at, err := time.Parse(time.RFC3339Nano, e.Annotations[nodemark.EventAnnotationWithdrawalSeen]); err == nil {
+			w.mu.Lock()
+			w.withdrawalSeen = at
+			w.mu.Unlock()
+		}
 	}
 }
 
-// beforeDeadline finds the "<duration> before the deadline" the agent puts
-// in its drain-step events.
-var beforeDeadline = regexp.MustCompile(`([0-9.]+[mµn]?s) before the deadline`)
-
-// stepTime is when a drain step began by the agent's own clock: the
-// deadline less the time it says was left. Events arrive batched, tens of
-// milliseconds late. Zero (now) when the message says nothing.
-func (w *watcher) stepTime(message string) time.Time {
-	w.mu.Lock()
-	deadline, marked := w.mark.Deadline, w.marked
-	w.mu.Unlock()
-	m := beforeDeadline.FindStringSubmatch(message)
-	if !marked || m == nil {
-		return time.Time{}
-	}
-	left, err := time.ParseDuration(m[1])
+// stepTime is when a drain step began by the agent's own clock, from the
+// event's annotation: events arrive batched, tens of milliseconds late, and
+// their own timestamps keep only seconds. Zero (now) when it is missing.
+func stepTime(e *corev1.Event) time.Time {
+	at, err := time.Parse(time.RFC3339Nano, e.Annotations[nodemark.EventAnnotationStepTime])
 	if err != nil {
 		return time.Time{}
 	}
-	return deadline.Add(-left)
+	return at
 }
 
 // onWarning counts budget refusals on the node's pods and binds the webhook
@@ -433,7 +426,7 @@ func (w *watcher) onWarning(e *corev1.Event) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
-	case e.Reason == drain.ReasonEvictionBlocked && w.onNode[e.InvolvedObject.UID] != nil:
+	case e.Reason == nodemark.EventEvictionBlocked && w.onNode[e.InvolvedObject.UID] != nil:
 		w.blocked[key] = true
 		w.tl.Add(KindBlocked, key, e.Message)
 	case e.Reason == "FailedScheduling" && strings.Contains(e.Message, "denied the request"):
@@ -463,10 +456,10 @@ func (w *watcher) departures(deadlinePassed bool) []departure {
 type counts struct {
 	marked, restored, drained       bool
 	markedAt, restoredAt, drainedAt time.Duration
+	withdrawalSeen                  time.Time
 	mark                            nodemark.Mark
 	evicted, left, onNode           int
 	blocked, bindsRefused, admitted int
-	lateEvicts                      int
 	replacements                    int
 	budgets                         []BudgetFigure
 	replaced                        map[types.UID]int
@@ -489,8 +482,8 @@ func (w *watcher) snapshot() counts {
 	defer w.mu.Unlock()
 	c := counts{
 		marked: w.marked, restored: w.restored, drained: w.drained,
-		markedAt: w.markedAt, restoredAt: w.restoredAt, drainedAt: w.drainedAt, mark: w.mark,
-		blocked: len(w.blocked), bindsRefused: w.bindsRefused, admitted: w.admitted, lateEvicts: w.lateEvicts,
+		markedAt: w.markedAt, restoredAt: w.restoredAt, drainedAt: w.drainedAt, mark: w.mark, withdrawalSeen: w.withdrawalSeen,
+		blocked: len(w.blocked), bindsRefused: w.bindsRefused, admitted: w.admitted,
 		replaced: map[types.UID]int{},
 	}
 	for _, t := range w.onNode {

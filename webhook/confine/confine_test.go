@@ -41,9 +41,25 @@ func eviction(user, tokenNode, pod string) *review.Request {
 	r := &review.Request{UID: "u", Name: pod, Namespace: "apps", Operation: review.OperationCreate, SubResource: "eviction",
 		UserInfo: review.UserInfo{Username: user}, Object: []byte(`{"apiVersion":"policy/v1","kind":"Eviction"}`)}
 	if tokenNode != "" {
-		r.UserInfo.Extra = map[string][]string{ExtraNodeName: {tokenNode}}
+		r.UserInfo.Extra = map[string][]string{ExtraNodeName: {tokenNode}, ExtraPodName: {"termgate-agent-" + tokenNode}}
 	}
 	return r
+}
+
+// nodeBoundEviction is an eviction by a token bound to the Node object: the
+// API server sets the node's name and UID but no pod.
+func nodeBoundEviction(tokenNode, pod string) *review.Request {
+	r := eviction(agent, "", pod)
+	r.UserInfo.Extra = map[string][]string{ExtraNodeName: {tokenNode}, "authentication.kubernetes.io/node-uid": {"1234"}}
+	return r
+}
+
+// located is a PodLocator that holds the pods of some nodes.
+type located map[string]string
+
+func (l located) Locate(_ context.Context, namespace, name, _ string) (string, bool) {
+	n, ok := l[namespace+"/"+name]
+	return n, ok
 }
 
 func deletion(t *testing.T, tokenNode string, pod *corev1.Pod) *review.Request {
@@ -53,13 +69,14 @@ func deletion(t *testing.T, tokenNode string, pod *corev1.Pod) *review.Request {
 		t.Fatal(err)
 	}
 	return &review.Request{UID: "u", Name: pod.Name, Namespace: "apps", Operation: review.OperationDelete,
-		UserInfo: review.UserInfo{Username: agent, Extra: map[string][]string{ExtraNodeName: {tokenNode}}}, OldObject: raw}
+		UserInfo: review.UserInfo{Username: agent, Extra: map[string][]string{ExtraNodeName: {tokenNode}, ExtraPodName: {"termgate-agent-" + tokenNode}}}, OldObject: raw}
 }
 
 func TestConfine(t *testing.T) {
 	cluster := pods{byName: map[string]*corev1.Pod{"apps/on-a": podOn("on-a", "node-a"), "apps/on-b": podOn("on-b", "node-b"), "apps/pending": podOn("pending", "")}}
 	tests := map[string]struct {
 		req         func(t *testing.T) *review.Request
+		locator     PodLocator
 		pods        review.PodGetter
 		opts        Options
 		wantAllowed bool
@@ -98,6 +115,24 @@ func TestConfine(t *testing.T) {
 			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") }, pods: pods{err: errors.New("timeout")},
 			opts: Options{DenyOnError: true}, wantVerdict: VerdictDeniedUnread, wantMessage: "timeout",
 		},
+		"A token bound to the agent's Node object, not to a pod, may not evict.": {
+			req: func(*testing.T) *review.Request { return nodeBoundEviction("node-a", "on-a") }, pods: cluster,
+			wantVerdict: VerdictUnbound, wantMessage: ExtraPodName,
+		},
+		"A pod the cache holds on the agent's node is evicted without an API read.": {
+			req:     func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-a") },
+			locator: located{"apps/on-a": "node-a"}, pods: pods{err: errors.New("must not read")},
+			wantAllowed: true, wantVerdict: VerdictOwnNode,
+		},
+		"A pod the cache holds on another marked node is refused without an API read.": {
+			req:     func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") },
+			locator: located{"apps/on-b": "node-b"}, pods: pods{err: errors.New("must not read")},
+			wantVerdict: VerdictOtherNode, wantMessage: "on node node-b",
+		},
+		"A pod the cache does not hold is read through the API and refused there.": {
+			req:     func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") },
+			locator: located{}, pods: cluster, wantVerdict: VerdictOtherNode, wantMessage: "on node node-b",
+		},
 		"Other users' evictions are not this gate's business.": {
 			req: func(*testing.T) *review.Request { return eviction("admin", "", "on-b") }, pods: cluster, wantAllowed: true, wantVerdict: VerdictNotOurs,
 		},
@@ -106,7 +141,7 @@ func TestConfine(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			opts := tc.opts
 			opts.Username = agent
-			got := New(opts, tc.pods, nil).Admit(context.Background(), tc.req(t))
+			got := New(opts, tc.locator, tc.pods, nil).Admit(context.Background(), tc.req(t))
 			if got.Allowed != tc.wantAllowed || got.Verdict != tc.wantVerdict || !strings.Contains(got.Message, tc.wantMessage) {
 				t.Fatalf("got allowed=%v verdict=%q message=%q", got.Allowed, got.Verdict, got.Message)
 			}

@@ -13,10 +13,10 @@ func FuzzAdmit(f *testing.F) {
 	f.Add(`{"metadata":{},"spec":{"nodeName":"node-a"}}`, "node-a")
 	f.Add(`{"metadata":{},"spec":{"nodeName":"node-b"}}`, "node-a")
 	f.Add(`null`, "")
-	g := New(Options{Username: agent}, pods{}, nil)
+	g := New(Options{Username: agent}, nil, pods{}, nil)
 	f.Fuzz(func(t *testing.T, old, tokenNode string) {
 		req := &review.Request{UID: "u", Name: "x", Namespace: "apps", Operation: review.OperationDelete,
-			UserInfo: review.UserInfo{Username: agent, Extra: map[string][]string{ExtraNodeName: {tokenNode}}}, OldObject: []byte(old)}
+			UserInfo: review.UserInfo{Username: agent, Extra: map[string][]string{ExtraNodeName: {tokenNode}, ExtraPodName: {"agent-pod"}}}, OldObject: []byte(old)}
 		got := g.Admit(context.Background(), req)
 		if !got.Allowed && got.Message == "" {
 			t.Fatalf("denial without a message: %+v", got)

@@ -1,10 +1,10 @@
-// Package drainorder stamps every new pod with its drain order, the
-// annotation the agent reads to decide in which wave the pod is evicted. The
-// value comes from nodemark.DefaultDrainOrder, the same function the agent
-// applies to pods that were never stamped, so stamping changes nothing about
-// the order; it makes the order visible (kubectl get pod -o yaml) and lets
-// owners see what they would override. A value the owner set is kept when
-// valid and refused with the parser's message when not.
+// Package drainorder stamps every new pod with its default drain order
+// (nodemark.AnnotationDefaultDrainOrder), computed by nodemark.DefaultDrainOrder.
+// The stamp makes the order visible (kubectl get pod -o yaml) and shows
+// owners what they would override; the agent ignores it and recomputes the
+// default from the live pod, so a toleration added after creation still
+// counts. An owner's own termgate.dev/drain-order is kept when valid and
+// refused with the parser's message when not.
 //
 // The gate adds no toleration to DaemonSet pods. DaemonSet pods are system
 // wave already (evicted last), and a toleration of the termination taint
@@ -85,9 +85,9 @@ type operation struct {
 // patch adds the annotation; when the pod has no annotations map the map
 // itself must be added, since a JSON patch cannot create parents.
 func patch(noAnnotations bool, order string) []byte {
-	op := operation{Op: "add", Path: "/metadata/annotations/" + escape(nodemark.AnnotationDrainOrder), Value: order}
+	op := operation{Op: "add", Path: "/metadata/annotations/" + escape(nodemark.AnnotationDefaultDrainOrder), Value: order}
 	if noAnnotations {
-		op = operation{Op: "add", Path: "/metadata/annotations", Value: map[string]string{nodemark.AnnotationDrainOrder: order}}
+		op = operation{Op: "add", Path: "/metadata/annotations", Value: map[string]string{nodemark.AnnotationDefaultDrainOrder: order}}
 	}
 	b, _ := json.Marshal([]operation{op}) // strings and a string map always marshal
 	return b

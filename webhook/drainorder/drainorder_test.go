@@ -72,8 +72,11 @@ func TestStampsTheDefaultOrder(t *testing.T) {
 				t.Fatalf("got %+v", got)
 			}
 			patched := applyPatch(t, raw, got.Patch)
-			if patched.Annotations[nodemark.AnnotationDrainOrder] != tc.want {
-				t.Fatalf("stamped %q, want %q", patched.Annotations[nodemark.AnnotationDrainOrder], tc.want)
+			if patched.Annotations[nodemark.AnnotationDefaultDrainOrder] != tc.want {
+				t.Fatalf("stamped %q, want %q", patched.Annotations[nodemark.AnnotationDefaultDrainOrder], tc.want)
+			}
+			if _, owner := patched.Annotations[nodemark.AnnotationDrainOrder]; owner {
+				t.Fatal("the stamp took the owner's key")
 			}
 			for k, v := range p.Annotations {
 				if patched.Annotations[k] != v {

@@ -31,7 +31,7 @@ func FuzzAdmit(f *testing.F) {
 			return
 		}
 		pod := applyPatch(t, []byte(object), got.Patch)
-		if _, err := nodemark.ParseDrainOrder(pod.Annotations[nodemark.AnnotationDrainOrder]); err != nil {
+		if _, err := nodemark.ParseDrainOrder(pod.Annotations[nodemark.AnnotationDefaultDrainOrder]); err != nil {
 			t.Fatalf("stamped an invalid order: %v", err)
 		}
 	})

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"net/http"
+	"sync/atomic"
+
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -22,18 +25,22 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 
 	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/nodepods"
 	"termgate.dev/termgate/webhook/review"
 )
 
@@ -70,9 +77,38 @@ func run(m *testing.M) int {
 type runningWebhook struct {
 	client  kubernetes.Interface
 	nodes   *nodecache.Cache
+	pods    *nodepods.Cache
 	certDir string
 	addr    string
 	caPEM   []byte
+	// registry holds the webhook's metrics.
+	registry *prometheus.Registry
+	// handler serves the calls; a test may swap in another wiring.
+	handler *swapHandler
+}
+
+// swapHandler lets a test replace the webhook's wiring for a while (the
+// measurement of the old confinement path does).
+type swapHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*s.h.Load()).ServeHTTP(w, r)
+}
+
+func (s *swapHandler) swap(h http.Handler) http.Handler { return *s.h.Swap(&h) }
+
+// confineClients returns the confinement's own clients, sharing one rate
+// limiter as `termgate webhook` builds them.
+func confineClients(c *cluster.Cluster) (kubernetes.Interface, metadata.Interface, error) {
+	cfg := rest.CopyConfig(c.Config)
+	cfg.QPS, cfg.Burst = 50, 100
+	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	mc, err := metadata.NewForConfig(cfg)
+	return kc, mc, err
 }
 
 func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
@@ -82,7 +118,14 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		cancel()
 		return nil, nil, err
 	}
-	w := &runningWebhook{client: c.Client, nodes: nodecache.New(mc), certDir: filepath.Join(c.Dir, "webhook-certs")}
+	confineKube, confineMeta, err := confineClients(c)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	w := &runningWebhook{client: c.Client, nodes: nodecache.New(mc), pods: nodepods.New(confineMeta),
+		certDir: filepath.Join(c.Dir, "webhook-certs"), registry: prometheus.NewRegistry()}
+	w.nodes.OnTerminatingChange(w.pods.SetFollowed)
 	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
 	if err != nil {
 		cancel()
@@ -93,24 +136,29 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		return nil, nil, err
 	}
 	w.caPEM = pems.CA
-	srv, reloader, err := newServer(w.nodes, c.Client, w.certDir, prometheus.NewRegistry())
+	srv, reloader, err := newServer(serverParts{nodes: w.nodes, pods: w.pods, client: c.Client, confineClient: confineKube}, w.certDir, w.registry)
 	if err != nil {
 		cancel()
 		return nil, nil, err
 	}
+	w.handler = &swapHandler{}
+	wiring := srv.Handler
+	w.handler.h.Store(&wiring)
+	srv.Handler = w.handler
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()
 		return nil, nil, err
 	}
 	w.addr = ln.Addr().String()
-	done := make(chan struct{}, 3)
+	done := make(chan struct{}, 4)
 	go func() { _ = reloader.Start(ctx); done <- struct{}{} }()
 	go func() { _ = w.nodes.Start(ctx); done <- struct{}{} }()
+	go func() { _ = w.pods.Start(ctx); done <- struct{}{} }()
 	go func() { _ = srv.Serve(ctx, ln); done <- struct{}{} }()
 	stop := func() {
 		cancel()
-		for range 3 {
+		for range 4 {
 			<-done
 		}
 	}
@@ -127,9 +175,17 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 	return w, stop, nil
 }
 
+// serverParts are the caches and clients a webhook server reads.
+type serverParts struct {
+	nodes         *nodecache.Cache
+	pods          *nodepods.Cache
+	client        kubernetes.Interface
+	confineClient kubernetes.Interface
+}
+
 // newServer wires the webhook the way `termgate webhook` does, serving the
 // certificate in certDir and counting decisions in registry.
-func newServer(nodes *nodecache.Cache, client kubernetes.Interface, certDir string, registry *prometheus.Registry) (*webhook.Server, *certs.Reloader, error) {
+func newServer(p serverParts, certDir string, registry *prometheus.Registry) (*webhook.Server, *certs.Reloader, error) {
 	metrics, err := review.NewMetrics(registry)
 	if err != nil {
 		return nil, nil, err
@@ -137,11 +193,15 @@ func newServer(nodes *nodecache.Cache, client kubernetes.Interface, certDir stri
 	reloader := certs.NewReloader(certDir, clock.RealClock{})
 	return &webhook.Server{
 		Handler: webhook.Handler(webhook.Config{
-			Nodes: nodes, Pods: webhook.APIPods{Client: client}, TaintEffect: corev1.TaintEffectNoSchedule,
-			Agent: confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
+			Nodes: p.nodes, Pods: webhook.APIPods{Client: p.client},
+			AgentPods: webhook.APIPods{Client: p.confineClient}, AgentPodLocator: p.pods,
+			TaintEffect: corev1.TaintEffectNoSchedule,
+			Agent:       confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
 		}),
 		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
 		Clock:     clock.RealClock{},
+		Limits:    webhook.DefaultLimits(),
+		Metrics:   metrics,
 	}, reloader, nil
 }
 
@@ -213,7 +273,7 @@ func (w *runningWebhook) waitStamping(ctx context.Context) error {
 		if err != nil {
 			return false, err.Error(), nil
 		}
-		_, ok := got.Annotations["termgate.dev/drain-order"]
+		_, ok := got.Annotations[nodemark.AnnotationDefaultDrainOrder]
 		return ok, "pod not stamped", nil
 	})
 }

@@ -2,17 +2,23 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/rand"
 
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 )
 
 // kubectl runs the repository's kubectl (the control-plane binary) against
@@ -67,6 +73,9 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 				"deployment.apps/termgate-webhook", "validatingwebhookconfiguration.admissionregistration.k8s.io/termgate-dry-run",
 				"mutatingwebhookconfiguration.admissionregistration.k8s.io/termgate-dry-run", "validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-node",
 				"poddisruptionbudget.policy/termgate-webhook", "priorityclass.scheduling.k8s.io/termgate-webhook",
+				"networkpolicy.networking.k8s.io/termgate-webhook", "resourcequota/termgate-critical-pods",
+				"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-webhook-ca-bundle",
+				"validatingadmissionpolicybinding.admissionregistration.k8s.io/termgate-webhook-ca-bundle",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("dry run did not apply %s:\n%s", want, out)
@@ -90,4 +99,76 @@ func renameWebhookConfigurations(built string) string {
 		}
 	}
 	return strings.Join(docs, "\n---\n")
+}
+
+func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
+	// The shared cluster has one node per zone, two of them Spot. An
+	// on-demand node next to each Spot node gives the scheduler the choice
+	// the manifest must steer: in every zone, on-demand over Spot.
+	id := rand.String(4)
+	extra := []cluster.NodeSpec{
+		{Name: "zz-" + id + "-ondemand-a", Zone: "us-central1-a", MachineType: "e2-standard-4"},
+		{Name: "zz-" + id + "-ondemand-b", Zone: "us-central1-b", MachineType: "e2-standard-4"},
+	}
+	if err := env.AddNodes(ctx(t), extra...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range extra {
+			_ = env.Client.CoreV1().Nodes().Delete(context.Background(), s.Name, metav1.DeleteOptions{})
+		}
+	})
+
+	// The shipped Deployment, in a namespace of its own; only its placement
+	// is under test (kwok plays the kubelet, the image never runs).
+	ns := kit.Namespace(t, env.Client)
+	dep := findObject(t, builtObjects(t, kubectl(t, "kustomize", filepath.Join("manifests", "base"))), "Deployment", "termgate-webhook")
+	dep.SetNamespace(ns)
+	deployment := &appsv1.Deployment{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, deployment); err != nil {
+		t.Fatal(err)
+	}
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := localrun.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", "webhook-priorityclass.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: deployment.Spec.Template.Spec.ServiceAccountName}}
+	if _, err := env.Client.CoreV1().ServiceAccounts(ns).Create(ctx(t), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.AppsV1().Deployments(ns).Create(ctx(t), deployment, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create the shipped webhook Deployment: %v", err)
+	}
+
+	replicas := int(*deployment.Spec.Replicas)
+	var pods []corev1.Pod
+	kit.Eventually(t, scheduleBudget, "webhook replicas bound", func(ctx context.Context) (bool, string, error) {
+		list, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
+		if err != nil {
+			return false, "", err
+		}
+		pods = list.Items
+		bound := 0
+		for _, p := range pods {
+			if p.Spec.NodeName != "" {
+				bound++
+			}
+		}
+		return bound == replicas && len(pods) == replicas, fmt.Sprintf("%d of %d bound", bound, replicas), nil
+	})
+	zones := map[string]string{}
+	for _, p := range pods {
+		n := getNode(t, env.Client, p.Spec.NodeName)
+		if n.Labels[cluster.LabelSpot] == "true" {
+			t.Errorf("replica %s placed on Spot node %s although an on-demand node in its zone had room", p.Name, n.Name)
+		}
+		zone := n.Labels["topology.kubernetes.io/zone"]
+		if other, dup := zones[zone]; dup {
+			t.Errorf("replicas %s and %s share zone %s", other, p.Name, zone)
+		}
+		zones[zone] = p.Name
+	}
 }

@@ -31,7 +31,7 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 
 	registry := prometheus.NewRegistry()
 	dir := filepath.Join(t.TempDir(), "certs")
-	srv, reloader, err := newServer(wh.nodes, env.Client, dir, registry)
+	srv, reloader, err := newServer(serverParts{nodes: wh.nodes, pods: wh.pods, client: env.Client, confineClient: env.Client}, dir, registry)
 	if err != nil {
 		t.Fatal(err)
 	}

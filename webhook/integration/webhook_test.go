@@ -10,21 +10,19 @@ import (
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 )
 
 // The scheduler retries a refused pod after at most 10 s of backoff; budgets
@@ -211,10 +209,10 @@ func TestPinnedPodsOntoATerminatingNode(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "node "+dying+" is terminating") {
 		t.Fatalf("pinned pod: got %v, want a refusal naming the node", err)
 	}
-	mirror := kit.Pod(ns, "mirror", kit.OnNode(dying))
-	mirror.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: "static-hash"}
-	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), mirror, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("mirror pod refused: %v", err)
+	// The node's own kubelet still brings its static pods' mirrors.
+	kubelet := impersonating(t, "system:node:"+dying, "system:nodes")
+	if _, err := kubelet.CoreV1().Pods(ns).Create(ctx(t), mirrorPod(t, ns, "mirror", dying), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("the node's own mirror pod refused: %v", err)
 	}
 	tolerating := kit.Pod(ns, "tolerating", kit.OnNode(dying), kit.Tolerating(corev1.Toleration{Operator: corev1.TolerationOpExists}))
 	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), tolerating, metav1.CreateOptions{}); err != nil {
@@ -225,16 +223,16 @@ func TestPinnedPodsOntoATerminatingNode(t *testing.T) {
 func TestDrainOrderIsStamped(t *testing.T) {
 	ns := kit.Namespace(t, env.Client)
 	plain := createPod(t, kit.Pod(ns, "plain"))
-	if got := plain.Annotations[nodemark.AnnotationDrainOrder]; got != "regular" {
+	if got := plain.Annotations[nodemark.AnnotationDefaultDrainOrder]; got != "regular" {
 		t.Fatalf("plain pod stamped %q, want regular", got)
 	}
 	late := createPod(t, kit.Pod(ns, "late", kit.Tolerating(corev1.Toleration{Key: nodemark.TaintKey, Operator: corev1.TolerationOpExists,
 		Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](15)})))
-	if got := late.Annotations[nodemark.AnnotationDrainOrder]; got != "delayed:15s" {
+	if got := late.Annotations[nodemark.AnnotationDefaultDrainOrder]; got != "delayed:15s" {
 		t.Fatalf("pod tolerating the taint for 15s stamped %q, want delayed:15s", got)
 	}
 	keeper := createPod(t, kit.Pod(ns, "keeper", kit.Tolerating(corev1.Toleration{Key: nodemark.TaintKey, Operator: corev1.TolerationOpExists})))
-	if got := keeper.Annotations[nodemark.AnnotationDrainOrder]; got != "keep" {
+	if got := keeper.Annotations[nodemark.AnnotationDefaultDrainOrder]; got != "keep" {
 		t.Fatalf("tolerating pod stamped %q, want keep", got)
 	}
 	owned := kit.Pod(ns, "owned")
@@ -276,7 +274,7 @@ func TestWithTheWebhookUnreachablePodsStillScheduleAndCreate(t *testing.T) {
 	expectBound(t, ns, "scheduled", scheduleBudget)
 	// Even the pinned pod onto the marked node passes: failurePolicy Ignore.
 	p := createPod(t, kit.Pod(ns, "pinned", kit.OnNode(dying)))
-	if _, stamped := p.Annotations[nodemark.AnnotationDrainOrder]; stamped {
+	if _, stamped := p.Annotations[nodemark.AnnotationDefaultDrainOrder]; stamped {
 		t.Fatal("pod stamped although the webhook is unreachable")
 	}
 }
@@ -303,86 +301,30 @@ func TestARotatedCertificateIsServedWithoutRestart(t *testing.T) {
 	}
 }
 
-// agentClient sets up the agent's account and a pod of it on node, and
-// returns a client using a token bound to that pod.
+// agentClient returns a client of the agent on node, authenticated as the
+// shipped DaemonSet's pods are: the shipped RBAC and a service-account
+// token bound to a stand-in agent pod on node (localrun.NewAgentIdentity).
 func agentClient(t *testing.T, node string) kubernetes.Interface {
 	t.Helper()
-	c := env.Client
-	bg := ctx(t)
-	if _, err := c.CoreV1().Namespaces().Create(bg, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "termgate"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	if _, err := c.CoreV1().ServiceAccounts("termgate").Create(bg, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent-test"}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "delete"}},
-		{APIGroups: []string{""}, Resources: []string{"pods/eviction"}, Verbs: []string{"create"}},
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "patch"}},
-	}}
-	if _, err := c.RbacV1().ClusterRoles().Create(bg, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent-test"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "termgate-agent", Namespace: "termgate"}}}
-	if _, err := c.RbacV1().ClusterRoleBindings().Create(bg, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	agentPod := kit.Pod("termgate", "agent-"+node, kit.OnNode(node))
-	agentPod.Spec.ServiceAccountName = "termgate-agent"
-	p, err := c.CoreV1().Pods("termgate").Create(bg, agentPod, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		p, err = c.CoreV1().Pods("termgate").Get(bg, agentPod.Name, metav1.GetOptions{})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := c.CoreV1().ServiceAccounts("termgate").CreateToken(bg, "termgate-agent", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: ptr.To[int64](600),
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token request: %v", err)
-	}
-	cfg := rest.AnonymousClientConfig(env.Config)
-	cfg.BearerToken = tr.Status.Token
-	client, err := kubernetes.NewForConfig(cfg)
+	id := agentIdentity(t, node)
+	client, err := kubernetes.NewForConfig(id.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return client
 }
 
-func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
-	return c.PolicyV1().Evictions(ns).Evict(ctx(t), &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+func agentIdentity(t *testing.T, node string) *localrun.AgentIdentity {
+	t.Helper()
+	id, err := localrun.NewAgentIdentity(ctx(t), localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config, Dir: t.TempDir(), Node: node})
+	if err != nil {
+		t.Fatalf("agent identity on %s: %v", node, err)
+	}
+	return id
 }
 
-func TestTheAgentIsConfinedToItsOwnNode(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
-	names := nodeNames(t)
-	own, other := names[0], names[1]
-	agent := agentClient(t, own)
-	createPod(t, kit.Pod(ns, "here", kit.OnNode(own)))
-	createPod(t, kit.Pod(ns, "there", kit.OnNode(other)))
-
-	err := evict(agent, t, ns, "there")
-	if err == nil || !strings.Contains(err.Error(), "may not evict or delete pod "+ns+"/there on node "+other) {
-		t.Fatalf("eviction on another node: got %v, want a refusal", err)
-	}
-	err = agent.CoreV1().Pods(ns).Delete(ctx(t), "there", metav1.DeleteOptions{})
-	if err == nil || !strings.Contains(err.Error(), "on node "+other) {
-		t.Fatalf("delete on another node: got %v, want a refusal", err)
-	}
-	if err := evict(agent, t, ns, "here"); err != nil {
-		t.Fatalf("eviction on its own node refused: %v", err)
-	}
-	// An admin is not confined.
-	if err := evict(env.Client, t, ns, "there"); err != nil {
-		t.Fatalf("admin eviction refused: %v", err)
-	}
+func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
+	return c.PolicyV1().Evictions(ns).Evict(ctx(t), &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 }
 
 func TestTheAgentMayPatchOnlyTermgateMarksOnItsOwnNode(t *testing.T) {

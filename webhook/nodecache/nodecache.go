@@ -77,6 +77,46 @@ func (c *Cache) Start(ctx context.Context) error {
 // HasSynced reports whether the first list has been stored (readiness).
 func (c *Cache) HasSynced() bool { return c.informer == nil || c.informer.HasSynced() }
 
+// OnTerminatingChange calls fn(node, terminating) whenever the cache learns
+// that a node became terminating (marked for a drain, even with a malformed
+// mark) or stopped being so, including nodes listed at start and deleted
+// nodes (false). A node only in the advance state does not count: it is not
+// drained, and such marks may stay for days before a maintenance window.
+// fn runs on the informer's goroutine and must not block. A cache built
+// with NewFromStore never calls it. Call before Start.
+func (c *Cache) OnTerminatingChange(fn func(node string, terminating bool)) {
+	if c.informer == nil {
+		return
+	}
+	report := func(obj any, deleted bool) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj, deleted = d.Obj, true
+		}
+		meta, ok := obj.(*metav1.PartialObjectMetadata)
+		if !ok {
+			return
+		}
+		fn(meta.Name, isTerminating(meta) && !deleted)
+	}
+	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) { report(obj, false) },
+		UpdateFunc: func(old, obj any) {
+			o, _ := old.(*metav1.PartialObjectMetadata)
+			n, _ := obj.(*metav1.PartialObjectMetadata)
+			if o != nil && n != nil && isTerminating(o) == isTerminating(n) {
+				return // resyncs and unrelated changes
+			}
+			report(obj, false)
+		},
+		DeleteFunc: func(obj any) { report(obj, true) },
+	})
+}
+
+func isTerminating(meta *metav1.PartialObjectMetadata) bool {
+	m, _, _ := nodemark.Read(meta.Annotations)
+	return m.Terminating()
+}
+
 // Lookup returns the node named name; known is false on a cache miss.
 func (c *Cache) Lookup(name string) (n Node, known bool) {
 	obj, known, err := c.store.GetByKey(name)

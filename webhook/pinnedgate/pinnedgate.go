@@ -4,10 +4,16 @@
 // controller that pins pods (or a user) could keep landing work on a node
 // that is about to vanish. The registration's matchConditions send only
 // pinned pods here; every other pod creation never calls the webhook.
+//
+// A mirror pod (annotation kubernetes.io/config.mirror) is the API copy of a
+// static pod its kubelet already runs, so only the node itself may bring one
+// past the gate. Any user allowed to create pods can set the annotation; a
+// tenant's "mirror" pod is a pinned pod like any other.
 package pinnedgate
 
 import (
 	"context"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -60,8 +66,10 @@ func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
 		return review.Allow(VerdictNotPinned)
 	}
 	// Mirror pods stand for static pods the kubelet already runs; refusing
-	// them hides those pods without stopping them.
-	if nodemark.IsMirrorPod(pod) {
+	// them hides those pods without stopping them. Only the node's own
+	// identity creates real ones (NodeRestriction lets a node create mirror
+	// pods of itself only).
+	if nodemark.IsMirrorPod(pod) && isNodeItself(req.UserInfo.Username, pod.Spec.NodeName) {
 		return review.Allow(VerdictMirror)
 	}
 	node, known := g.nodes.Lookup(pod.Spec.NodeName)
@@ -76,4 +84,15 @@ func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
 		return review.Allow(VerdictTolerates)
 	}
 	return review.Deny(VerdictDenied, node.Refusal(pod.Spec.NodeName, g.effect))
+}
+
+// nodeUserPrefix starts the user name of a kubelet's node credentials; the
+// Node authorizer and the NodeRestriction admission plugin identify nodes by
+// it.
+const nodeUserPrefix = "system:node:"
+
+// isNodeItself reports whether username is node's own identity.
+func isNodeItself(username, node string) bool {
+	name, ok := strings.CutPrefix(username, nodeUserPrefix)
+	return ok && name != "" && name == node
 }

@@ -24,7 +24,15 @@ func testNodes() *nodecache.Cache {
 	return nodecache.NewFromStore(store)
 }
 
+// tenant is an ordinary user allowed to create pods.
+const tenant = "system:serviceaccount:team:deployer"
+
 func podCreate(t *testing.T, mutate func(p *corev1.Pod)) *review.Request {
+	t.Helper()
+	return podCreateBy(t, tenant, mutate)
+}
+
+func podCreateBy(t *testing.T, username string, mutate func(p *corev1.Pod)) *review.Request {
 	t.Helper()
 	p := &corev1.Pod{}
 	p.Name = "static"
@@ -34,7 +42,14 @@ func podCreate(t *testing.T, mutate func(p *corev1.Pod)) *review.Request {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &review.Request{UID: "u", Namespace: "ns", Operation: review.OperationCreate, Object: raw}
+	return &review.Request{UID: "u", Namespace: "ns", Operation: review.OperationCreate, Object: raw, UserInfo: review.UserInfo{Username: username}}
+}
+
+func mirrorOn(node string) func(p *corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Spec.NodeName = node
+		p.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: "hash"}
+	}
 }
 
 func TestPinnedGate(t *testing.T) {
@@ -54,12 +69,12 @@ func TestPinnedGate(t *testing.T) {
 		"A pod pinned to a node the cache does not know is allowed (fail open).": {
 			mutate: func(p *corev1.Pod) { p.Spec.NodeName = "new" }, wantAllowed: true, wantVerdict: VerdictUnknownNode,
 		},
-		"A mirror pod on a terminating node is allowed.": {
-			mutate: func(p *corev1.Pod) {
-				p.Spec.NodeName = "dying"
-				p.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: "hash"}
-			},
-			wantAllowed: true, wantVerdict: VerdictMirror,
+		"A tenant's mirror-annotated pod on a terminating node is denied like any pinned pod.": {
+			mutate:      mirrorOn("dying"),
+			wantVerdict: VerdictDenied, wantMessage: []string{"node dying", "HostMaintenance", "2026-05-01T12:00:30Z"},
+		},
+		"A tenant's mirror-annotated pod on a healthy node is allowed.": {
+			mutate: mirrorOn("healthy"), wantAllowed: true, wantVerdict: VerdictNotTerminating,
 		},
 		"A pinned pod tolerating the termination taint is allowed onto a terminating node.": {
 			mutate: func(p *corev1.Pod) {
@@ -90,6 +105,39 @@ func TestPinnedGate(t *testing.T) {
 				if !strings.Contains(got.Message, w) {
 					t.Errorf("message %q does not mention %q", got.Message, w)
 				}
+			}
+		})
+	}
+}
+
+func TestOnlyTheNodeItselfBringsAMirrorPodOntoATerminatingNode(t *testing.T) {
+	tests := map[string]struct {
+		username    string
+		wantAllowed bool
+		wantVerdict string
+	}{
+		"The terminating node's own kubelet creates its mirror pod.": {
+			username: "system:node:dying", wantAllowed: true, wantVerdict: VerdictMirror,
+		},
+		"Another node's kubelet is refused.":                             {username: "system:node:healthy", wantVerdict: VerdictDenied},
+		"A node name that only starts like the pod's node is refused.":   {username: "system:node:dyin", wantVerdict: VerdictDenied},
+		"A node name that only ends like the pod's node is refused.":     {username: "system:node:dying-2", wantVerdict: VerdictDenied},
+		"A user named like the node without the node prefix is refused.": {username: "dying", wantVerdict: VerdictDenied},
+		"An admin is refused like any tenant.":                           {username: "kubernetes-admin", wantVerdict: VerdictDenied},
+		"A request without a user is refused.":                           {username: "", wantVerdict: VerdictDenied},
+	}
+	g := New(testNodes(), corev1.TaintEffectNoSchedule, nil)
+	denial := g.Admit(context.Background(), podCreate(t, func(p *corev1.Pod) { p.Spec.NodeName = "dying" }))
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got := g.Admit(context.Background(), podCreateBy(t, tc.username, mirrorOn("dying")))
+			if got.Allowed != tc.wantAllowed || got.Verdict != tc.wantVerdict {
+				t.Fatalf("got allowed=%v verdict=%q message=%q", got.Allowed, got.Verdict, got.Message)
+			}
+			// A refused mirror pod reads exactly like any refused pinned pod:
+			// the annotation neither helps nor shows in the answer.
+			if !got.Allowed && (got.Message != denial.Message || got.Code != denial.Code) {
+				t.Errorf("mirror pod refused with %d %q, a pinned pod with %d %q", got.Code, got.Message, denial.Code, denial.Message)
 			}
 		})
 	}

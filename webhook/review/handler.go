@@ -2,6 +2,7 @@ package review
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/go-logr/logr"
@@ -17,9 +19,16 @@ import (
 	strictjson "sigs.k8s.io/json"
 )
 
-// MaxBodyBytes bounds a review body. The API server caps objects at a few
-// MiB; a Pod review with its old object fits comfortably.
-const MaxBodyBytes = 7 << 20
+// MaxBodyBytes is the default bound of a review body: 6.25 MiB, just above
+// the largest review the API server sends. The API server refuses request
+// bodies above 3 MiB (its MaxRequestBodyBytes: twice etcd's 1.5 MiB
+// request limit, since JSON is larger than the protobuf stored), and a
+// review carries at most two objects of that size: object and oldObject on
+// an UPDATE, or on a CREATE the object plus the managedFields the server
+// adds, which list the object's field paths and can match its size. 256 KiB
+// more covers the envelope, userInfo and options. A larger call is
+// answered 413 and the API server applies the webhook's failurePolicy.
+const MaxBodyBytes = 2*(3<<20) + 256<<10
 
 const (
 	apiVersion = "admission.k8s.io/v1"
@@ -40,7 +49,7 @@ type envelope struct {
 // would need a second pass over the body to tell an absent request from a
 // present one, which costs more than the allocation it saves.
 type scratch struct {
-	body bytes.Buffer
+	body []byte
 	env  envelope
 	req  *Request
 	out  []byte
@@ -52,13 +61,23 @@ type Handler struct {
 	log     logr.Logger
 	clock   clock.PassiveClock
 	metrics *GateMetrics
+	maxBody int64
 	pool    sync.Pool
 }
 
 // NewHandler wraps gate. metrics may be nil (no metrics recorded).
 func NewHandler(gate Gate, log logr.Logger, clk clock.PassiveClock, metrics *Metrics) *Handler {
-	h := &Handler{gate: gate, log: log.WithValues("gate", gate.Name()), clock: clk, metrics: metrics.ForGate(gate.Name())}
+	h := &Handler{gate: gate, log: log.WithValues("gate", gate.Name()), clock: clk, metrics: metrics.ForGate(gate.Name()), maxBody: MaxBodyBytes}
 	h.pool.New = func() any { return new(scratch) }
+	return h
+}
+
+// WithMaxBodyBytes sets the largest body accepted (413 beyond); n <= 0
+// keeps MaxBodyBytes.
+func (h *Handler) WithMaxBodyBytes(n int64) *Handler {
+	if n > 0 {
+		h.maxBody = n
+	}
 	return h
 }
 
@@ -70,28 +89,56 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := h.pool.Get().(*scratch)
 	defer h.release(s)
 
-	if status, err := s.decode(r); err != nil {
+	if status, err := s.decode(r, h.maxBody); err != nil {
 		h.metrics.observeRejected()
 		h.log.V(1).Info("Refusing malformed admission call", "status", status, "err", err.Error())
 		http.Error(w, err.Error(), status)
 		return
 	}
-	resp := h.gate.Admit(r.Context(), s.req)
+	ctx := r.Context()
+	if d, ok := answerWithin(r.URL.Query().Get("timeout")); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	resp := h.gate.Admit(ctx, s.req)
 	s.out = appendReview(s.out[:0], s.req.UID, &resp)
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(s.out)
 	h.metrics.observe(resp.Verdict, resp.Allowed, h.clock.Since(start))
 	h.logDecision(s.req, &resp)
-	s.req, s.env = nil, envelope{} // do not keep the request alive in the pool
 }
 
 // release returns s to the pool unless one huge review grew its buffer:
 // that memory should go back to the heap, not stay parked in the pool.
 func (h *Handler) release(s *scratch) {
-	if s.body.Cap() > pooledBodyMax {
+	s.req, s.env = nil, envelope{} // the request points into the body
+	if cap(s.body) > pooledBodyMax {
 		return
 	}
 	h.pool.Put(s)
+}
+
+// maxCallTimeout is the longest timeoutSeconds a webhook registration may
+// have.
+const maxCallTimeout = 30 * time.Second
+
+// answerWithin reads the timeout the API server sends with each call (the
+// query parameter "timeout", the registration's timeoutSeconds rounded up to
+// the second) and returns how long a gate may take: four fifths of it, so
+// a gate whose API read is slow or throttled answers with its own
+// fail-open or fail-closed choice before the API server gives up on the
+// call and applies the registration's failurePolicy instead.
+func answerWithin(timeout string) (time.Duration, bool) {
+	if timeout == "" || len(timeout) > 32 {
+		return 0, false
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil || d <= 0 {
+		return 0, false
+	}
+	d = min(d, maxCallTimeout)
+	return d - d/5, true
 }
 
 // pooledBodyMax is the largest body buffer kept for reuse; Binding and
@@ -113,22 +160,66 @@ var errNoRequest = errors.New("admission review has no request")
 
 // decode reads and checks the review. It returns the HTTP status to answer
 // with when the call is malformed.
-func (s *scratch) decode(r *http.Request) (int, error) {
+func (s *scratch) decode(r *http.Request, limit int64) (int, error) {
 	if r.Method != http.MethodPost {
 		return http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: admission reviews are POSTed", r.Method)
 	}
 	if ct := r.Header.Get("Content-Type"); !isJSON(ct) {
 		return http.StatusUnsupportedMediaType, fmt.Errorf("content type %q: want application/json", ct)
 	}
-	s.body.Reset()
-	n, err := s.body.ReadFrom(io.LimitReader(r.Body, MaxBodyBytes+1))
-	if err != nil {
-		return http.StatusBadRequest, fmt.Errorf("read body: %w", err)
+	if status, err := s.readBody(r, limit); err != nil {
+		return status, err
 	}
-	if n > MaxBodyBytes {
-		return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
+	return s.parse(s.body)
+}
+
+// readBody reads the body into s.body with one allocation at most when the
+// length is declared, as the API server always does; the body is then the
+// only copy of the review in memory (objects point into it).
+func (s *scratch) readBody(r *http.Request, limit int64) (int, error) {
+	tooLarge := func() (int, error) {
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("body larger than %d bytes", limit)
 	}
-	return s.parse(s.body.Bytes())
+	if r.ContentLength > limit {
+		return tooLarge()
+	}
+	if r.ContentLength >= 0 {
+		n := int(r.ContentLength)
+		if cap(s.body) < n {
+			s.body = make([]byte, n)
+		}
+		s.body = s.body[:n]
+		if _, err := io.ReadFull(r.Body, s.body); err != nil {
+			return bodyError(err, tooLarge)
+		}
+		return 0, nil
+	}
+	// Length not declared (chunked): grow as the body arrives, up to limit.
+	b := s.body[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		s.body = b
+		if int64(len(b)) > limit {
+			return tooLarge()
+		}
+		if errors.Is(err, io.EOF) {
+			return 0, nil
+		}
+		if err != nil {
+			return bodyError(err, tooLarge)
+		}
+	}
+}
+
+func bodyError(err error, tooLarge func() (int, error)) (int, error) {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return tooLarge()
+	}
+	return http.StatusBadRequest, fmt.Errorf("read body: %w", err)
 }
 
 // parse decodes body into s.req, reusing the buffers of the previous call.

@@ -13,6 +13,8 @@ type Metrics struct {
 	latency     *prometheus.HistogramVec
 	cacheMisses *prometheus.CounterVec
 	podReads    *prometheus.CounterVec
+	podCache    *prometheus.CounterVec
+	refused     *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them on reg (in the binary,
@@ -37,8 +39,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "termgate_webhook_pod_reads_total",
 			Help: "Pod reads through the API on the slow path, by gate and result (ok, error).",
 		}, []string{"gate", "result"}),
+		podCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "termgate_webhook_pod_cache_answers_total",
+			Help: "Pod lookups answered from memory, with no API read, by gate.",
+		}, []string{"gate"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "termgate_webhook_requests_refused_total",
+			Help: "Calls refused before any gate saw them, by reason (too-many-requests: answered 429 beyond the in-flight limits; body-too-large: 413).",
+		}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.cacheMisses, m.podReads} {
+	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.cacheMisses, m.podReads, m.podCache, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register webhook metrics: %w", err)
 		}
@@ -56,6 +66,7 @@ type GateMetrics struct {
 	miss      prometheus.Counter
 	readOK    prometheus.Counter
 	readErr   prometheus.Counter
+	podCache  prometheus.Counter
 }
 
 // ForGate binds the gate label once, so the hot path does no label lookups
@@ -72,6 +83,7 @@ func (m *Metrics) ForGate(gate string) *GateMetrics {
 		miss:      m.cacheMisses.WithLabelValues(gate),
 		readOK:    m.podReads.WithLabelValues(gate, "ok"),
 		readErr:   m.podReads.WithLabelValues(gate, "error"),
+		podCache:  m.podCache.WithLabelValues(gate),
 	}
 }
 
@@ -112,4 +124,19 @@ func (g *GateMetrics) PodRead(err error) {
 		return
 	}
 	g.readOK.Inc()
+}
+
+// PodCacheAnswer counts a pod lookup answered from memory.
+func (g *GateMetrics) PodCacheAnswer() {
+	if g != nil {
+		g.podCache.Inc()
+	}
+}
+
+// Refused counts a call refused before decoding (reason: too-many-requests
+// or body-too-large). A nil *Metrics records nothing.
+func (m *Metrics) Refused(reason string) {
+	if m != nil {
+		m.refused.WithLabelValues(reason).Inc()
+	}
 }

@@ -9,7 +9,6 @@ package review
 
 import (
 	"context"
-	"encoding/json"
 )
 
 // Request is the part of an admission.k8s.io/v1 AdmissionRequest that the
@@ -24,9 +23,22 @@ type Request struct {
 	Namespace   string           `json:"namespace"`
 	Operation   string           `json:"operation"`
 	UserInfo    UserInfo         `json:"userInfo"`
-	Object      json.RawMessage  `json:"object"`
-	OldObject   json.RawMessage  `json:"oldObject"`
+	Object      RawObject        `json:"object"`
+	OldObject   RawObject        `json:"oldObject"`
 	DryRun      *bool            `json:"dryRun"`
+}
+
+// RawObject is an object of the review kept as JSON. Unlike
+// json.RawMessage it does not copy: it points into the request body, which
+// the handler keeps until the answer is written. With reviews of several
+// MiB this keeps one copy of the body in memory instead of two. A gate must
+// not keep it after Admit returns.
+type RawObject []byte
+
+// UnmarshalJSON keeps data as is (no copy).
+func (r *RawObject) UnmarshalJSON(data []byte) error {
+	*r = data
+	return nil
 }
 
 // GroupVersionKind names the kind of the object under review.

@@ -50,6 +50,10 @@ func newAgentOptions() *agentOptions {
 // AddFlags binds every option to fs with its default and help text.
 func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.agent.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name; defaults to $NODE_NAME (set it from the downward API, spec.nodeName)")
+	fs.StringVar(&o.agent.PodName, "pod-name", os.Getenv("POD_NAME"), "the agent's own pod, whose grace period bounds a drain after SIGTERM; defaults to $POD_NAME")
+	fs.StringVar(&o.agent.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the agent's own namespace; defaults to $POD_NAMESPACE")
+	fs.DurationVar(&o.agent.ShutdownGrace, "shutdown-grace", 0, "how long to keep draining after SIGTERM; 0 reads the own pod's terminationGracePeriodSeconds (30s if unknown)")
+	fs.DurationVar(&o.agent.LateStartBudget, "late-start-budget", o.agent.LateStartBudget, "time assumed left when instance/preempted is already TRUE at the agent's first read")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster configuration")
 	fs.Float64Var(&o.qps, "kube-api-qps", 100, "client QPS to the API server, sized for parallel evictions")
 	fs.IntVar(&o.burst, "kube-api-burst", 200, "client burst to the API server")
@@ -71,12 +75,16 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	o.zap.BindFlags(fs)
 }
 
-// Validate checks the options once at start-up.
-func (o *agentOptions) Validate() error {
+// Complete derives the settings that follow from others.
+func (o *agentOptions) Complete() {
 	o.agent.TaintEffect = corev1.TaintEffect(o.taint)
 	o.drain.TaintEffect = o.agent.TaintEffect
 	o.drain.NodeName = o.agent.NodeName
 	o.drain.DryRun = o.agent.DryRun
+}
+
+// Validate checks the completed options once at start-up.
+func (o *agentOptions) Validate() error {
 	errs := []error{o.agent.Validate(), o.drain.Validate()}
 	if o.watch.PollTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("metadata poll timeout %s must be at least 1s", o.watch.PollTimeout))
@@ -94,11 +102,17 @@ func runAgent(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	o.Complete()
 	if err := o.Validate(); err != nil {
 		return err
 	}
 	logger := zap.New(zap.UseFlagOptions(&o.zap))
 	ctx = log.IntoContext(ctx, logger)
+	limit, err := setMemoryLimit()
+	if err != nil {
+		return err
+	}
+	logger.Info("memory", "goMemLimit", limit)
 	return o.run(ctx)
 }
 
@@ -109,19 +123,36 @@ func (o *agentOptions) run(ctx context.Context) error {
 	}
 	cfg.QPS, cfg.Burst = float32(o.qps), o.burst
 	cfg.UserAgent = "termgate-agent/" + o.agent.NodeName
+	// Protobuf halves what the API server sends and the agent decodes
+	// (pods above all); patches keep their own JSON content types.
+	cfg.ContentType = "application/vnd.kubernetes.protobuf"
+	cfg.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	cfg.Wrap(drain.WithoutHiddenRetries)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("build client: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := registerAll(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		return err
+	}
 	dm, err := drain.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	wm, err := watch.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	am, err := agent.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
 	o.drain.Metrics = dm
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	// Events outlive the signal: a drain that goes on after SIGTERM still
+	// reports its steps. Shutdown flushes them when run returns.
+	broadcaster := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "termgate-agent", Host: o.agent.NodeName})
@@ -131,11 +162,11 @@ func (o *agentOptions) run(ctx context.Context) error {
 	a, err := agent.New(o.agent, agent.Parts{
 		Client:  client,
 		Clock:   clk,
-		Watcher: watch.New(clk, o.watch, watch.NewMetrics(reg)),
+		Watcher: watch.New(clk, o.watch, wm),
 		Drainer: drain.New(client, pods, clk, o.drain, recorder),
 		Pods:    pods,
 		Events:  recorder,
-		Metrics: agent.NewMetrics(reg),
+		Metrics: am,
 	})
 	if err != nil {
 		return err
@@ -178,4 +209,14 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// registerAll registers collectors, reporting the first failure.
+func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return nil
 }

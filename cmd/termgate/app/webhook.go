@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -36,6 +38,7 @@ import (
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/nodepods"
 	"termgate.dev/termgate/webhook/review"
 )
 
@@ -58,6 +61,13 @@ type WebhookOptions struct {
 	TaintEffect        string
 	AgentUsername      string
 	ConfineDenyOnError bool
+	// ConfineQPS and ConfineBurst are the confinement's own client budget:
+	// its node-pod informers and the pod reads the cache cannot answer.
+	ConfineQPS   float64
+	ConfineBurst int
+
+	// Limits of the admission server.
+	Limits webhook.Limits
 
 	ShutdownDelay   time.Duration
 	ShutdownTimeout time.Duration
@@ -95,6 +105,9 @@ func NewWebhookOptions() *WebhookOptions {
 		ns = "termgate"
 	}
 	return &WebhookOptions{
+		ConfineQPS:         50,
+		ConfineBurst:       100,
+		Limits:             webhook.DefaultLimits(),
 		BindAddress:        ":9443",
 		HealthAddress:      ":8081",
 		MetricsAddr:        ":8080",
@@ -133,8 +146,19 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "Address the HTTPS admission server listens on.")
 	fs.StringVar(&o.HealthAddress, "health-probe-bind-address", o.HealthAddress, "Address serving /healthz and /readyz; \"0\" disables.")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address serving Prometheus /metrics; \"0\" disables.")
-	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for pod reads and certificate work.")
-	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for pod reads and certificate work.")
+	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for the node cache, the bind gate's pod reads and certificate work.")
+	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the node cache, the bind gate's pod reads and certificate work.")
+	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the agent confinement alone: pod lists of marked nodes and the pod reads they cannot answer.")
+	fs.IntVar(&o.ConfineBurst, "confine-kube-api-burst", o.ConfineBurst, "Client burst of the agent confinement alone.")
+	fs.DurationVar(&o.Limits.ReadHeaderTimeout, "read-header-timeout", o.Limits.ReadHeaderTimeout, "Admission server: longest TLS handshake plus request headers.")
+	fs.DurationVar(&o.Limits.ReadTimeout, "read-timeout", o.Limits.ReadTimeout, "Admission server: longest read of a whole request, body included.")
+	fs.DurationVar(&o.Limits.WriteTimeout, "write-timeout", o.Limits.WriteTimeout, "Admission server: longest write of an answer.")
+	fs.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", o.Limits.IdleTimeout, "Admission server: close keep-alive connections idle this long.")
+	fs.Int64Var(&o.Limits.MaxBodyBytes, "max-request-body-bytes", o.Limits.MaxBodyBytes, "Admission server: largest review body accepted (413 beyond); the default is just above the largest review the API server sends.")
+	fs.IntVar(&o.Limits.MaxInFlight, "max-requests-in-flight", o.Limits.MaxInFlight, "Admission server: calls answered at once; more get 429.")
+	fs.Int64Var(&o.Limits.MaxInFlightBodyBytes, "max-request-bytes-in-flight", o.Limits.MaxInFlightBodyBytes, "Admission server: total declared body bytes of the calls being answered; more get 429. Bounds memory.")
+	fs.IntVar(&o.Limits.MaxConnections, "max-connections", o.Limits.MaxConnections, "Admission server: open connections; more wait in the listen backlog.")
+	fs.IntVar(&o.Limits.MaxConcurrentStreams, "http2-max-concurrent-streams", o.Limits.MaxConcurrentStreams, "Admission server: HTTP/2 streams per connection.")
 	fs.StringVar(&o.TaintEffect, "taint-effect", o.TaintEffect, "Effect of the termination taint the agent writes (NoSchedule or NoExecute); decides which tolerations count.")
 	fs.StringVar(&o.AgentUsername, "agent-username", o.AgentUsername, "User name of the agent's service account, confined to its own node.")
 	fs.BoolVar(&o.ConfineDenyOnError, "confine-deny-on-error", o.ConfineDenyOnError, "Refuse an agent eviction when the pod cannot be read (fail closed); default allows.")
@@ -201,8 +225,14 @@ func (o *WebhookOptions) Validate() error {
 	if o.ShutdownDelay < 0 || o.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-delay must not be negative and --shutdown-timeout must be positive"))
 	}
-	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 {
+	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 {
 		errs = append(errs, errors.New("client QPS and burst must be positive"))
+	}
+	if o.AgentUsername == "" {
+		errs = append(errs, errors.New("--agent-username is required: it names the account confined to its own node"))
+	}
+	if err := o.Limits.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -253,6 +283,15 @@ func runWebhook(ctx context.Context, args []string) error {
 	// controller-runtime's own components (certwatcher) log through its
 	// global logger; set it here, in wiring, once.
 	log.SetLogger(logger)
+	// A flood of large calls is collected before the container's limit is
+	// reached, instead of the kernel killing the replica.
+	limit, err := setMemoryLimit()
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	if limit > 0 {
+		logger.Info("Go memory limit set from the container's", "bytes", limit)
+	}
 	return serveWebhook(log.IntoContext(ctx, logger), o, clock.RealClock{})
 }
 
@@ -274,6 +313,9 @@ type webhookDeps struct {
 	lease    kubernetes.Interface
 	metadata metadata.Interface
 	ctrl     client.Client
+	// confineKube and confineMetadata share a rate limiter of their own.
+	confineKube     kubernetes.Interface
+	confineMetadata metadata.Interface
 }
 
 func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
@@ -290,6 +332,18 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	}
 	if d.metadata, err = metadata.NewForConfig(cfg); err != nil {
 		return nil, fmt.Errorf("metadata client: %w", err)
+	}
+	confineCfg := rest.CopyConfig(cfg)
+	confineCfg.QPS, confineCfg.Burst = float32(o.ConfineQPS), o.ConfineBurst
+	confineCfg.UserAgent = "termgate-webhook-confine"
+	// One limiter for both clients, so the budget is the flags' and not
+	// twice it.
+	confineCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(confineCfg.QPS, confineCfg.Burst)
+	if d.confineKube, err = kubernetes.NewForConfig(confineCfg); err != nil {
+		return nil, fmt.Errorf("confinement client: %w", err)
+	}
+	if d.confineMetadata, err = metadata.NewForConfig(confineCfg); err != nil {
+		return nil, fmt.Errorf("confinement metadata client: %w", err)
 	}
 	leaseCfg := rest.CopyConfig(cfg)
 	leaseCfg.QPS, leaseCfg.Burst = float32(o.LeaseQPS), o.LeaseBurst
@@ -323,21 +377,37 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 		return err
 	}
 	nodes := nodecache.New(deps.metadata)
+	// The pods of marked nodes, followed while the mark is there: the
+	// confinement's answer without an API read per eviction.
+	nodePods := nodepods.New(deps.confineMetadata)
+	nodes.OnTerminatingChange(nodePods.SetFollowed)
+	if err := ctrlmetrics.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "termgate_webhook_followed_nodes",
+		Help: "Marked nodes whose pods the webhook holds in memory for the agent confinement.",
+	}, func() float64 { return float64(len(nodePods.Followed())) })); err != nil {
+		return fmt.Errorf("register webhook metrics: %w", err)
+	}
+	limits := o.Limits
 	reloader := certs.NewReloader(o.CertDir, clk)
 	server := &webhook.Server{
 		Handler: webhook.Handler(webhook.Config{
-			Nodes:       nodes,
-			Pods:        webhook.APIPods{Client: deps.kube},
-			TaintEffect: corev1.TaintEffect(o.TaintEffect),
-			Agent:       confine.Options{Username: o.AgentUsername, DenyOnError: o.ConfineDenyOnError},
-			Metrics:     metrics,
-			Log:         logger,
-			Clock:       clk,
+			Nodes:           nodes,
+			Pods:            webhook.APIPods{Client: deps.kube},
+			AgentPods:       webhook.APIPods{Client: deps.confineKube},
+			AgentPodLocator: nodePods,
+			TaintEffect:     corev1.TaintEffect(o.TaintEffect),
+			Agent:           confine.Options{Username: o.AgentUsername, DenyOnError: o.ConfineDenyOnError},
+			MaxBodyBytes:    limits.MaxBodyBytes,
+			Metrics:         metrics,
+			Log:             logger,
+			Clock:           clk,
 		}),
 		TLSConfig:       certs.ServerConfig(reloader.GetCertificate),
 		ShutdownDelay:   o.ShutdownDelay,
 		ShutdownTimeout: o.ShutdownTimeout,
 		Clock:           clk,
+		Limits:          limits,
+		Metrics:         metrics,
 	}
 	checks := []webhook.Check{
 		{Name: "serving-certificate", Fn: reloader.Loaded},
@@ -356,6 +426,7 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 	}
 	g := newGroup(cancel)
 	g.goErr("node cache", func() error { return nodes.Start(ctx) })
+	g.goErr("node pods", func() error { return nodePods.Start(ctx) })
 	g.goErr("certificate reloader", func() error { return reloader.Start(ctx) })
 	checks = append(checks, startCertSource(ctx, g, o, deps, clk)...)
 	if o.HealthAddress != "0" && o.HealthAddress != "" {

@@ -48,6 +48,11 @@ func TestWebhookFlagsAreValidated(t *testing.T) {
 		"A negative shutdown delay is refused.":                {args: []string{"--shutdown-delay=-1s"}, want: "--shutdown-delay"},
 		"cert-manager mode needs the Certificate's name.":      {args: []string{"--cert-mode=cert-manager", "--certificate-name="}, want: "--certificate-name"},
 		"An unknown log format is refused.":                    {args: []string{"--log-format=xml"}, want: "--log-format"},
+		"A confinement client without budget is refused.":      {args: []string{"--confine-kube-api-qps=0"}, want: "QPS"},
+		"An empty agent user name is refused.":                 {args: []string{"--agent-username="}, want: "--agent-username"},
+		"A zero read timeout is refused.":                      {args: []string{"--read-timeout=0s"}, want: "timeouts"},
+		"A body budget below one body is refused.":             {args: []string{"--max-request-bytes-in-flight=1000"}, want: "never be served"},
+		"A zero stream cap is refused.":                        {args: []string{"--http2-max-concurrent-streams=0"}, want: "stream"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -56,6 +61,21 @@ func TestWebhookFlagsAreValidated(t *testing.T) {
 				t.Fatalf("got %v, want an error mentioning %s", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestWebhookServerLimitFlagsReachTheServer(t *testing.T) {
+	o, err := parseWebhookFlags(t, "--max-request-body-bytes=1048576", "--max-request-bytes-in-flight=8388608",
+		"--max-requests-in-flight=10", "--read-header-timeout=1s", "--http2-max-concurrent-streams=20", "--agent-username=system:serviceaccount:ops:agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := o.Limits
+	if l.MaxBodyBytes != 1<<20 || l.MaxInFlightBodyBytes != 8<<20 || l.MaxInFlight != 10 || l.ReadHeaderTimeout != time.Second || l.MaxConcurrentStreams != 20 {
+		t.Fatalf("limits %+v", l)
+	}
+	if o.AgentUsername != "system:serviceaccount:ops:agent" {
+		t.Fatalf("agent user %q", o.AgentUsername)
 	}
 }
 

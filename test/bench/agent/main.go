@@ -1,25 +1,51 @@
 // Command agent is `make bench-agent`: it measures termgate's agent on the
-// local cluster and writes bin/bench/agent.json.
+// local cluster as users deploy it, beside the same drain done two other
+// ways in the same run, and writes bin/bench/agent.json.
 //
-//   - notice_to_mark_ms: metadata flip to the taint seen by a separate watch
-//   - drain110_evictions_issued_ms: flip until every regular pod of 110 has a
-//     deletionTimestamp
-//   - drain110_all_gone_ms: flip until every evictable pod is gone
-//   - agent_rss_mb: the agent's resident memory after the drains
+// As deployed: the agent with its own token bound to a stand-in agent pod
+// on the node, the shipped RBAC and ValidatingAdmissionPolicy, the shipped
+// webhook configurations registered and the webhook running as in
+// `make demo`, the DaemonSet's arguments and memory limit.
+//   - notice_to_mark_ms_p50/p99: metadata flip to the taint seen by a watch
+//   - drain110_evictions_issued_ms_p50: flip until every regular pod of
+//     100 regular + 10 kube-system has a deletionTimestamp
+//   - drain110_all_gone_ms_p50: flip until all 110 are gone
+//   - agent_rss_mb: the agent's resident memory after a drain
+//
+// Admin: the same drain by the agent with the cluster's admin credentials,
+// the webhook configurations removed (the policy stays: it matches only the
+// agent's account).
+//   - drain110_evictions_issued_ms_p50_admin, drain110_all_gone_ms_p50_admin
+//
+// Floor: a minimal client (admin, the agent's concurrency and client rate
+// limits, no agent logic, no webhook) evicts 110 pods on the same node.
+//   - eviction_floor_ms_p50: the limit of this API server on this machine
+//
+// The three drains run in interleaved rounds. The as-deployed drain fails
+// unless the webhook's confinement gate answered at least its 110
+// evictions, and the admin one unless it answered none.
+//
+// Fat pods, as deployed on a second node: 60 pods, each with 250 KiB of
+// annotations and 1 MiB of environment, exist before the agent starts; the
+// agent drains them all.
+//   - agent_rss_mb_fat_pods: the agent's resident memory once they are gone
+//   - agent_rss_mb_fat_pods_peak: its peak resident memory (VmHWM)
+//   - agent_anon_mb_fat_pods_peak: the largest anonymous part (heap,
+//     stacks) sampled during the drain; the rest of RSS is mostly the
+//     binary's own code, file pages the kernel can reclaim under the
+//     container's limit
 package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -28,119 +54,339 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/bench/asdeployed"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 )
 
+type options struct {
+	markTrials, drainTrials, fatPods int
+	out                              string
+}
+
 func main() {
-	trials := flag.Int("mark-trials", 200, "notice-to-mark trials")
-	drains := flag.Int("drain-trials", 3, "110-pod drain trials")
-	out := flag.String("out", "bin/bench/agent.json", "where to write the results")
+	var o options
+	flag.IntVar(&o.markTrials, "mark-trials", 200, "notice-to-mark trials (as deployed; 0 skips them)")
+	flag.IntVar(&o.drainTrials, "drain-trials", 5, "rounds of 110-pod drains: as deployed, admin, eviction floor (0 skips them)")
+	flag.IntVar(&o.fatPods, "fat-pods", 60, "pods of 250 KiB annotations and 1 MiB environment for the memory figure (0 skips it)")
+	flag.StringVar(&o.out, "out", "bin/bench/agent.json", "where to write the results")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *trials, *drains, *out); err != nil {
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-agent:", err)
 		os.Exit(1)
 	}
 }
 
+const (
+	spotNode = "bench-spot"
+	fatNode  = "bench-fat"
+)
+
 type bench struct {
-	c     *cluster.Cluster
-	md    *gcefake.Server
-	agent *localrun.Agent
-	node  string
+	c       *cluster.Cluster
+	bin     string
+	shipped asdeployed.Container
+	extra   []string
+	fleet   *gcefake.Fleet
+	webhook *asdeployed.Webhook
+	// registration removes and restores the webhook configurations
+	// between the as-deployed and the other drains.
+	registration *registration
+	// md and spotID are the spot node's metadata server and agent identity.
+	md     *gcefake.Server
+	spotID *localrun.AgentIdentity
 }
 
-func run(ctx context.Context, trials, drains int, out string) error {
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: []cluster.NodeSpec{{Name: "bench-spot", Zone: "us-central1-a", MachineType: "e2-standard-4", Spot: true}}, PodDeleteDelay: time.Millisecond})
+func run(ctx context.Context, o options) error {
+	if o.markTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 {
+		return errors.New("-mark-trials, -drain-trials and -fat-pods must not be negative")
+	}
+	nodes := []cluster.NodeSpec{
+		{Name: spotNode, Zone: "us-central1-a", MachineType: "e2-standard-4", Spot: true},
+		{Name: fatNode, Zone: "us-central1-b", MachineType: "e2-standard-4", Spot: true},
+	}
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, PodDeleteDelay: time.Millisecond})
 	if err != nil {
 		return err
 	}
 	defer c.Stop()
-	bin, err := localrun.Build(ctx, c.Dir)
+	bin, state, err := asdeployed.Build(ctx, c.Dir)
 	if err != nil {
 		return err
 	}
-	fleet := gcefake.NewFleet()
-	defer fleet.Close()
-	md, err := fleet.Add(gcefake.Instance{Name: "bench-spot", Preemptible: true})
+	fmt.Println("measuring", state)
+	shipped, err := asdeployed.ShippedAgent()
 	if err != nil {
 		return err
 	}
-	a, err := localrun.StartAgent(ctx, localrun.AgentSpec{Binary: bin, Dir: c.Dir, Kubeconfig: c.Kubeconfig, Node: "bench-spot", MetadataHost: md.Host(),
-		Flags: append([]string{"--zap-log-level=error"}, strings.Fields(os.Getenv("AGENT_FLAGS"))...)})
+	b := &bench{c: c, bin: bin, shipped: shipped, extra: strings.Fields(os.Getenv("AGENT_FLAGS")), fleet: gcefake.NewFleet()}
+	defer b.fleet.Close()
+	fmt.Printf("agent arguments from the DaemonSet: %v %v, environment %v\n", shipped.Args, b.extra, shipped.Env)
+	webhook, err := asdeployed.StartWebhook(ctx, c, bin)
 	if err != nil {
 		return err
 	}
-	defer a.Stop()
-	b := &bench{c: c, md: md, agent: a, node: "bench-spot"}
+	defer webhook.Stop()
+	b.webhook = webhook
+	if b.registration, err = saveRegistration(ctx, c, webhook.ConfigName); err != nil {
+		return err
+	}
+	if b.spotID, err = asdeployed.Identity(ctx, c, spotNode); err != nil {
+		return err
+	}
+	if b.md, err = b.fleet.Add(gcefake.Instance{Name: spotNode, Preemptible: true}); err != nil {
+		return err
+	}
 
-	marks, err := b.noticeToMark(ctx, trials)
-	if err != nil {
-		return err
-	}
-	var issued, gone []float64
-	for range drains {
-		i, g, err := b.drain110(ctx)
+	var figures []asdeployed.Figure
+	if o.markTrials > 0 {
+		marks, err := b.noticeToMark(ctx, o.markTrials)
 		if err != nil {
 			return err
 		}
-		issued, gone = append(issued, i), append(gone, g)
+		figures = append(figures,
+			asdeployed.Figure{Key: "notice_to_mark_ms_p50", Value: asdeployed.Percentile(marks, 50), Note: fmt.Sprintf("as deployed, %d trials", len(marks))},
+			asdeployed.Figure{Key: "notice_to_mark_ms_p99", Value: asdeployed.Percentile(marks, 99), Target: "<= 50"})
 	}
-	printAgentHistogram(a.Addr)
-	rss, err := rssMB(a.PID())
+	if o.drainTrials > 0 {
+		d, err := b.drainRounds(ctx, o.drainTrials)
+		if err != nil {
+			return err
+		}
+		floor := asdeployed.Percentile(d.floor, 50)
+		deployed, admin := asdeployed.Percentile(d.issued, 50), asdeployed.Percentile(d.issuedAdmin, 50)
+		figures = append(figures,
+			asdeployed.Figure{Key: "drain110_evictions_issued_ms_p50", Value: deployed, Note: "as deployed"},
+			asdeployed.Figure{Key: "drain110_evictions_issued_ms_p50_admin", Value: admin, Note: "admin credentials, no webhook"},
+			asdeployed.Figure{Key: "eviction_floor_ms_p50", Value: floor, Note: "110 evictions, 32 in flight, no agent"},
+			asdeployed.Figure{Key: "drain110_deployed_to_admin_ratio", Value: ratio(deployed, admin), Target: "<= 1.15"},
+			asdeployed.Figure{Key: "drain110_deployed_to_floor_ratio", Value: ratio(deployed, floor), Target: "<= 1.25"},
+			asdeployed.Figure{Key: "drain110_all_gone_ms_p50", Value: asdeployed.Percentile(d.gone, 50), Note: "as deployed"},
+			asdeployed.Figure{Key: "drain110_all_gone_ms_p50_admin", Value: asdeployed.Percentile(d.goneAdmin, 50)},
+			asdeployed.Figure{Key: "agent_rss_mb", Value: slices.Max(d.rss), Target: "<= 40", Note: fmt.Sprintf("as deployed, after a drain, largest of the rounds (anonymous: %.1f)", slices.Max(d.anon))})
+	}
+	if o.fatPods > 0 {
+		fat, sampled, err := b.fatPodsDrain(ctx, o.fatPods)
+		if err != nil {
+			return fmt.Errorf("fat pods: %w", err)
+		}
+		limit := fmt.Sprintf("< %.0f", float64(b.shipped.MemoryLimit)/(1<<20))
+		figures = append(figures,
+			asdeployed.Figure{Key: "agent_rss_mb_fat_pods", Value: fat.RSS, Target: limit, Note: fmt.Sprintf("after draining %d fat pods", o.fatPods)},
+			asdeployed.Figure{Key: "agent_rss_mb_fat_pods_peak", Value: fat.Peak, Target: limit, Note: "VmHWM"},
+			asdeployed.Figure{Key: "agent_anon_mb_fat_pods_peak", Value: sampled.Anon, Target: limit, Note: fmt.Sprintf("largest RssAnon sampled during the drain; %.1f MiB of RSS are file pages", fat.File)})
+	}
+	wmem, err := asdeployed.ReadMemory(webhook.PID())
 	if err != nil {
 		return err
 	}
-	res := map[string]float64{
-		"notice_to_mark_ms_p50":            pct(marks, 50),
-		"notice_to_mark_ms_p99":            pct(marks, 99),
-		"drain110_evictions_issued_ms_p50": pct(issued, 50),
-		"drain110_all_gone_ms_p50":         pct(gone, 50),
-		"agent_rss_mb":                     rss,
+	fmt.Printf("webhook resident memory after the run: %.1f MiB (peak %.1f MiB)\n", wmem.RSS, wmem.Peak)
+	if err := webhook.Exited(); err != nil {
+		return fmt.Errorf("the webhook died during the run: %w", err)
 	}
-	return report(res, len(marks), drains, out)
+	title := fmt.Sprintf("termgate agent benchmark (%d mark trials, %d drain rounds, local cluster)", o.markTrials, o.drainTrials)
+	return asdeployed.Report(title, o.out, state, figures)
 }
 
-// noticeToMark flips instance/preempted and times until a separate node
-// watch sees the taint, then flips it back and waits for the node to clear.
+// drains holds the figures of every round, in milliseconds.
+type drains struct {
+	issued, gone, issuedAdmin, goneAdmin, floor []float64
+	rss, anon                                   []float64 // as-deployed agent after its drain, MiB
+}
+
+// drainRounds runs rounds of the three drains: as deployed, admin with no
+// webhook, and the floor. Interleaving them cancels out the load that
+// others put on this shared machine from minute to minute; the order
+// alternates so no kind always follows another.
+func (b *bench) drainRounds(ctx context.Context, rounds int) (drains, error) {
+	var d drains
+	for i := range rounds {
+		steps := []string{"deployed", "floor", "admin"}
+		if i%2 == 1 {
+			slices.Reverse(steps)
+		}
+		var line []string
+		for _, step := range steps {
+			switch step {
+			case "deployed":
+				issued, gone, mem, err := b.deployedDrain(ctx)
+				if err != nil {
+					return d, fmt.Errorf("round %d, as-deployed drain: %w", i+1, err)
+				}
+				d.issued, d.gone = append(d.issued, issued), append(d.gone, gone)
+				d.rss, d.anon = append(d.rss, mem.RSS), append(d.anon, mem.Anon)
+				line = append(line, fmt.Sprintf("as deployed %.0f ms (all gone %.0f ms)", issued, gone))
+			case "admin":
+				issued, gone, err := b.adminDrain(ctx)
+				if err != nil {
+					return d, fmt.Errorf("round %d, admin drain: %w", i+1, err)
+				}
+				d.issuedAdmin, d.goneAdmin = append(d.issuedAdmin, issued), append(d.goneAdmin, gone)
+				line = append(line, fmt.Sprintf("admin %.0f ms (all gone %.0f ms)", issued, gone))
+			case "floor":
+				if err := b.registration.remove(ctx); err != nil {
+					return d, err
+				}
+				f, err := b.floor(ctx)
+				if err != nil {
+					return d, fmt.Errorf("round %d, eviction floor: %w", i+1, err)
+				}
+				d.floor = append(d.floor, f)
+				line = append(line, fmt.Sprintf("floor %.0f ms", f))
+			}
+		}
+		fmt.Printf("round %d, evictions issued: %s\n", i+1, strings.Join(line, ", "))
+	}
+	return d, nil
+}
+
+// deployedDrain registers the webhook, runs the agent with its own
+// identity through one drain, and checks that the confinement gate really
+// answered every eviction.
+func (b *bench) deployedDrain(ctx context.Context) (issuedMS, goneMS float64, mem asdeployed.Memory, err error) {
+	if err := b.registration.restore(ctx); err != nil {
+		return 0, 0, asdeployed.Memory{}, err
+	}
+	agent, err := b.startAgent(ctx, spotNode, b.md, b.spotID)
+	if err != nil {
+		return 0, 0, asdeployed.Memory{}, err
+	}
+	defer agent.Stop()
+	before, err := b.confinementAnswers(ctx)
+	if err != nil {
+		return 0, 0, asdeployed.Memory{}, err
+	}
+	if issuedMS, goneMS, err = b.drain110(ctx, b.md); err != nil {
+		return 0, 0, asdeployed.Memory{}, fmt.Errorf("%w (agent log %s, webhook log %s)", err, agent.LogPath(), b.webhook.LogPath())
+	}
+	after, err := b.confinementAnswers(ctx)
+	if err != nil {
+		return 0, 0, asdeployed.Memory{}, err
+	}
+	if after-before < 110 {
+		return 0, 0, asdeployed.Memory{}, fmt.Errorf("the confinement gate answered %v calls during a drain of 110 pods: the drain did not go through the webhook", after-before)
+	}
+	if mem, err = asdeployed.ReadMemory(agent.PID()); err != nil {
+		return 0, 0, asdeployed.Memory{}, err
+	}
+	return issuedMS, goneMS, mem, nil
+}
+
+// adminDrain runs the agent with admin credentials, nothing of termgate
+// registered with the API server, through one drain.
+func (b *bench) adminDrain(ctx context.Context) (issuedMS, goneMS float64, err error) {
+	if err := b.registration.remove(ctx); err != nil {
+		return 0, 0, err
+	}
+	agent, err := b.startAgent(ctx, spotNode, b.md, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer agent.Stop()
+	before, err := b.confinementAnswers(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if issuedMS, goneMS, err = b.drain110(ctx, b.md); err != nil {
+		return 0, 0, fmt.Errorf("%w (agent log %s)", err, agent.LogPath())
+	}
+	after, err := b.confinementAnswers(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	if after != before {
+		return 0, 0, fmt.Errorf("the confinement gate answered %v calls during the drain without webhook", after-before)
+	}
+	return issuedMS, goneMS, nil
+}
+
+// confinementAnswers is the webhook's count of confinement decisions.
+func (b *bench) confinementAnswers(ctx context.Context) (float64, error) {
+	c, err := asdeployed.Counters(ctx, b.webhook.MetricsAddr, `termgate_webhook_decisions_total{gate="agent"`)
+	if err != nil {
+		return 0, err
+	}
+	sum := 0.0
+	for _, v := range c {
+		sum += v
+	}
+	return sum, nil
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// startAgent starts an agent with the DaemonSet's arguments and environment,
+// with its own identity, or admin credentials when id is nil.
+func (b *bench) startAgent(ctx context.Context, node string, md *gcefake.Server, id *localrun.AgentIdentity) (*localrun.Agent, error) {
+	restore := asdeployed.ChildEnv(b.shipped.Env)
+	defer restore()
+	return asdeployed.StartAgent(ctx, asdeployed.AgentSpec{
+		Cluster: b.c, Binary: b.bin, Node: node, MetadataHost: md.Host(), Identity: id, Shipped: b.shipped, Extra: b.extra,
+	})
+}
+
+// noticeToMark runs the agent as deployed, flips instance/preempted and
+// times until a separate node watch sees the taint, then flips it back and
+// waits for the node to clear.
 func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error) {
-	w, err := b.c.Client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", b.node).String()})
+	if err := b.registration.restore(ctx); err != nil {
+		return nil, err
+	}
+	agent, err := b.startAgent(ctx, spotNode, b.md, b.spotID)
 	if err != nil {
 		return nil, err
 	}
+	defer agent.Stop()
+	nodes := b.c.Client.CoreV1().Nodes()
+	w, err := asdeployed.ResumingWatch(ctx,
+		func(ctx context.Context, o metav1.ListOptions) (string, error) {
+			l, err := nodes.List(ctx, o)
+			if err != nil {
+				return "", err
+			}
+			return l.ResourceVersion, nil
+		}, nodes.Watch, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", spotNode).String()})
+	if err != nil {
+		return nil, fmt.Errorf("watch node: %w", err)
+	}
 	defer w.Stop()
+	md := b.md
 	var ms []float64
 	for range trials {
 		flip := time.Now()
-		b.md.SetPreempted(true)
-		if err := awaitNode(ctx, w, true); err != nil {
+		md.SetPreempted(true)
+		if err := awaitTaint(ctx, w, true); err != nil {
 			return nil, err
 		}
-		ms = append(ms, float64(time.Since(flip).Microseconds())/1000)
-		b.md.SetPreempted(false)
-		if err := awaitNode(ctx, w, false); err != nil {
+		ms = append(ms, msSince(flip))
+		md.SetPreempted(false)
+		if err := awaitTaint(ctx, w, false); err != nil {
 			return nil, err
 		}
 	}
+	printAgentHistogram(agent.Addr)
 	return ms, nil
 }
 
-// awaitNode reads the watch until the taint is present (or absent). The
+// awaitTaint reads the watch until the taint is present (or absent). The
 // agent's own 10 s readiness budget bounds the wait.
-func awaitNode(ctx context.Context, w watch.Interface, tainted bool) error {
+func awaitTaint(ctx context.Context, w watch.Interface, tainted bool) error {
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return fmt.Errorf("node watch closed")
+				return errors.New("node watch closed")
 			}
 			n, isNode := ev.Object.(*corev1.Node)
 			if !isNode {
@@ -158,154 +404,14 @@ func awaitNode(ctx context.Context, w watch.Interface, tainted bool) error {
 	}
 }
 
-// drain110 puts 100 regular and 10 kube-system pods on the node, preempts it
-// and times the drain, then restores the node.
-func (b *bench) drain110(ctx context.Context) (issuedMS, goneMS float64, err error) {
-	client := b.c.Client
-	ns, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "bench-"}}, metav1.CreateOptions{})
-	if err != nil {
-		return 0, 0, err
-	}
-	defer client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	if err := kit.WaitDefaultServiceAccount(ctx, client, ns.Name); err != nil {
-		return 0, 0, err
-	}
-	onNode := kit.OnNode(b.node)
-	short := func(p *corev1.Pod) { p.Spec.TerminationGracePeriodSeconds = ptr.To[int64](1) }
-	for i := range 100 {
-		if _, err := client.CoreV1().Pods(ns.Name).Create(ctx, kit.Pod(ns.Name, "web-"+strconv.Itoa(i), onNode, short), metav1.CreateOptions{}); err != nil {
-			return 0, 0, err
-		}
-	}
-	for i := range 10 {
-		p := kit.Pod("kube-system", fmt.Sprintf("%s-sys-%d", ns.Name, i), onNode, short)
-		if _, err := client.CoreV1().Pods("kube-system").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			return 0, 0, err
-		}
-	}
-	sel := metav1.ListOptions{FieldSelector: "spec.nodeName=" + b.node}
-	if err := kit.Poll(ctx, 60*time.Second, func(ctx context.Context) (bool, string, error) {
-		list, err := client.CoreV1().Pods("").List(ctx, sel)
-		if err != nil {
-			return false, "", err
-		}
-		running := 0
-		for _, p := range list.Items {
-			if p.Status.Phase == corev1.PodRunning {
-				running++
-			}
-		}
-		return running == 110, fmt.Sprintf("%d running", running), nil
-	}); err != nil {
-		return 0, 0, fmt.Errorf("110 pods running: %w", err)
-	}
-
-	w, err := client.CoreV1().Pods("").Watch(ctx, sel)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer w.Stop()
-	terminating, present := map[string]bool{}, map[string]bool{}
-	flip := time.Now()
-	b.md.SetPreempted(true)
-	deadline := time.After(40 * time.Second) // the 30 s notice plus margin
-	for issuedMS == 0 || goneMS == 0 {
-		select {
-		case ev := <-w.ResultChan():
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			key := p.Namespace + "/" + p.Name
-			present[key] = ev.Type != watch.Deleted
-			if p.DeletionTimestamp != nil && p.Namespace == ns.Name {
-				terminating[key] = true
-			}
-			if issuedMS == 0 && len(terminating) == 100 {
-				issuedMS = ms(time.Since(flip))
-			}
-			if goneMS == 0 && countTrue(present) == 0 && len(present) == 110 {
-				goneMS = ms(time.Since(flip))
-			}
-		case <-deadline:
-			return 0, 0, fmt.Errorf("drain incomplete after 40s: %d terminating, %d present", len(terminating), countTrue(present))
-		case <-ctx.Done():
-			return 0, 0, ctx.Err()
-		}
-	}
-	b.md.SetPreempted(false)
-	return issuedMS, goneMS, kit.Poll(ctx, 10*time.Second, func(ctx context.Context) (bool, string, error) {
-		n, err := client.CoreV1().Nodes().Get(ctx, b.node, metav1.GetOptions{})
-		if err != nil {
-			return false, "", err
-		}
-		_, marked, _ := nodemark.Read(n.Annotations)
-		return !marked, "", nil
-	})
-}
-
-func countTrue(m map[string]bool) int {
-	n := 0
-	for _, v := range m {
-		if v {
-			n++
-		}
-	}
-	return n
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func pct(xs []float64, p float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	i := int(float64(len(s)-1) * p / 100)
-	return s[i]
-}
-
-func rssMB(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read agent memory: %w", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			return kb / 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
-}
-
-func report(res map[string]float64, trials, drains int, out string) error {
-	targets := map[string]string{
-		"notice_to_mark_ms_p50": "", "notice_to_mark_ms_p99": "<= 50",
-		"drain110_evictions_issued_ms_p50": "<= 500", "drain110_all_gone_ms_p50": "", "agent_rss_mb": "<= 40",
-	}
-	keys := []string{"notice_to_mark_ms_p50", "notice_to_mark_ms_p99", "drain110_evictions_issued_ms_p50", "drain110_all_gone_ms_p50", "agent_rss_mb"}
-	fmt.Printf("termgate agent benchmark (%d mark trials, %d drain trials, local cluster)\n", trials, drains)
-	fmt.Printf("%-34s %10s  %s\n", "metric", "value", "target")
-	for _, k := range keys {
-		fmt.Printf("%-34s %10.1f  %s\n", k, res[k], targets[k])
-	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(out, append(b, '\n'), 0o644)
-}
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
 
 // printAgentHistogram shows the agent's own notice-to-mark histogram (from
 // receiving the metadata answer to the patch being accepted), which splits
 // the end-to-end figure into the agent's share and the watch's.
 func printAgentHistogram(addr string) {
-	resp, err := http.Get("http://" + addr + "/metrics")
+	hc := &http.Client{Timeout: 2 * time.Second}
+	resp, err := hc.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return
 	}

@@ -16,24 +16,36 @@ import (
 
 func main() {
 	nodes := flag.Int("nodes", 3, "number of kwok nodes (half Spot, one GPU node from 4 on, the rest on-demand)")
-	dir := flag.String("dir", "", "working directory for certificates, kubeconfig and logs (default: a temporary directory, removed on exit)")
+	dir := flag.String("dir", "", "existing working directory for certificates, kubeconfig and logs, kept on exit (default: a temporary directory, removed on exit)")
+	certManager := flag.Bool("cert-manager", false, "also install cert-manager's CRDs and run bin/cert-manager (certificates controllers, CA and SelfSigned issuers, CA injector)")
+	realNode := flag.Bool("real-node", false, "also run one real node (kubelet, containerd, runc, CNI; needs root), tainted termgate.dev/real-node")
 	flag.Parse()
-	if err := run(*nodes, *dir); err != nil {
+	if err := run(cluster.Options{Nodes: cluster.DefaultNodes(*nodes), Dir: *dir, CertManager: *certManager, RealNode: *realNode}); err != nil {
 		fmt.Fprintln(os.Stderr, "localcluster:", err)
 		os.Exit(1)
 	}
 }
 
-func run(nodes int, dir string) error {
+func run(opts cluster.Options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: cluster.DefaultNodes(nodes), Dir: dir})
+	c, err := cluster.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
 	defer c.Stop()
-	fmt.Printf("cluster ready in %s with %d nodes; logs in %s\n", time.Since(began).Round(time.Millisecond), nodes, c.Dir)
+	fmt.Printf("cluster ready in %s with %d nodes; logs in %s\n", time.Since(began).Round(time.Millisecond), len(opts.Nodes), c.Dir)
+	if opts.CertManager {
+		fmt.Printf("cert-manager running (log: %s)\n", c.LogPath("cert-manager"))
+	}
+	if opts.RealNode {
+		if rn, err := c.RealNode(); err != nil {
+			fmt.Printf("no real node: %v\n", err)
+		} else {
+			fmt.Printf("real node %s running\n", rn.Name)
+		}
+	}
 	fmt.Printf("  export KUBECONFIG=%s\n  bin/kubectl get nodes\nCtrl-C stops it.\n", c.Kubeconfig)
 	<-ctx.Done()
 	fmt.Println("stopping")

@@ -1,0 +1,59 @@
+package nodemark
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// NodeEventRef names a Node for termgate's events. The kubelet uses the
+// node name as the UID of its own node events; doing the same lets
+// `kubectl describe node` show termgate's events beside them.
+func NodeEventRef(node string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Node", Name: node, UID: types.UID(node)}
+}
+
+// Event reasons termgate's agent records, on the Node unless said otherwise.
+// They are part of the contract: users filter on them, and the demo's
+// timeline reads them. Stable.
+const (
+	// EventTerminationNotice: the node is marked and draining.
+	EventTerminationNotice = "TerminationNotice"
+	// EventMaintenanceScheduled: a maintenance window is announced; the node
+	// is only discouraged until its drain starts.
+	EventMaintenanceScheduled = "MaintenanceScheduled"
+	// EventLiveMigration: GCE live-migrates the VM; nothing is drained.
+	EventLiveMigration = "LiveMigration"
+	// EventTerminationCancelled: the marks were removed (notice withdrawn,
+	// or the VM came back with a new boot ID).
+	EventTerminationCancelled = "TerminationCancelled"
+	// EventShutdownDuringDrain: the agent was signalled to stop while
+	// draining and drains on within its grace period.
+	EventShutdownDuringDrain = "ShutdownDuringDrain"
+	// EventMaintenanceUnreadable: instance/upcoming-maintenance served a
+	// value the agent cannot schedule by; it counts as no window.
+	EventMaintenanceUnreadable = "MaintenanceValueUnreadable"
+
+	// EventDrainWaveStarted: a drain step first acted.
+	EventDrainWaveStarted = "DrainWaveStarted"
+	// EventDrainEscalated: pods still present at a cut-off were deleted with
+	// a grace period clamped to the deadline.
+	EventDrainEscalated = "DrainEscalated"
+	// EventDrainCompleted: every pod the policy evicts has left the node.
+	EventDrainCompleted = "DrainCompleted"
+	// EventDrainDeadlinePassed: the deadline came with pods still present.
+	EventDrainDeadlinePassed = "DrainDeadlinePassed"
+	// EventEvictionBlocked is recorded on a Pod the first time a
+	// PodDisruptionBudget refuses its eviction.
+	EventEvictionBlocked = "EvictionBlocked"
+)
+
+// EventAnnotationStepTime on a drain-step event (EventDrainWaveStarted,
+// EventDrainEscalated) holds when the step began by the agent's clock
+// (RFC 3339, nanoseconds): an event's own timestamps keep only seconds.
+const EventAnnotationStepTime = "termgate.dev/step-time"
+
+// EventAnnotationWithdrawalSeen on an EventTerminationCancelled event holds
+// when the agent read the value that withdrew the notice (RFC 3339,
+// nanoseconds). The agent sends no eviction or delete after that instant;
+// the API server's audit log can check it.
+const EventAnnotationWithdrawalSeen = "termgate.dev/withdrawal-seen"

@@ -1,0 +1,200 @@
+package asdeployed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/localrun"
+)
+
+// AgentSpec says which agent to start.
+type AgentSpec struct {
+	Cluster      *cluster.Cluster
+	Binary       string
+	Node         string
+	MetadataHost string
+	// Identity is the agent's own (Identity); nil runs the agent with the
+	// cluster's admin credentials, for the comparison figure.
+	Identity *localrun.AgentIdentity
+	// Shipped holds the DaemonSet's arguments (ShippedAgent).
+	Shipped Container
+	// Extra flags come after the shipped ones, so they win.
+	Extra []string
+}
+
+// Identity installs the shipped agent RBAC and Node policy and returns a
+// token bound to a stand-in agent pod on node.
+func Identity(ctx context.Context, c *cluster.Cluster, node string) (*localrun.AgentIdentity, error) {
+	id, err := localrun.NewAgentIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir, Node: node})
+	if err != nil {
+		return nil, fmt.Errorf("agent identity for %s: %w", node, err)
+	}
+	return id, nil
+}
+
+// StartAgent starts the agent with the DaemonSet's arguments. The caller
+// sets the DaemonSet's environment with ChildEnv(Shipped.Env).
+func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
+	spec := localrun.AgentSpec{
+		Binary: s.Binary, Dir: s.Cluster.Dir, Kubeconfig: s.Cluster.Kubeconfig, Node: s.Node, MetadataHost: s.MetadataHost,
+		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...),
+	}
+	if s.Identity != nil {
+		spec.Kubeconfig, spec.Pod = s.Identity.Kubeconfig, s.Identity.Pod
+	}
+	return localrun.StartAgent(ctx, spec)
+}
+
+// Webhook is the webhook process localrun started, with its metrics
+// address, which localrun does not expose.
+type Webhook struct {
+	*localrun.Webhook
+	MetricsAddr string
+}
+
+// StartWebhook starts the webhook as `make demo` does, with the shipped
+// Deployment's environment.
+func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*Webhook, error) {
+	shipped, err := ShippedWebhook()
+	if err != nil {
+		return nil, err
+	}
+	var env []string
+	for _, k := range slices.Sorted(maps.Keys(shipped.Env)) {
+		env = append(env, k+"="+shipped.Env[k])
+	}
+	w, err := localrun.StartWebhook(ctx, localrun.WebhookSpec{Binary: binary, Dir: c.Dir, Kubeconfig: c.Kubeconfig, Client: c.Client, Env: env})
+	if err != nil {
+		return nil, fmt.Errorf("start webhook: %w", err)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w.PID()))
+	if err != nil {
+		w.Stop()
+		return nil, fmt.Errorf("read the webhook's arguments: %w", err)
+	}
+	out := &Webhook{Webhook: w}
+	for _, a := range strings.Split(string(cmdline), "\x00") {
+		if addr, ok := strings.CutPrefix(a, "--metrics-bind-address="); ok {
+			out.MetricsAddr = addr
+		}
+	}
+	if out.MetricsAddr == "" {
+		w.Stop()
+		return nil, errors.New("the webhook runs without --metrics-bind-address")
+	}
+	return out, nil
+}
+
+// Counters scrapes a Prometheus endpoint and returns the samples of the
+// metrics named by prefixes, keyed by name and labels.
+func Counters(ctx context.Context, addr string, prefixes ...string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", addr, err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(line, p) }) {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out, nil
+}
+
+// Rise returns the samples that changed from before to after.
+func Rise(before, after map[string]float64) map[string]float64 {
+	d := map[string]float64{}
+	for k, v := range after {
+		if v != before[k] {
+			d[k] = v - before[k]
+		}
+	}
+	return d
+}
+
+// Memory is a process's resident memory in MiB: now, at its peak, and now
+// split into anonymous memory (heap, stacks) and file pages (mostly the
+// binary's own code).
+type Memory struct{ RSS, Peak, Anon, File float64 }
+
+// ReadMemory reads VmRSS, VmHWM, RssAnon and RssFile of pid.
+func ReadMemory(pid int) (Memory, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Memory{}, fmt.Errorf("read memory of pid %d: %w", pid, err)
+	}
+	var m Memory
+	found := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		for key, into := range map[string]*float64{"VmRSS:": &m.RSS, "VmHWM:": &m.Peak, "RssAnon:": &m.Anon, "RssFile:": &m.File} {
+			rest, ok := strings.CutPrefix(line, key)
+			if !ok {
+				continue
+			}
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			if err != nil {
+				return Memory{}, fmt.Errorf("parse %s %q of pid %d: %w", key, rest, pid, err)
+			}
+			*into = kb / 1024
+			found++
+		}
+	}
+	if found != 4 {
+		return Memory{}, fmt.Errorf("no VmRSS, VmHWM, RssAnon and RssFile for pid %d", pid)
+	}
+	return m, nil
+}
+
+// SampleMemory reads pid's memory every interval until the returned
+// function is called, which returns the largest value of each field seen
+// (Peak is the kernel's own high-water mark at the end). Calling it again
+// returns the same.
+func SampleMemory(pid int, every time.Duration) (stop func() Memory) {
+	done, out := make(chan struct{}), make(chan Memory, 1)
+	go func() {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		var largest Memory
+		for {
+			if m, err := ReadMemory(pid); err == nil {
+				largest = Memory{RSS: max(largest.RSS, m.RSS), Peak: m.Peak, Anon: max(largest.Anon, m.Anon), File: max(largest.File, m.File)}
+			}
+			select {
+			case <-tick.C:
+			case <-done:
+				out <- largest
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	var result Memory
+	return func() Memory {
+		once.Do(func() { close(done); result = <-out })
+		return result
+	}
+}

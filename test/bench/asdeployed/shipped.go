@@ -1,0 +1,135 @@
+// Package asdeployed runs termgate's benchmarks the way the shipped
+// manifests run termgate: the agent with its own pod-bound service-account
+// token and the DaemonSet's arguments and memory limit, the webhook
+// registered through the shipped configurations. It also records what a
+// figure was measured on (commit, uncommitted changes, binary), because the
+// code under measurement changes while people work.
+package asdeployed
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"termgate.dev/termgate/test/cluster"
+)
+
+// Container is what a shipped workload gives its termgate container.
+type Container struct {
+	// Args are the container's arguments without the subcommand and
+	// without the listen addresses, which localrun picks on loopback.
+	Args []string
+	// Env holds the variables the manifest fills from the container's own
+	// resource limits (MEMORY_LIMIT), in bytes, as the kubelet would.
+	Env map[string]string
+	// MemoryLimit is limits.memory in bytes (0 when unset).
+	MemoryLimit int64
+}
+
+// ShippedAgent reads the agent container of manifests/base/agent-daemonset.yaml.
+func ShippedAgent() (Container, error) {
+	var ds appsv1.DaemonSet
+	if err := readManifest("agent-daemonset.yaml", &ds); err != nil {
+		return Container{}, err
+	}
+	return container(ds.Spec.Template.Spec, "agent")
+}
+
+// ShippedWebhook reads the webhook container of manifests/base/webhook-deployment.yaml.
+func ShippedWebhook() (Container, error) {
+	var d appsv1.Deployment
+	if err := readManifest("webhook-deployment.yaml", &d); err != nil {
+		return Container{}, err
+	}
+	return container(d.Spec.Template.Spec, "webhook")
+}
+
+func readManifest(name string, into any) error {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(root, "manifests", "base", name)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read shipped manifest: %w", err)
+	}
+	if err := yaml.Unmarshal(b, into); err != nil {
+		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	return nil
+}
+
+// listenFlags are replaced by loopback addresses that localrun chooses.
+var listenFlags = []string{"--listen", "--bind-address", "--health-probe-bind-address", "--metrics-bind-address", "--cert-dir"}
+
+func container(spec corev1.PodSpec, sub string) (Container, error) {
+	for _, c := range spec.Containers {
+		if len(c.Args) == 0 || c.Args[0] != sub {
+			continue
+		}
+		out := Container{Env: map[string]string{}}
+		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+			out.MemoryLimit = q.Value()
+		}
+		for _, a := range c.Args[1:] {
+			name, _, _ := strings.Cut(a, "=")
+			if !slices.Contains(listenFlags, name) {
+				out.Args = append(out.Args, a)
+			}
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" {
+				if out.MemoryLimit == 0 {
+					return Container{}, fmt.Errorf("container %s: %s comes from limits.memory, which is unset", c.Name, e.Name)
+				}
+				out.Env[e.Name] = strconv.FormatInt(out.MemoryLimit, 10)
+			}
+		}
+		return out, nil
+	}
+	return Container{}, fmt.Errorf("no container running %q in the shipped manifest", sub)
+}
+
+// envMu serialises changes to the environment children inherit.
+var envMu sync.Mutex
+
+// ChildEnv sets variables in this process's environment, which every child
+// started afterwards inherits (localrun's processes take os.Environ plus
+// their own few variables), and returns a function that restores the old
+// values. localrun.AgentSpec has no environment of its own, so this is how
+// the DaemonSet's MEMORY_LIMIT reaches the agents. Children started while
+// it is in force must all want the same values: the benchmarks use it only
+// around starting agents.
+func ChildEnv(vars map[string]string) (restore func()) {
+	envMu.Lock()
+	defer envMu.Unlock()
+	old := map[string]*string{}
+	for k, v := range vars {
+		if prev, ok := os.LookupEnv(k); ok {
+			old[k] = &prev
+		} else {
+			old[k] = nil
+		}
+		_ = os.Setenv(k, v)
+	}
+	return func() {
+		envMu.Lock()
+		defer envMu.Unlock()
+		for k, v := range old {
+			if v == nil {
+				_ = os.Unsetenv(k)
+			} else {
+				_ = os.Setenv(k, *v)
+			}
+		}
+	}
+}

@@ -1,0 +1,601 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	watchtools "k8s.io/client-go/tools/watch"
+
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/bench/asdeployed"
+)
+
+// preemptionNotice is GCE's notice for Spot VMs (the DaemonSet's
+// --preemption-notice). It stands in for the deadline of a node whose mark
+// never appeared.
+const preemptionNotice = 30 * time.Second
+
+// nodeState is what the bench saw of one preempted node.
+type nodeState struct {
+	flip, tainted time.Time
+	// markRV is the resourceVersion of the first write that showed the
+	// node marked terminating: etcd's revision, which orders it against
+	// every bind.
+	markRV   uint64
+	markSeen time.Time
+	deadline time.Time
+	marked   chan struct{}
+	// At the deadline: evictable pods still on the node, and how many of
+	// them were already being deleted.
+	left, leftTerminating int
+	checked               bool
+}
+
+// bindRecord is a Deployment pod's first appearance with a node: the bind.
+type bindRecord struct {
+	node string
+	rv   uint64
+	seen time.Time
+}
+
+// observer follows nodes and the Deployment's pods through watches that
+// resume after a dropped connection.
+type observer struct {
+	mu    sync.Mutex
+	nodes map[string]*nodeState
+	binds map[types.UID]bindRecord
+	errs  []error
+	stop  context.CancelFunc
+	done  sync.WaitGroup
+}
+
+func (e *env) observe(ctx context.Context) (*observer, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	obs := &observer{nodes: map[string]*nodeState{}, binds: map[types.UID]bindRecord{}, stop: cancel}
+	for _, n := range e.spot {
+		obs.nodes[n] = &nodeState{marked: make(chan struct{})}
+	}
+	client := e.c.Client
+	nodes, err := asdeployed.ResumingWatch(ctx,
+		func(ctx context.Context, o metav1.ListOptions) (string, error) {
+			l, err := client.CoreV1().Nodes().List(ctx, o)
+			if err != nil {
+				return "", err
+			}
+			return l.ResourceVersion, nil
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return client.CoreV1().Nodes().Watch(ctx, o)
+		}, metav1.ListOptions{})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch nodes: %w", err)
+	}
+	pods, err := asdeployed.ResumingWatch(ctx,
+		func(ctx context.Context, o metav1.ListOptions) (string, error) {
+			l, err := client.CoreV1().Pods(e.ns).List(ctx, o)
+			if err != nil {
+				return "", err
+			}
+			return l.ResourceVersion, nil
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return client.CoreV1().Pods(e.ns).Watch(ctx, o)
+		}, metav1.ListOptions{LabelSelector: "app=" + deploymentName})
+	if err != nil {
+		nodes.Stop()
+		cancel()
+		return nil, fmt.Errorf("watch pods: %w", err)
+	}
+	obs.done.Go(func() { obs.follow(nodes, obs.node) })
+	obs.done.Go(func() { obs.follow(pods, obs.pod) })
+	return obs, nil
+}
+
+func (obs *observer) follow(w *watchtools.RetryWatcher, handle func(obj any, now time.Time)) {
+	defer w.Stop()
+	for {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return
+			}
+			if ev.Type == watch.Error {
+				obs.mu.Lock()
+				obs.errs = append(obs.errs, fmt.Errorf("watch error: %v", ev.Object))
+				obs.mu.Unlock()
+				continue
+			}
+			handle(ev.Object, time.Now())
+		case <-w.Done():
+			return
+		}
+	}
+}
+
+func (obs *observer) node(o any, now time.Time) {
+	n, ok := o.(*corev1.Node)
+	if !ok {
+		return
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	st := obs.nodes[n.Name]
+	if st == nil || st.flip.IsZero() {
+		return
+	}
+	if st.tainted.IsZero() && slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == nodemark.TaintKey }) {
+		st.tainted = now
+	}
+	if st.markRV == 0 {
+		if m, marked, err := nodemark.Read(n.Annotations); marked && err == nil && m.Terminating() {
+			st.markRV, st.markSeen, st.deadline = revision(n.ResourceVersion), now, m.Deadline
+			close(st.marked)
+		}
+	}
+}
+
+func (obs *observer) pod(o any, now time.Time) {
+	p, ok := o.(*corev1.Pod)
+	if !ok || p.Spec.NodeName == "" {
+		return
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if _, seen := obs.binds[p.UID]; !seen {
+		obs.binds[p.UID] = bindRecord{node: p.Spec.NodeName, rv: revision(p.ResourceVersion), seen: now}
+	}
+}
+
+// revision reads a resourceVersion as the etcd revision it is on this
+// cluster; 0 when it is not a number.
+func revision(rv string) uint64 {
+	n, _ := strconv.ParseUint(rv, 10, 64)
+	return n
+}
+
+func (obs *observer) close() {
+	obs.stop()
+	obs.done.Wait()
+}
+
+// result is what one storm measured.
+type result struct {
+	markMaxMS, markP50MS                  float64
+	binds, bindsOntoSpot, bindsOntoMarked int
+	failOpen                              int
+	failOpenNote                          string
+	uncheckedAllows                       int
+	uncheckedNote                         string
+	doneFraction                          float64
+	doneNote                              string
+	webhookRSS, webhookPeak               float64
+}
+
+// storm preempts every Spot node, spread over o.spread, scales the
+// Deployment up at the first notice, and checks each node at its deadline.
+func (e *env) storm(ctx context.Context, o options) (result, error) {
+	if o.withoutPolicy {
+		if err := e.removeNodePolicy(ctx); err != nil {
+			return result{}, err
+		}
+	}
+	obs, err := e.observe(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	defer obs.close()
+	logPath := e.c.LogPath("kube-apiserver")
+	logStart, err := fileSize(logPath)
+	if err != nil {
+		return result{}, err
+	}
+	before, err := admissionCounters(ctx, e)
+	if err != nil {
+		return result{}, err
+	}
+	hooksBefore, err := asdeployed.Counters(ctx, e.webhook.MetricsAddr, webhookCounters...)
+	if err != nil {
+		return result{}, err
+	}
+	webhookMemory := asdeployed.SampleMemory(e.webhook.PID(), 100*time.Millisecond)
+	defer webhookMemory()
+
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		say("load average before the storm: %s", strings.TrimSpace(string(load)))
+	}
+	t0 := time.Now()
+	say("storm: %d notices over %s, %s scaled to %d", len(e.spot), o.spread, deploymentName, o.replicas)
+	if err := e.scale(ctx, o.replicas); err != nil {
+		return result{}, err
+	}
+	for i, node := range e.spot {
+		at := t0.Add(time.Duration(i) * o.spread / time.Duration(len(e.spot)))
+		if err := sleepUntil(ctx, at); err != nil {
+			return result{}, err
+		}
+		md, ok := e.fleet.Get(node)
+		if !ok {
+			return result{}, fmt.Errorf("no metadata server for %s", node)
+		}
+		obs.mu.Lock()
+		obs.nodes[node].flip = time.Now()
+		obs.mu.Unlock()
+		md.SetPreempted(true)
+	}
+	say("all %d notices given (%s after the first)", len(e.spot), since(t0))
+	var wg sync.WaitGroup
+	errs := make([]error, len(e.spot))
+	for i, node := range e.spot {
+		wg.Go(func() { errs[i] = e.checkAtDeadline(ctx, obs, node) })
+	}
+	wg.Wait()
+	end := time.Now()
+	webhookRSS := webhookMemory().RSS
+	say("every node checked at its deadline (%s after the first notice)", end.Sub(t0).Round(time.Millisecond))
+	if err := errors.Join(errs...); err != nil {
+		return result{}, err
+	}
+	logEnd, err := fileSize(logPath)
+	if err != nil {
+		return result{}, err
+	}
+	after, err := admissionCounters(ctx, e)
+	if err != nil {
+		return result{}, err
+	}
+	hooksAfter, err := asdeployed.Counters(ctx, e.webhook.MetricsAddr, webhookCounters...)
+	if err != nil {
+		return result{}, err
+	}
+	obs.close()
+	if err := errors.Join(obs.errs...); err != nil {
+		return result{}, fmt.Errorf("the storm's watches failed, figures would be incomplete: %w", err)
+	}
+	if err := e.webhook.Exited(); err != nil {
+		return result{}, fmt.Errorf("the webhook died during the storm: %w", err)
+	}
+	res := e.summarise(obs, end)
+	e.printAgentSide(ctx)
+	var total, largest, peak float64
+	for _, a := range e.agents {
+		select {
+		case <-a.Done():
+			fmt.Printf("the agent on %s exited during the storm (log %s)\n", a.Node, a.LogPath())
+			continue
+		default:
+		}
+		if m, err := asdeployed.ReadMemory(a.PID()); err == nil {
+			total, largest, peak = total+m.RSS, max(largest, m.RSS), max(peak, m.Peak)
+		}
+	}
+	fmt.Printf("agents' resident memory after the storm: %.0f MiB in all, largest %.1f MiB, largest peak %.1f MiB\n", total, largest, peak)
+	res.webhookRSS = webhookRSS
+	mem, err := asdeployed.ReadMemory(e.webhook.PID())
+	if err != nil {
+		return result{}, err
+	}
+	res.webhookPeak = mem.Peak
+	byHook, err := failOpenLines(logPath, logStart, logEnd)
+	if err != nil {
+		return result{}, err
+	}
+	for name, n := range byHook {
+		if strings.HasSuffix(name, ".termgate.dev") {
+			res.failOpen += n
+		}
+	}
+	res.failOpenNote = fmt.Sprintf("log lines by webhook %v; the API server's fail-open counter rose by %v", byHook, asdeployed.Rise(before.failOpen, after.failOpen))
+	fmt.Printf("the API server's refusals during the storm, by webhook: %v\n", asdeployed.Rise(before.rejected, after.rejected))
+	lat := asdeployed.Rise(before.latency, after.latency)
+	const apfWait = "apiserver_flowcontrol_request_wait_duration_seconds_count{"
+	for _, k := range slices.Sorted(maps.Keys(lat)) {
+		if flow, ok := strings.CutPrefix(k, apfWait); ok && lat[k] > 0 {
+			sum := lat["apiserver_flowcontrol_request_wait_duration_seconds_sum{"+flow]
+			fmt.Printf("API priority and fairness, %s: %.0f requests waited %.1f ms on average\n", strings.TrimSuffix(flow, "}"), lat[k], sum/lat[k]*1000)
+		}
+	}
+	for _, h := range []struct{ metric, what string }{
+		{"apiserver_request_duration_seconds", "Node PATCH requests"},
+		{"apiserver_validating_admission_policy_check_duration_seconds", "ValidatingAdmissionPolicy checks"},
+	} {
+		if n := lat[h.metric+"_count"]; n > 0 {
+			fmt.Printf("%s during the storm: %.0f, mean %.1f ms\n", h.what, n, lat[h.metric+"_sum"]/n*1000)
+		}
+	}
+	fmt.Println("the webhook's own counters during the storm:")
+	rise := asdeployed.Rise(hooksBefore, hooksAfter)
+	unchecked := map[string]float64{}
+	for _, k := range slices.Sorted(maps.Keys(rise)) {
+		fmt.Printf("  %s %v\n", k, rise[k])
+		for _, v := range uncheckedVerdicts {
+			if strings.HasPrefix(k, "termgate_webhook_decisions_total{") && strings.Contains(k, `verdict="`+v+`"`) {
+				_, gate, _ := strings.Cut(k, `gate="`)
+				gate, _, _ = strings.Cut(gate, `"`)
+				unchecked[gate+"/"+v] += rise[k]
+				res.uncheckedAllows += int(rise[k])
+			}
+		}
+	}
+	res.uncheckedNote = fmt.Sprintf("by gate and verdict %v", unchecked)
+	return res, nil
+}
+
+// checkAtDeadline waits for the node's deadline (from its mark, or notice
+// plus 30 s if it was never marked) and counts the evictable pods left.
+func (e *env) checkAtDeadline(ctx context.Context, obs *observer, node string) error {
+	obs.mu.Lock()
+	st := obs.nodes[node]
+	fallback := st.flip.Add(preemptionNotice)
+	obs.mu.Unlock()
+	deadline := fallback
+	select {
+	case <-st.marked:
+		obs.mu.Lock()
+		deadline = st.deadline
+		obs.mu.Unlock()
+	case <-time.After(time.Until(fallback)):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := sleepUntil(ctx, deadline); err != nil {
+		return err
+	}
+	list, err := e.c.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return fmt.Errorf("pods on %s at its deadline: %w", node, err)
+	}
+	left, terminating := 0, 0
+	for i := range list.Items {
+		p := &list.Items[i]
+		if nodemark.IsMirrorPod(p) || nodemark.IsFinished(p) || nodemark.DefaultDrainOrder(p, corev1.TaintEffectNoSchedule).Wave == nodemark.WaveKeep {
+			continue
+		}
+		left++
+		if p.DeletionTimestamp != nil {
+			terminating++
+		}
+	}
+	obs.mu.Lock()
+	st.left, st.leftTerminating, st.checked = left, terminating, true
+	obs.mu.Unlock()
+	return nil
+}
+
+func (e *env) summarise(obs *observer, end time.Time) result {
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	var res result
+	var marks []float64
+	var unmarked, notDone []string
+	done := 0
+	for _, node := range e.spot {
+		st := obs.nodes[node]
+		if st.tainted.IsZero() {
+			unmarked = append(unmarked, node)
+			marks = append(marks, float64(end.Sub(st.flip).Milliseconds()))
+		} else {
+			marks = append(marks, float64(st.tainted.Sub(st.flip).Microseconds())/1000)
+		}
+		if st.checked && st.left == 0 {
+			done++
+		} else {
+			notDone = append(notDone, fmt.Sprintf("%s: %d left (%d terminating)", node, st.left, st.leftTerminating))
+		}
+	}
+	res.markMaxMS, res.markP50MS = slices.Max(marks), asdeployed.Percentile(marks, 50)
+	if len(unmarked) > 0 {
+		fmt.Printf("never tainted (counted as the whole window): %v\n", unmarked)
+	}
+	res.doneFraction = float64(done) / float64(len(e.spot))
+	res.doneNote = fmt.Sprintf("%d of %d", done, len(e.spot))
+	if len(notDone) > 0 {
+		fmt.Printf("nodes with evictable pods at their deadline: %s\n", strings.Join(notDone, "; "))
+		res.doneNote += ", first: " + notDone[0]
+	}
+	for _, b := range obs.binds {
+		res.binds++
+		st, spot := obs.nodes[b.node]
+		if !spot {
+			continue
+		}
+		res.bindsOntoSpot++
+		if st.markRV != 0 && b.rv > st.markRV {
+			res.bindsOntoMarked++
+			fmt.Printf("bound onto %s after its mark: bind revision %d, mark revision %d; the bench saw the bind %s after the mark\n",
+				b.node, b.rv, st.markRV, b.seen.Sub(st.markSeen).Round(time.Millisecond))
+		}
+	}
+	return res
+}
+
+func sleepUntil(ctx context.Context, t time.Time) error {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func fileSize(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", path, err)
+	}
+	return fi.Size(), nil
+}
+
+// failOpenLines counts, by webhook name, the API server's "failing open"
+// warnings between two offsets of its log: klog writes
+// `Failed calling webhook, failing open <name>: <error>`.
+func failOpenLines(path string, from, to int64) (map[string]int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open API server log: %w", err)
+	}
+	defer f.Close()
+	byHook := map[string]int{}
+	sc := bufio.NewScanner(io.NewSectionReader(f, from, to-from))
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for sc.Scan() {
+		_, rest, ok := strings.Cut(sc.Text(), "failing open ")
+		if !ok {
+			continue
+		}
+		name, _, _ := strings.Cut(rest, ":")
+		byHook[strings.TrimSpace(name)]++
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read API server log: %w", err)
+	}
+	return byHook, nil
+}
+
+// counters are the API server's admission counters for termgate's webhooks,
+// summed by webhook name.
+type counters struct {
+	failOpen, rejected map[string]float64
+	// latency holds the sums and counts of the API server's latency
+	// histograms that explain the mark time: Node patches and the
+	// ValidatingAdmissionPolicy's checks.
+	latency map[string]float64
+}
+
+func admissionCounters(ctx context.Context, e *env) (counters, error) {
+	raw, err := e.c.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return counters{}, fmt.Errorf("API server metrics: %w", err)
+	}
+	c := counters{failOpen: map[string]float64{}, rejected: map[string]float64{}, latency: map[string]float64{}}
+	for _, line := range strings.Split(string(raw), "\n") {
+		var into map[string]float64
+		switch {
+		case strings.HasPrefix(line, "apiserver_flowcontrol_request_wait_duration_seconds_sum{"),
+			strings.HasPrefix(line, "apiserver_flowcontrol_request_wait_duration_seconds_count{"):
+			// API Priority and Fairness: how long requests queued, by
+			// flow schema and priority level.
+			name, labels, _ := strings.Cut(line, "{")
+			key := name + "{" + label(labels, "flow_schema") + "/" + label(labels, "priority_level") + "}"
+			if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
+				c.latency[key] += v
+			}
+			continue
+		case strings.HasPrefix(line, "apiserver_request_duration_seconds_") && strings.Contains(line, `resource="nodes"`) && strings.Contains(line, `verb="PATCH"`),
+			strings.HasPrefix(line, "apiserver_validating_admission_policy_check_duration_seconds_"):
+			if strings.Contains(line, "_sum{") || strings.Contains(line, "_count{") {
+				name, _, _ := strings.Cut(line, "{")
+				if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
+					c.latency[name] += v
+				}
+			}
+			continue
+		case strings.HasPrefix(line, "apiserver_admission_webhook_fail_open_count{"):
+			into = c.failOpen
+		case strings.HasPrefix(line, "apiserver_admission_webhook_rejection_count{"):
+			into = c.rejected
+		default:
+			continue
+		}
+		_, rest, _ := strings.Cut(line, `name="`)
+		name, _, _ := strings.Cut(rest, `"`)
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err == nil && strings.HasSuffix(name, ".termgate.dev") {
+			into[name] += v
+		}
+	}
+	return c, nil
+}
+
+// uncheckedVerdicts are the webhook's answers that allow without having
+// checked: the gate's own fail-open, invisible to the API server's
+// fail-open count.
+var uncheckedVerdicts = []string{"allowed-pod-unreadable", "allowed-unknown-node"}
+
+// webhookCounters are the webhook's metrics that say how it answered.
+var webhookCounters = []string{
+	"termgate_webhook_decisions_total", "termgate_webhook_node_cache_misses_total", "termgate_webhook_pod_reads_total",
+	"termgate_webhook_pod_cache_answers_total", "termgate_webhook_requests_refused_total",
+}
+
+// printAgentSide prints the agents' own notice-to-mark times (metadata
+// answer to Node patch accepted): each agent marked once, so its
+// histogram's sum is its time. Beside the watch-based figure, it tells the
+// agent's and API server's share from the bench's watch delay.
+func (e *env) printAgentSide(ctx context.Context) {
+	var ms []float64
+	for _, a := range e.agents {
+		c, err := asdeployed.Counters(ctx, a.Addr, "termgate_agent_notice_to_mark_seconds_sum", "termgate_agent_notice_to_mark_seconds_count")
+		if err != nil {
+			fmt.Printf("agent on %s: %v\n", a.Node, err)
+			continue
+		}
+		var sum, count float64
+		for k, v := range c {
+			if strings.HasPrefix(k, "termgate_agent_notice_to_mark_seconds_sum") {
+				sum += v
+			} else {
+				count += v
+			}
+		}
+		if count > 0 {
+			ms = append(ms, sum/count*1000)
+		}
+	}
+	if len(ms) == 0 {
+		return
+	}
+	fmt.Printf("agent-side notice to mark accepted (%d agents): p50 %.0f ms, max %.0f ms\n", len(ms), asdeployed.Percentile(ms, 50), slices.Max(ms))
+}
+
+// nodePolicy is the shipped ValidatingAdmissionPolicy confining the
+// agent's Node patches.
+const nodePolicy = "termgate-agent-node"
+
+// removeNodePolicy deletes the bindings of the agent's Node policy, for
+// the diagnostic run that shows what the policy costs the marks.
+func (e *env) removeNodePolicy(ctx context.Context) error {
+	api := e.c.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings()
+	list, err := api.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list policy bindings: %w", err)
+	}
+	for _, b := range list.Items {
+		if b.Spec.PolicyName == nodePolicy {
+			if err := api.Delete(ctx, b.Name, metav1.DeleteOptions{}); err != nil {
+				return fmt.Errorf("delete policy binding %s: %w", b.Name, err)
+			}
+			say("NOT AS DEPLOYED: removed the binding %s of %s", b.Name, nodePolicy)
+		}
+	}
+	return nil
+}
+
+// label returns the value of a Prometheus label in a sample's label text.
+func label(labels, name string) string {
+	_, rest, ok := strings.Cut(labels, name+`="`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
+}

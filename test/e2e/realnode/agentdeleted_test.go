@@ -1,0 +1,116 @@
+package realnode_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"termgate.dev/termgate/test/kit"
+)
+
+// TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline deletes the
+// agent's pod while it drains a preempted node, with no agent to replace it
+// (as GKE's graceful node shutdown does halfway through the notice): the
+// kubelet sends it SIGTERM, and every workload pod must still get SIGTERM
+// and be gone before the VM's notice runs out.
+func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
+	needRealNode(t)
+	ctx := context.Background()
+	ns := kit.Namespace(t, shared.Client)
+	record := t.TempDir()
+	// A PodDisruptionBudget of one at a time and 3 s of work after SIGTERM
+	// stretch the drain over several seconds, so the agent is deleted in
+	// the middle of it.
+	const delay, grace = 3 * time.Second, int64(10)
+	work := workDeployment(ns, "work", 4, record, delay, grace)
+	before := startWorkOnRealNode(t, work)
+	one := intstr.FromInt32(1)
+	pdb := &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "work"},
+		Spec:       policyv1.PodDisruptionBudgetSpec{MaxUnavailable: &one, Selector: work.Spec.Selector},
+	}
+	if _, err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create PDB: %v", err)
+	}
+	kit.Eventually(t, 10*time.Second, "the PDB computed", func(ctx context.Context) (bool, string, error) {
+		p, err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "work", metav1.GetOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		return p.Status.DisruptionsAllowed == 1, fmt.Sprintf("%d allowed", p.Status.DisruptionsAllowed), nil
+	})
+	restoreAfter(t)
+
+	noticed := time.Now()
+	md.SetPreempted(true)
+	kit.Eventually(t, 5*time.Second, "the agent's pod marking the node", marked)
+	kit.Eventually(t, preemptionNotice, "the drain under way (a first SIGTERM)", func(ctx context.Context) (bool, string, error) {
+		for _, p := range before {
+			if r, err := readRecord(record, p.Name); err == nil && !r.sigterm.IsZero() {
+				return true, "", nil
+			}
+		}
+		return false, "no SIGTERM yet", nil
+	})
+	// The DaemonSet stops selecting the node, so its controller deletes the
+	// agent's pod (the kubelet sends SIGTERM, grace 40 s) and, as on a node
+	// going down, no new agent takes over: what is left of the drain is the
+	// deleted pod's to finish.
+	agent := agentPodReady(ctx)
+	if agent == nil {
+		t.Fatal("no Ready agent pod to delete")
+	}
+	t.Cleanup(func() { // before restoreAfter's cleanup, which needs an agent
+		if err := applyOverlay(context.Background()); err != nil {
+			t.Errorf("put the DaemonSet back: %v", err)
+		}
+	})
+	away := `[{"op":"replace","path":"/spec/template/spec/affinity/nodeAffinity","value":` +
+		`{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":` +
+		`[{"key":"kubernetes.io/hostname","operator":"In","values":["no-such-node"]}]}]}}}]`
+	if _, err := shared.Client.AppsV1().DaemonSets(termgateNS).Patch(ctx, "termgate-agent", types.JSONPatchType, []byte(away), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("move the agent DaemonSet off the node: %v", err)
+	}
+	kit.Eventually(t, 5*time.Second, "the agent's pod deleted by its DaemonSet", func(ctx context.Context) (bool, string, error) {
+		p, err := shared.Client.CoreV1().Pods(termgateNS).Get(ctx, agent.Name, metav1.GetOptions{})
+		if err != nil {
+			return true, "", nil // already gone: it did not wait for the drain
+		}
+		return p.DeletionTimestamp != nil, "not deleted yet", nil
+	})
+	deletedAt := time.Now()
+	t.Logf("agent pod %s deleted %s after the notice", agent.Name, deletedAt.Sub(noticed).Round(time.Millisecond))
+
+	deadline := noticed.Add(preemptionNotice)
+	kit.Eventually(t, time.Until(deadline), "every workload pod drained before the notice runs out", func(ctx context.Context) (bool, string, error) {
+		for _, p := range before {
+			r, err := readRecord(record, p.Name)
+			if err != nil || r.exit.IsZero() {
+				return false, fmt.Sprintf("%s not exited", p.Name), nil
+			}
+		}
+		return true, "", nil
+	})
+	afterDeletion := 0
+	for _, p := range before {
+		r, _ := readRecord(record, p.Name)
+		if r.sigterm.After(deletedAt) {
+			afterDeletion++
+		}
+		if r.sigterm.IsZero() || r.exit.Sub(r.sigterm) < delay {
+			t.Errorf("%s: SIGTERM %v, exit %v: want SIGTERM and %s of work", p.Name, r.sigterm, r.exit, delay)
+			continue
+		}
+		t.Logf("%s: SIGTERM +%s after the notice", p.Name, r.sigterm.Sub(noticed).Round(time.Millisecond))
+	}
+	// Otherwise the drain was over before the deletion and proved nothing.
+	if afterDeletion == 0 {
+		t.Errorf("every workload pod had SIGTERM before the agent's pod was deleted: the drain was not cut in the middle")
+	}
+}

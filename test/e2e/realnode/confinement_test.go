@@ -1,0 +1,80 @@
+package realnode_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"termgate.dev/termgate/test/kit"
+)
+
+// TestRealNodeAgentTokenIsConfinedToItsOwnNode uses the token the kubelet
+// projected into the agent's pod (read from the pod's volume on the node):
+// it may evict a pod on the agent's own node and must not evict one on
+// another node.
+func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
+	needRealNode(t)
+	ctx := context.Background()
+	ns := kit.Namespace(t, shared.Client)
+	agent := agentPodReady(ctx)
+	if agent == nil {
+		t.Fatal("no Ready agent pod on the real node")
+	}
+	token := projectedToken(t, agent)
+	cfg := &rest.Config{
+		Host:            shared.Config.Host,
+		BearerToken:     token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: shared.Config.TLSClientConfig.CAFile},
+	}
+	asAgent, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	record := t.TempDir()
+	own := startWorkOnRealNode(t, workDeployment(ns, "own", 1, record, 0, 5))[0]
+	other := kit.Pod(ns, "elsewhere", kit.OnNode(firstKwokNode(t)))
+	if _, err := shared.Client.CoreV1().Pods(ns).Create(ctx, other, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod on a kwok node: %v", err)
+	}
+
+	err = asAgent.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: other.Name}})
+	if err == nil {
+		t.Errorf("the agent's own token evicted a pod on another node")
+	} else {
+		t.Logf("eviction on another node refused: %v", err)
+	}
+	err = asAgent.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: own.Name}})
+	if err != nil {
+		t.Errorf("the agent's token could not evict a pod on its own node: %v", err)
+	}
+	kit.Eventually(t, 15*time.Second, "the evicted pod on the real node gone", func(ctx context.Context) (bool, string, error) {
+		_, err := shared.Client.CoreV1().Pods(ns).Get(ctx, own.Name, metav1.GetOptions{})
+		return err != nil, "still there", nil
+	})
+}
+
+// projectedToken reads the service-account token the kubelet wrote into the
+// pod's projected volume.
+func projectedToken(t *testing.T, p *corev1.Pod) string {
+	t.Helper()
+	pattern := filepath.Join(node.Dir, "kubelet", "pods", string(p.UID), "volumes", "kubernetes.io~projected", "*", "token")
+	files, _ := filepath.Glob(pattern)
+	if len(files) != 1 {
+		t.Fatalf("projected token of %s: %d files match %s", p.Name, len(files), pattern)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -1,0 +1,117 @@
+package realnode_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/kit"
+)
+
+// TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack kills
+// every webhook pod at once: pods keep being scheduled and bound meanwhile
+// (every pod path fails open), and the Deployment's new pods serve again
+// with the certificate kept in the cluster, refusing a pod pinned onto a
+// marked node.
+func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *testing.T) {
+	needRealNode(t)
+	ctx := context.Background()
+	ns := kit.Namespace(t, shared.Client)
+	t.Cleanup(func() {
+		if err := waitInstalled(context.Background()); err != nil {
+			t.Errorf("webhook not back after the test: %v", err)
+		}
+	})
+
+	pods, err := shared.Client.CoreV1().Pods(termgateNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("list webhook pods: %d, %v", len(pods.Items), err)
+	}
+	zero := int64(0)
+	for _, p := range pods.Items {
+		if err := shared.Client.CoreV1().Pods(termgateNS).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatalf("kill webhook pod %s: %v", p.Name, err)
+		}
+	}
+	killed := time.Now()
+
+	// Three binds and creations through the admission chain while no
+	// webhook pod serves: each call fails open within its 2 s timeout.
+	d := kit.Deployment(ns, "meanwhile", 3)
+	if _, err := shared.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create deployment: %v", err)
+	}
+	kit.Eventually(t, 30*time.Second, "pods scheduled and Ready while the webhook is down", func(ctx context.Context) (bool, string, error) {
+		ready := podsOn(ctx, ns, d.Spec.Selector.MatchLabels, node.Name, false)
+		return len(ready) == 3, fmt.Sprintf("%d Ready", len(ready)), nil
+	})
+	t.Logf("3 pods scheduled and Ready %s after every webhook pod was killed", time.Since(killed).Round(time.Millisecond))
+
+	if err := waitInstalled(ctx); err != nil {
+		t.Fatalf("webhook did not come back: %v", err)
+	}
+	t.Logf("webhook Available again %s after it was killed", time.Since(killed).Round(time.Millisecond))
+
+	// Back with its certificate: a kwok node marked terminating refuses a
+	// pinned pod (the API server verifies the serving certificate against
+	// the injected CA bundle, else the call fails open and the pod lands).
+	kwokNode := firstKwokNode(t)
+	markByHand(t, kwokNode)
+	kit.Eventually(t, 10*time.Second, "a pinned pod onto the marked kwok node refused", func(ctx context.Context) (bool, string, error) {
+		p := kit.Pod(ns, "pinned-"+fmt.Sprint(time.Now().UnixNano()), kit.OnNode(kwokNode))
+		_, err := shared.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		if err == nil {
+			_ = shared.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{})
+			return false, "admitted", nil
+		}
+		return strings.Contains(err.Error(), "denied"), err.Error(), nil
+	})
+}
+
+func firstKwokNode(t *testing.T) string {
+	t.Helper()
+	nodes, err := shared.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("list nodes: %v", err)
+	}
+	for _, n := range nodes.Items {
+		if n.Name != node.Name {
+			return n.Name
+		}
+	}
+	t.Fatal("no kwok node")
+	return ""
+}
+
+// markByHand writes a terminating mark onto a node as the agent would, and
+// removes it when the test ends.
+func markByHand(t *testing.T, name string) {
+	t.Helper()
+	now := time.Now()
+	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(time.Hour)}
+	ann := map[string]any{}
+	for k, v := range m.Annotations() {
+		ann[k] = v
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
+	if _, err := shared.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("mark %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		clear := map[string]any{}
+		for k := range m.Annotations() {
+			clear[k] = nil
+		}
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": clear}})
+		if _, err := shared.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Errorf("unmark %s: %v", name, err)
+		}
+	})
+}

@@ -1,0 +1,205 @@
+package localrun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
+
+	"termgate.dev/termgate/test/cluster"
+)
+
+// The agent's identity as the shipped manifests define it.
+const (
+	AgentNamespace      = "termgate"
+	AgentServiceAccount = "termgate-agent"
+)
+
+// AgentIdentity is what a DaemonSet pod of the agent authenticates with:
+// a service-account token bound to a Pod on the agent's node, so the API
+// server adds the node and pod to the token's user extra, exactly as the
+// kubelet's projected token does.
+type AgentIdentity struct {
+	// Kubeconfig holds the pod-bound token and nothing else.
+	Kubeconfig string
+	// Config is the same identity as a client configuration.
+	Config *rest.Config
+	// Pod is the stand-in DaemonSet pod the token is bound to. It tolerates
+	// every taint, like the shipped DaemonSet, so its own drain keeps it.
+	Pod *corev1.Pod
+}
+
+// IdentitySpec says whose identity to make.
+type IdentitySpec struct {
+	// Admin installs the RBAC and creates the pod and the token.
+	Admin kubernetes.Interface
+	// AdminConfig gives the API server's address and CA.
+	AdminConfig *rest.Config
+	// Dir receives the kubeconfig file.
+	Dir  string
+	Node string
+	// Manifests is the folder with agent-rbac.yaml; defaults to the
+	// repository's manifests/base.
+	Manifests string
+}
+
+// NewAgentIdentity installs the shipped agent RBAC and Node policy
+// (manifests/base/agent-rbac.yaml and webhook-agent-policy.yaml, applied as
+// they are), creates a stand-in agent pod on the node
+// and writes a kubeconfig with a one-hour token bound to that pod.
+func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, error) {
+	if s.Manifests == "" {
+		root, err := cluster.RepoRoot()
+		if err != nil {
+			return nil, err
+		}
+		s.Manifests = filepath.Join(root, "manifests", "base")
+	}
+	if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, "namespace.yaml")); err != nil {
+		return nil, err
+	}
+	// The RBAC, the quota that admits the agent's PriorityClass outside
+	// kube-system, the FlowSchema that keeps its Node marks ahead of its
+	// evictions, and the ValidatingAdmissionPolicy confining Node patches
+	// are what a user installs with the agent; all apply as shipped.
+	for _, f := range []string{"agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml", "webhook-agent-policy.yaml"} {
+		if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
+			return nil, err
+		}
+	}
+	pod, err := ensureAgentPod(ctx, s.Admin, s.Node)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := s.Admin.CoreV1().ServiceAccounts(AgentNamespace).CreateToken(ctx, AgentServiceAccount, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptr.To[int64](3600),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("request a token bound to pod %s: %w", pod.Name, err)
+	}
+	cfg := rest.AnonymousClientConfig(s.AdminConfig)
+	cfg.BearerToken = tr.Status.Token
+	path := filepath.Join(s.Dir, "agent-"+s.Node+".kubeconfig")
+	if err := writeTokenKubeconfig(path, cfg); err != nil {
+		return nil, err
+	}
+	return &AgentIdentity{Kubeconfig: path, Config: cfg, Pod: pod}, nil
+}
+
+// ensureAgentPod creates (or finds) the stand-in pod of the agent's
+// DaemonSet on node.
+func ensureAgentPod(ctx context.Context, admin kubernetes.Interface, node string) (*corev1.Pod, error) {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "termgate-agent-" + node, Namespace: AgentNamespace,
+			Labels: map[string]string{"app.kubernetes.io/name": "termgate", "app.kubernetes.io/component": "agent"}},
+		Spec: corev1.PodSpec{
+			NodeName:           node,
+			ServiceAccountName: AgentServiceAccount,
+			PriorityClassName:  "system-node-critical",
+			Tolerations:        []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers:         []corev1.Container{{Name: "agent", Image: "termgate:local"}},
+		},
+	}
+	got, err := admin.CoreV1().Pods(AgentNamespace).Create(ctx, pod, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		got, err = admin.CoreV1().Pods(AgentNamespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent pod on %s: %w", node, err)
+	}
+	return got, nil
+}
+
+func writeTokenKubeconfig(path string, cfg *rest.Config) error {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["local"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData, CertificateAuthority: cfg.CAFile}
+	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
+	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "agent"}
+	kc.CurrentContext = "agent"
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		return fmt.Errorf("write agent kubeconfig: %w", err)
+	}
+	return nil
+}
+
+// ApplyFile creates or updates, by server-side apply, every object of a
+// multi-document YAML file of the shipped manifests.
+func ApplyFile(ctx context.Context, admin *rest.Config, file string) error {
+	return applyFile(ctx, admin, file)
+}
+
+func applyFile(ctx context.Context, admin *rest.Config, file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("open manifest: %w", err)
+	}
+	defer f.Close()
+	dyn, err := dynamic.NewForConfig(admin)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("decode %s: %w", file, err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		if err := apply(ctx, dyn, &obj); err != nil {
+			return fmt.Errorf("apply %s %s from %s: %w", obj.GetKind(), obj.GetName(), file, err)
+		}
+	}
+}
+
+// resources maps the kinds the shipped manifests hold to their resources.
+var resources = map[string]schema.GroupVersionResource{
+	"Namespace":                        {Version: "v1", Resource: "namespaces"},
+	"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
+	"Service":                          {Version: "v1", Resource: "services"},
+	"ResourceQuota":                    {Version: "v1", Resource: "resourcequotas"},
+	"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Role":                             {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
+	"RoleBinding":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
+	"PriorityClass":                    {Group: "scheduling.k8s.io", Version: "v1", Resource: "priorityclasses"},
+	"FlowSchema":                       {Group: "flowcontrol.apiserver.k8s.io", Version: "v1", Resource: "flowschemas"},
+	"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
+	"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
+}
+
+func apply(ctx context.Context, dyn dynamic.Interface, obj *unstructured.Unstructured) error {
+	gvr, ok := resources[obj.GetKind()]
+	if !ok {
+		return fmt.Errorf("kind %s is not handled by localrun.ApplyFile", obj.GetKind())
+	}
+	var ri dynamic.ResourceInterface = dyn.Resource(gvr)
+	if ns := obj.GetNamespace(); ns != "" {
+		ri = dyn.Resource(gvr).Namespace(ns)
+	}
+	_, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "termgate-test", Force: true})
+	return err
+}

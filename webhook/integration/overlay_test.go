@@ -1,0 +1,283 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	sigsyaml "sigs.k8s.io/yaml"
+
+	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
+)
+
+// policyPropagation bounds how long the API server takes to enforce a
+// newly created ValidatingAdmissionPolicy: its informer delivers the policy
+// within a second on this cluster; ten leave room for a loaded machine.
+const policyPropagation = 10 * time.Second
+
+// renamedOverlay writes, next to a copy of the repository's manifests, an
+// overlay of overlays/self-managed the way a user renames termgate's
+// namespace: `namespace:` plus the identity transformer after it. A name
+// suffix keeps its cluster-wide objects apart from the ones the shared
+// cluster already holds (and renames the service accounts as well).
+func renamedOverlay(t *testing.T, namespace, suffix string) string {
+	t.Helper()
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "manifests")
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join(root, "manifests"))); err != nil {
+		t.Fatalf("copy manifests: %v", err)
+	}
+	overlay := filepath.Join(dir, "overlays", "renamed")
+	kustomization := `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: ` + namespace + `
+nameSuffix: ` + suffix + `
+resources:
+- ../self-managed
+transformers:
+- ../../identity
+`
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return overlay
+}
+
+// builtObjects splits kustomize's output into objects.
+func builtObjects(t *testing.T, built string) []*unstructured.Unstructured {
+	t.Helper()
+	var objs []*unstructured.Unstructured
+	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(built), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			return objs
+		} else if err != nil {
+			t.Fatalf("parse built manifests: %v", err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+}
+
+func findObject(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o
+		}
+	}
+	t.Fatalf("built manifests hold no %s %s", kind, name)
+	return nil
+}
+
+// writeObjects writes objs as one multi-document YAML file.
+func writeObjects(t *testing.T, file string, objs ...*unstructured.Unstructured) {
+	t.Helper()
+	var b bytes.Buffer
+	for _, o := range objs {
+		y, err := sigsyaml.Marshal(o.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString("---\n")
+		b.Write(y)
+	}
+	if err := os.WriteFile(file, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agentUsernameFlag returns the webhook's --agent-username as its container
+// will see it: the rendered argument with $(VAR) expanded from the
+// container's env, as the kubelet does.
+func agentUsernameFlag(t *testing.T, deployment *unstructured.Unstructured) string {
+	t.Helper()
+	containers, _, _ := unstructured.NestedSlice(deployment.Object, "spec", "template", "spec", "containers")
+	for _, c := range containers {
+		c, _ := c.(map[string]any)
+		if c["name"] != "webhook" {
+			continue
+		}
+		args, _, _ := unstructured.NestedStringSlice(c, "args")
+		env, _, _ := unstructured.NestedSlice(c, "env")
+		for _, a := range args {
+			if !strings.HasPrefix(a, "--agent-username=") {
+				continue
+			}
+			for _, e := range env {
+				e, _ := e.(map[string]any)
+				if v, ok := e["value"].(string); ok {
+					a = strings.ReplaceAll(a, "$("+e["name"].(string)+")", v)
+				}
+			}
+			return a
+		}
+	}
+	t.Fatal("the webhook container has no --agent-username argument")
+	return ""
+}
+
+// podBoundClient returns a client with a token of serviceAccount bound to
+// pod, as the kubelet projects it.
+func podBoundClient(t *testing.T, pod *corev1.Pod) kubernetes.Interface {
+	t.Helper()
+	tr, err := env.Client.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx(t), pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptr.To[int64](600),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for pod %s: %v", pod.Name, err)
+	}
+	cfg := rest.AnonymousClientConfig(env.Config)
+	cfg.BearerToken = tr.Status.Token
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
+	id := rand.String(5)
+	ns, suffix := "tg-ops-"+id, "-"+id
+	agentSA, agentUser := "termgate-agent"+suffix, "system:serviceaccount:"+ns+":termgate-agent"+suffix
+	names := nodeNames(t)
+	own, other := names[2], names[1]
+
+	built := kubectl(t, "kustomize", renamedOverlay(t, ns, suffix))
+	objs := builtObjects(t, built)
+
+	// The one place the identity lives reached every copy of it.
+	if got := agentUsernameFlag(t, findObject(t, objs, "Deployment", "termgate-webhook"+suffix)); got != "--agent-username="+agentUser {
+		t.Fatalf("webhook flag %s, want --agent-username=%s", got, agentUser)
+	}
+
+	// The whole rendered overlay passes the API server's checks.
+	if err := kit.EnsureNamespace(ctx(t), env.Client, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	})
+	all := filepath.Join(t.TempDir(), "renamed.yaml")
+	if err := os.WriteFile(all, []byte(built), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := kubectl(t, "apply", "--server-side", "--dry-run=server", "--field-manager=termgate-test", "-f", all)
+	for _, want := range []string{
+		"deployment.apps/termgate-webhook" + suffix, "daemonset.apps/termgate-agent" + suffix,
+		"networkpolicy.networking.k8s.io/termgate-webhook" + suffix, "resourcequota/termgate-critical-pods" + suffix,
+		"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-node" + suffix,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dry run did not apply %s:\n%s", want, out)
+		}
+	}
+
+	// Install the agent's side for real: account, RBAC, Node policy.
+	agentSide := filepath.Join(t.TempDir(), "agent.yaml")
+	writeObjects(t, agentSide,
+		findObject(t, objs, "ServiceAccount", agentSA),
+		findObject(t, objs, "ClusterRole", "termgate-agent"+suffix),
+		findObject(t, objs, "ClusterRoleBinding", "termgate-agent"+suffix),
+		findObject(t, objs, "ValidatingAdmissionPolicy", "termgate-agent-node"+suffix),
+		findObject(t, objs, "ValidatingAdmissionPolicyBinding", "termgate-agent-node"+suffix))
+	kubectl(t, "apply", "--server-side", "--field-manager=termgate-test", "-f", agentSide)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		rb, adm := env.Client.RbacV1(), env.Client.AdmissionregistrationV1()
+		_ = rb.ClusterRoleBindings().Delete(ctx, "termgate-agent"+suffix, metav1.DeleteOptions{})
+		_ = rb.ClusterRoles().Delete(ctx, "termgate-agent"+suffix, metav1.DeleteOptions{})
+		_ = adm.ValidatingAdmissionPolicyBindings().Delete(ctx, "termgate-agent-node"+suffix, metav1.DeleteOptions{})
+		_ = adm.ValidatingAdmissionPolicies().Delete(ctx, "termgate-agent-node"+suffix, metav1.DeleteOptions{})
+	})
+
+	// A stand-in DaemonSet pod of the renamed agent, and its token.
+	agentPod := kit.Pod(ns, "agent", kit.OnNode(own), kit.Tolerating(corev1.Toleration{Operator: corev1.TolerationOpExists}))
+	agentPod.Spec.ServiceAccountName = agentSA
+	agentPod, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), agentPod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := podBoundClient(t, agentPod)
+
+	// Node confinement: the renamed policy matches the renamed account.
+	// Dry runs go through admission without writing anything.
+	dryRun := metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}, FieldManager: nodemark.FieldManager}
+	annotate := mustJSON(t, map[string]any{"metadata": map[string]any{"annotations": map[string]any{nodemark.AnnotationState: "advance"}}})
+	kit.Eventually(t, policyPropagation, "the renamed policy refusing a patch of another node", func(ctx context.Context) (bool, string, error) {
+		_, err := agent.CoreV1().Nodes().Patch(ctx, other, types.MergePatchType, annotate, dryRun)
+		if err == nil {
+			return false, "patch of " + other + " allowed", nil
+		}
+		return strings.Contains(err.Error(), "only the node its token is bound to"), err.Error(), nil
+	})
+	if _, err := agent.CoreV1().Nodes().Patch(ctx(t), own, types.MergePatchType, annotate, dryRun); err != nil {
+		t.Fatalf("the renamed agent may not mark its own node: %v", err)
+	}
+	foreign := mustJSON(t, map[string]any{"metadata": map[string]any{"labels": map[string]any{"role": "x"}}})
+	if _, err := agent.CoreV1().Nodes().Patch(ctx(t), own, types.MergePatchType, foreign, dryRun); err == nil || !strings.Contains(err.Error(), "exclude-from-external-load-balancers") {
+		t.Fatalf("foreign label by the renamed agent: got %v, want a refusal", err)
+	}
+
+	// Eviction confinement: the rendered webhook configurations (their
+	// matchCondition) and the rendered flag, served by termgate's binary.
+	binary, err := localrun.Build(ctx(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	configs := t.TempDir()
+	writeObjects(t, filepath.Join(configs, "webhook-configurations.yaml"),
+		findObject(t, objs, "ValidatingWebhookConfiguration", "termgate"+suffix),
+		findObject(t, objs, "MutatingWebhookConfiguration", "termgate"+suffix))
+	w, err := localrun.StartWebhook(ctx(t), localrun.WebhookSpec{
+		Binary: binary, Dir: t.TempDir(), Kubeconfig: env.Kubeconfig, Client: env.Client,
+		Manifests: configs, Namespace: ns, Flags: []string{agentUsernameFlag(t, findObject(t, objs, "Deployment", "termgate-webhook"+suffix))},
+	})
+	if err != nil {
+		t.Fatalf("start the webhook with the rendered configurations: %v", err)
+	}
+	t.Cleanup(w.Stop)
+
+	work := kit.Namespace(t, env.Client)
+	createPod(t, kit.Pod(work, "here", kit.OnNode(own)))
+	createPod(t, kit.Pod(work, "there", kit.OnNode(other)))
+	err = evict(agent, t, work, "there")
+	if err == nil || !strings.Contains(err.Error(), "on node "+other) {
+		t.Fatalf("renamed agent's eviction on another node: got %v, want a refusal", err)
+	}
+	if err := evict(agent, t, work, "here"); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatalf("renamed agent's eviction on its own node refused: %v", err)
+	}
+}
