@@ -178,8 +178,8 @@ func TestNoEvictionAfterCancellation(t *testing.T) {
 		var late []string
 		sent := 0
 		for _, r := range all {
-			if !r.Eviction || r.Namespace != ns {
-				continue
+			if r.Node != n.name || r.Namespace != ns {
+				continue // not this agent's, or not the workload's
 			}
 			sent++
 			if r.Received.After(after) {
@@ -190,7 +190,7 @@ func TestNoEvictionAfterCancellation(t *testing.T) {
 	}
 	kit.Eventually(t, 5*time.Second, "evictions refused and retried", func(context.Context) (bool, string, error) {
 		_, sent, err := evictions(time.Time{})
-		return sent > 20, fmt.Sprintf("%d evictions sent", sent), err
+		return sent > 20, fmt.Sprintf("%d evictions and deletes sent", sent), err
 	})
 	n.md.SetPreempted(false)
 	withdrawn := time.Now()

@@ -45,8 +45,11 @@ func (c *Cluster) AuditLogPath() string { return filepath.Join(c.Dir, "audit.log
 // PodRemoval is one eviction or delete of a pod, as the API server audited it.
 type PodRemoval struct {
 	// Eviction is true for an eviction, false for a delete.
-	Eviction  bool
+	Eviction bool
+	// User is who sent it; Node is the node its token is bound to (the
+	// user extra authentication.kubernetes.io/node-name), if any.
 	User      string
+	Node      string
 	Namespace string
 	Pod       string
 	// Received is when the API server received the request.
@@ -58,7 +61,8 @@ type PodRemoval struct {
 type auditEvent struct {
 	Verb string `json:"verb"`
 	User struct {
-		Username string `json:"username"`
+		Username string              `json:"username"`
+		Extra    map[string][]string `json:"extra"`
 	} `json:"user"`
 	ObjectRef struct {
 		Resource    string `json:"resource"`
@@ -91,10 +95,17 @@ func (c *Cluster) PodRemovals() ([]PodRemoval, error) {
 			continue
 		}
 		out = append(out, PodRemoval{
-			Eviction: ev.ObjectRef.Subresource == "eviction", User: ev.User.Username,
+			Eviction: ev.ObjectRef.Subresource == "eviction", User: ev.User.Username, Node: tokenNode(ev.User.Extra),
 			Namespace: ev.ObjectRef.Namespace, Pod: ev.ObjectRef.Name,
 			Received: ev.RequestReceived, Code: ev.ResponseStatus.Code,
 		})
 	}
 	return out, sc.Err()
+}
+
+func tokenNode(extra map[string][]string) string {
+	if v := extra["authentication.kubernetes.io/node-name"]; len(v) == 1 {
+		return v[0]
+	}
+	return ""
 }

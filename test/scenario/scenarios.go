@@ -193,8 +193,10 @@ func (r *run) phantomDisruptions(ctx context.Context) ([]string, error) {
 const onTheWire = 50 * time.Millisecond
 
 // expectNoEvictionSentAfter checks, in the API server's audit log, that no
-// eviction or delete of the workload's pods arrived after the agent saw the
-// withdrawal (the instant its TerminationCancelled event records). Requests
+// eviction or delete by the node's agent (its token is bound to the node)
+// arrived after the agent saw the withdrawal (the instant its
+// TerminationCancelled event records). kwok's own final deletes, playing the
+// kubelet, are not the agent's. Requests
 // sent before it may still have been answered later (the server holds an
 // eviction against a busy budget), so arrival time is what counts. The
 // withdrawal cannot have been seen before the metadata server changed, so a
@@ -217,7 +219,7 @@ func (r *run) expectNoEvictionSentAfter(cancelledAt time.Time) {
 	}
 	var late []string
 	for _, rm := range removals {
-		if rm.Namespace == r.env.Workload.Namespace && rm.Received.After(seen.Add(onTheWire)) {
+		if rm.Node == r.node && rm.Received.After(seen.Add(onTheWire)) {
 			late = append(late, fmt.Sprintf("%s +%s", rm.Pod, fmtDur(rm.Received.Sub(seen))))
 		}
 	}
