@@ -121,7 +121,7 @@ test: binaries image lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## demo: the main job end to end on a local cluster.
-demo: binaries build
+demo: binaries build image
 	$(GO) run ./cmd/demo $(DEMO_FLAGS)
 
 ## cluster: the local cluster in the foreground until Ctrl-C.

@@ -32,6 +32,7 @@ type options struct {
 	out       string
 	gpuBudget time.Duration
 	certs     string
+	realNode  bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -43,6 +44,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.out, "out", "", "directory of report.json and timeline.svg (default bin/demo in the repository)")
 	fs.DurationVar(&o.gpuBudget, "gpu-budget", 45*time.Second, "GPU maintenance deadline given to the agents (GCE gives 60m; shortened to fit a demo)")
 	fs.StringVar(&o.certs, "certs", scenario.CertsSelfManaged, "webhook certificates: self-managed, or cert-manager (the real cert-manager issues them from the cert-manager overlay and its CA injector injects the CA)")
+	fs.BoolVar(&o.realNode, "real-node", false, "play the Spot preemption on the local cluster's real node (kubelet, containerd, runc, CNI), "+
+		"termgate installed from its image with kubectl apply -k of the self-managed overlay (needs root, `make binaries` and `make image`)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -55,6 +58,19 @@ func parseFlags(args []string) (options, error) {
 	if o.certs == scenario.CertsCertManager && !scenarioSet {
 		// What the cert-manager run shows is the webhook's certificate at
 		// work: the Spot preemption's bind gate is enough for that.
+		o.scenario = "spot-preemption"
+	}
+	if o.realNode {
+		// The real node is the one Spot node that runs containers; the
+		// other scenarios need nodes of their own kinds, which are kwok's.
+		if scenarioSet && o.scenario != "spot-preemption" {
+			fmt.Fprintf(fs.Output(), "--real-node plays spot-preemption only, not %q\n", o.scenario)
+			return o, errors.New("bad --scenario for --real-node")
+		}
+		if o.certs != scenario.CertsSelfManaged {
+			fmt.Fprintf(fs.Output(), "--real-node installs the self-managed overlay; --certs %s runs without it\n", o.certs)
+			return o, errors.New("bad --certs for --real-node")
+		}
 		o.scenario = "spot-preemption"
 	}
 	if o.nodes < 1 {
@@ -105,22 +121,29 @@ func run(ctx context.Context, o options, out io.Writer) int {
 	}
 	defer os.RemoveAll(workDir)
 
-	c, binary, err := startClusterAndBuild(ctx, con, workDir, nodes, o.certs == scenario.CertsCertManager)
+	c, binary, err := startClusterAndBuild(ctx, con, workDir, nodes, o)
 	if err != nil {
 		return con.broken(err)
 	}
 	defer c.Stop()
 	env, err := scenario.StartEnv(ctx, scenario.EnvOptions{
 		Cluster: c, Nodes: nodes, Binary: binary, AcceleratorBudget: o.gpuBudget, Namespace: "shop", Say: con.step, Warn: con.warn,
-		Certs: o.certs,
+		Certs: o.certs, RealNode: o.realNode,
 	})
 	if err != nil {
 		return con.broken(err)
 	}
 	defer env.Stop()
-	con.note("GPU maintenance deadline shortened to %s by --accelerator-maintenance-budget (GCE gives 60m)", o.gpuBudget)
+	if o.realNode {
+		con.note("the kwok nodes run no agent (the DaemonSet is placed on the real node only); termgate's own pods on the real node are left out of the figures: on a real cluster its webhook replicas sit on other nodes")
+	} else {
+		con.note("GPU maintenance deadline shortened to %s by --accelerator-maintenance-budget (GCE gives 60m)", o.gpuBudget)
+	}
 
 	results, err := play(ctx, env, scenarios, con)
+	if env.RealNode != nil && err == nil {
+		checkRealContainers(env, results, con)
+	}
 	rep := newReport(o.nodes, o.certs, env, results)
 	if werr := rep.write(outDir); werr != nil {
 		con.note("could not write the report: %v", werr)
@@ -148,8 +171,10 @@ func (o options) outDir() (string, error) {
 	return dir, os.MkdirAll(dir, 0o755)
 }
 
-// startClusterAndBuild starts the cluster while termgate compiles.
-func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes []cluster.NodeSpec, certManager bool) (*cluster.Cluster, string, error) {
+// startClusterAndBuild starts the cluster while termgate compiles. With
+// --real-node nothing compiles: the real node runs the image.
+func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes []cluster.NodeSpec, o options) (*cluster.Cluster, string, error) {
+	certManager := o.certs == scenario.CertsCertManager
 	type built struct {
 		bin string
 		err error
@@ -157,18 +182,31 @@ func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes [
 	}
 	done := make(chan built, 1)
 	go func() {
+		if o.realNode {
+			done <- built{}
+			return
+		}
 		began := time.Now()
 		bin, err := localrun.Build(ctx, dir)
 		done <- built{bin, err, time.Since(began)}
 	}()
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, CertManager: certManager})
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, CertManager: certManager, RealNode: o.realNode})
 	if err != nil {
 		<-done
 		return nil, "", fmt.Errorf("start the local cluster: %w", err)
 	}
 	con.step("local cluster Ready: etcd, kube-apiserver, scheduler, controller-manager (v1.37.2) and kwok with %d nodes (%s)",
 		len(nodes), time.Since(began).Round(time.Millisecond))
+	if o.realNode {
+		node, err := c.RealNode()
+		if err != nil {
+			<-done
+			c.Stop()
+			return nil, "", err
+		}
+		con.step("real node %s Ready: kubelet v1.37.2, containerd, runc and a CNI bridge, Spot (%s)", node.Name, node.StartTime.Round(time.Millisecond))
+	}
 	if certManager {
 		con.step("cert-manager v1.21.2 running: its CRDs, certificates controllers, CA and SelfSigned issuers and CA injector (log: %s)", c.LogPath("cert-manager"))
 	}
@@ -177,7 +215,9 @@ func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes [
 		c.Stop()
 		return nil, "", b.err
 	}
-	con.step("built termgate (%s)", b.d.Round(time.Millisecond))
+	if !o.realNode {
+		con.step("built termgate (%s)", b.d.Round(time.Millisecond))
+	}
 	return c, b.bin, nil
 }
 

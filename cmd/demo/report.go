@@ -19,13 +19,16 @@ const (
 // report is report.json. Times are milliseconds since the scenario's
 // notice; a null time means it did not happen.
 type report struct {
-	Generated  time.Time        `json:"generated"`
-	Nodes      int              `json:"nodes"`
-	AgentFlags []string         `json:"agent_flags"`
-	Webhook    string           `json:"webhook"`
-	Certs      string           `json:"webhook_certificates"`
-	Held       bool             `json:"held"`
-	Scenarios  []scenarioReport `json:"scenarios"`
+	Generated  time.Time `json:"generated"`
+	Nodes      int       `json:"nodes"`
+	AgentFlags []string  `json:"agent_flags"`
+	Webhook    string    `json:"webhook"`
+	Certs      string    `json:"webhook_certificates"`
+	// RealNode: termgate ran as pods on the real node (--real-node), with
+	// the shipped DaemonSet's flags, not as local processes.
+	RealNode  bool             `json:"real_node"`
+	Held      bool             `json:"held"`
+	Scenarios []scenarioReport `json:"scenarios"`
 }
 
 type scenarioReport struct {
@@ -61,6 +64,7 @@ func newReport(nodes int, certs string, env *scenario.Env, results []*scenario.R
 	if env.WebhookErr != nil {
 		r.Webhook = "not running: " + env.WebhookErr.Error()
 	}
+	r.RealNode = env.RealNode != nil
 	for _, res := range results {
 		r.Held = r.Held && res.Held
 		r.Scenarios = append(r.Scenarios, scenarioJSON(res))

@@ -31,6 +31,12 @@ type EnvOptions struct {
 	// CertsSelfManaged (the default) or CertsCertManager, which needs a
 	// cluster started with cluster.Options.CertManager.
 	Certs string
+	// RealNode installs termgate on the cluster's real node as users
+	// install it (the image, `kubectl apply -k` of the self-managed
+	// overlay; see StartEnv) instead of running it as local processes,
+	// and adds the real node, as a Spot VM, first among Env.Nodes. Needs a
+	// cluster started with cluster.Options.RealNode and Certs self-managed.
+	RealNode bool
 	// Say reports set-up steps and Warn what did not start; nil says nothing.
 	Say, Warn func(format string, args ...any)
 }
@@ -55,6 +61,12 @@ type Env struct {
 	agents []*localrun.Agent
 	// certManager is the webhook when cert-manager issues its certificate.
 	certManager *localrun.CertManagerWebhook
+	// RealNode is set when termgate runs as pods on the real node
+	// (EnvOptions.RealNode); nil otherwise.
+	RealNode *RealNodeInstall
+	// ownNamespace is termgate's namespace when it runs as pods in the
+	// cluster: the scenarios leave its pods out of their figures.
+	ownNamespace string
 }
 
 // Certificate sources of the webhook (EnvOptions.Certs).
@@ -68,6 +80,9 @@ const (
 func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
 	if o.Certs != "" && o.Certs != CertsSelfManaged && o.Certs != CertsCertManager {
 		return nil, fmt.Errorf("webhook certificates %q: want %s or %s", o.Certs, CertsSelfManaged, CertsCertManager)
+	}
+	if o.RealNode && o.Certs == CertsCertManager {
+		return nil, fmt.Errorf("webhook certificates %s on the real node: not supported here, use %s", CertsCertManager, CertsSelfManaged)
 	}
 	if o.Say == nil {
 		o.Say = func(string, ...any) {}
@@ -92,6 +107,12 @@ func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
 	}()
 	if err := e.startMetadata(); err != nil {
 		return nil, err
+	}
+	if o.RealNode {
+		if err := e.startOnRealNode(ctx, o); err != nil {
+			return nil, err
+		}
+		return e, nil
 	}
 	began := time.Now()
 	switch o.Certs {

@@ -42,6 +42,9 @@ type watcher struct {
 	tl      *Timeline
 	budgets []Budget
 	effect  corev1.TaintEffect
+	// ignoreNamespace holds pods the figures leave out (see
+	// Env.ownNamespace); empty leaves out none.
+	ignoreNamespace string
 
 	mu         sync.Mutex
 	mark       nodemark.Mark
@@ -226,7 +229,7 @@ func (w *watcher) nodePodHandler() cache.ResourceEventHandler {
 
 func (w *watcher) onNodePod(obj any, initial, deleted bool) {
 	p, ok := obj.(*corev1.Pod)
-	if !ok {
+	if !ok || (w.ignoreNamespace != "" && p.Namespace == w.ignoreNamespace) {
 		return
 	}
 	w.mu.Lock()

@@ -1,0 +1,186 @@
+// Package realnodeinstall installs termgate on the local cluster's real node
+// the way a user does: the image `make image` built, imported into the
+// node's containerd, and `kubectl apply -k` of an overlay on top of a
+// shipped one. The test packages that run termgate as pods (test/e2e/realnode
+// with the self-managed overlay, test/e2e/realnodecm with the cert-manager
+// one) share it.
+package realnodeinstall
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
+)
+
+// Namespace is the namespace the shipped manifests install into.
+const Namespace = "termgate"
+
+// ImportImage imports bin/termgate-image.tar (`make image`) into the real
+// node's containerd, so the overlays' `imagePullPolicy: Never` finds it.
+func ImportImage(ctx context.Context, node *cluster.RealNode) error {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	archive := filepath.Join(root, "bin", "termgate-image.tar")
+	if _, err := os.Stat(archive); err != nil {
+		return fmt.Errorf("%s missing: run `make image` (make test does): %w", archive, err)
+	}
+	return node.ImportImage(ctx, archive)
+}
+
+// WriteRunOverlay writes the last, run-time layer over base (a test
+// overlay's directory) into dir/termgate-overlay and returns its path: it
+// adds GCE_METADATA_HOST for the agent, pointing at the fake metadata
+// server the test started on the host (the agent uses hostNetwork, so
+// 127.0.0.1 is the host's); its port is known only at run time.
+func WriteRunOverlay(dir, base, metadataHost string) (string, error) {
+	out := filepath.Join(dir, "termgate-overlay")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return "", fmt.Errorf("write overlay: %w", err)
+	}
+	rel, err := filepath.Rel(out, base)
+	if err != nil {
+		return "", fmt.Errorf("write overlay: %w", err)
+	}
+	body := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- %s
+patches:
+- target:
+    group: apps
+    version: v1
+    kind: DaemonSet
+    name: termgate-agent
+  patch: |-
+    - op: add
+      path: /spec/template/spec/containers/0/env/-
+      value: {name: GCE_METADATA_HOST, value: %q}
+`, rel, metadataHost)
+	if err := os.WriteFile(filepath.Join(out, "kustomization.yaml"), []byte(body), 0o644); err != nil {
+		return "", fmt.Errorf("write overlay: %w", err)
+	}
+	return out, nil
+}
+
+// Apply runs `kubectl apply -k overlay` with the cached kubectl, as a user
+// installs (or re-installs) termgate.
+func Apply(ctx context.Context, c *cluster.Cluster, overlay string) error {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	kubectl := filepath.Join(root, "bin", "kubectl")
+	out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", c.Kubeconfig, "apply", "-k", overlay).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("kubectl apply -k %s: %w\n%s", overlay, err, out)
+	}
+	return nil
+}
+
+// WaitInstalled waits, within budget, for the agent's pod Ready on the real
+// node and every webhook replica Ready and the Deployment Available.
+func WaitInstalled(ctx context.Context, c *cluster.Cluster, node *cluster.RealNode, budget time.Duration) error {
+	err := kit.Poll(ctx, budget, func(ctx context.Context) (bool, string, error) {
+		agent, webhook := AgentPodReady(ctx, c.Client, node.Name) != nil, WebhookAvailable(ctx, c.Client)
+		return agent && webhook, fmt.Sprintf("agent pod Ready %v, webhook Available %v", agent, webhook), nil
+	})
+	if err != nil {
+		return fmt.Errorf("termgate not Ready on the real node after %s (kubelet log: %s): %w", budget, c.LogPath("kubelet"), err)
+	}
+	return nil
+}
+
+// AgentPodReady returns the agent's Ready pod on the node, or nil.
+func AgentPodReady(ctx context.Context, client kubernetes.Interface, nodeName string) *corev1.Pod {
+	pods, err := client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.SelectorFromSet(map[string]string{"app.kubernetes.io/component": "agent"}).String(),
+	})
+	if err != nil {
+		return nil
+	}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Spec.NodeName == nodeName && p.DeletionTimestamp == nil && PodReady(p) {
+			return p
+		}
+	}
+	return nil
+}
+
+// WebhookAvailable reports whether every replica of the webhook Deployment
+// is updated and Ready and the Deployment is Available.
+func WebhookAvailable(ctx context.Context, client kubernetes.Interface) bool {
+	d, err := client.AppsV1().Deployments(Namespace).Get(ctx, "termgate-webhook", metav1.GetOptions{})
+	if err != nil || d.Spec.Replicas == nil {
+		return false
+	}
+	return d.Status.ReadyReplicas == *d.Spec.Replicas && d.Status.UpdatedReplicas == *d.Spec.Replicas && DeploymentAvailable(d)
+}
+
+// DeploymentAvailable reports the Deployment's Available condition.
+func DeploymentAvailable(d *appsv1.Deployment) bool {
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentAvailable {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// PodReady reports the pod's Ready condition.
+func PodReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// Diagnose prints what a failed install left (pods, termgate's events, the
+// last lines of its containers' logs and of the kubelet's), before the
+// cluster and its logs are removed. prefix starts every line it prints.
+func Diagnose(ctx context.Context, c *cluster.Cluster, node *cluster.RealNode, prefix string) {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		fmt.Printf("%s: %v\n", prefix, err)
+		return
+	}
+	kubectl := filepath.Join(root, "bin", "kubectl")
+	for _, args := range [][]string{
+		{"get", "pods", "-A", "-o", "wide"},
+		{"get", "events", "-n", Namespace, "--sort-by=.lastTimestamp"},
+	} {
+		out, _ := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", c.Kubeconfig}, args...)...).CombinedOutput()
+		fmt.Printf("%s: kubectl %s:\n%s\n", prefix, strings.Join(args, " "), out)
+	}
+	logs, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", Namespace+"_*", "*", "*.log"))
+	for _, l := range logs {
+		fmt.Printf("%s: %s (last 15 lines):\n%s\n", prefix, l, tail(l, 15))
+	}
+	fmt.Printf("%s: kubelet log (last 40 lines):\n%s\n", prefix, tail(c.LogPath("kubelet"), 40))
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(string(b), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
