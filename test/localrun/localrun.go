@@ -68,7 +68,7 @@ func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig, "--listen=" + addr, "--zap-log-level=info"}, s.Flags...)
+	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig, "--listen=" + addr, "--log-format=text"}, s.Flags...)
 	env := []string{"NODE_NAME=" + s.Node, "GCE_METADATA_HOST=" + s.MetadataHost}
 	if s.Pod != nil {
 		env = append(env, "POD_NAME="+s.Pod.Name, "POD_NAMESPACE="+s.Pod.Namespace)

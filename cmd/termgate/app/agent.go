@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"time"
@@ -16,33 +15,29 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"termgate.dev/termgate/agent"
 	"termgate.dev/termgate/agent/drain"
 	"termgate.dev/termgate/agent/watch"
+	"termgate.dev/termgate/cmd/termgate/daemon"
 )
 
 // agentOptions are the agent's command-line settings.
 type agentOptions struct {
-	agent      agent.Config
-	drain      drain.Config
-	watch      watch.Config
-	kubeconfig string
-	qps        float64
-	burst      int
-	listen     string
-	taint      string
-	zap        zap.Options
+	agent  agent.Config
+	drain  drain.Config
+	watch  watch.Config
+	client daemon.ClientOptions
+	listen string
+	taint  string
+	log    daemon.LogOptions
 }
 
 func newAgentOptions() *agentOptions {
-	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig()}
+	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), log: daemon.LogOptions{Format: "json"}}
 	o.drain = drain.Config{}.WithDefaults()
 	return o
 }
@@ -54,9 +49,9 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.agent.PodNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "the agent's own namespace; defaults to $POD_NAMESPACE")
 	fs.DurationVar(&o.agent.ShutdownGrace, "shutdown-grace", 0, "how long to keep draining after SIGTERM; 0 reads the own pod's terminationGracePeriodSeconds (30s if unknown)")
 	fs.DurationVar(&o.agent.LateStartBudget, "late-start-budget", o.agent.LateStartBudget, "time assumed left when instance/preempted is already TRUE at the agent's first read")
-	fs.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster configuration")
-	fs.Float64Var(&o.qps, "kube-api-qps", 100, "client QPS to the API server, sized for parallel evictions")
-	fs.IntVar(&o.burst, "kube-api-burst", 200, "client burst to the API server")
+	fs.StringVar(&o.client.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster configuration")
+	fs.Float64Var(&o.client.QPS, "kube-api-qps", 100, "client QPS to the API server, sized for parallel evictions")
+	fs.IntVar(&o.client.Burst, "kube-api-burst", 200, "client burst to the API server")
 	fs.StringVar(&o.listen, "listen", ":9808", "address of /healthz, /readyz and /metrics")
 	fs.StringVar(&o.taint, "taint-effect", string(o.agent.TaintEffect), "effect of the termination taint: NoSchedule, PreferNoSchedule or NoExecute")
 	fs.DurationVar(&o.agent.PreemptionNotice, "preemption-notice", o.agent.PreemptionNotice, "deadline after instance/preempted turns TRUE")
@@ -72,7 +67,7 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.drain.BackoffCap, "eviction-backoff-cap", o.drain.BackoffCap, "longest retry delay after refused evictions")
 	fs.DurationVar(&o.drain.MinDeleteGrace, "min-delete-grace", o.drain.MinDeleteGrace, "shortest grace period of an escalated delete")
 	fs.DurationVar(&o.watch.PollTimeout, "metadata-poll-timeout", o.watch.PollTimeout, "timeout_sec of each hanging GET; bounds how stale the watch can be unnoticed")
-	o.zap.BindFlags(fs)
+	o.log.AddFlags(fs)
 }
 
 // Complete derives the settings that follow from others.
@@ -89,9 +84,7 @@ func (o *agentOptions) Validate() error {
 	if o.watch.PollTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("metadata poll timeout %s must be at least 1s", o.watch.PollTimeout))
 	}
-	if o.qps <= 0 || o.burst <= 0 {
-		errs = append(errs, errors.New("kube-api-qps and kube-api-burst must be positive"))
-	}
+	errs = append(errs, o.client.Validate(), o.log.Validate())
 	return errors.Join(errs...)
 }
 
@@ -106,9 +99,10 @@ func runAgent(ctx context.Context, args []string) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	logger := zap.New(zap.UseFlagOptions(&o.zap))
+	logger := o.log.Logger(os.Stderr)
+	log.SetLogger(logger)
 	ctx = log.IntoContext(ctx, logger)
-	limit, err := setMemoryLimit()
+	limit, err := daemon.SetMemoryLimit()
 	if err != nil {
 		return err
 	}
@@ -117,12 +111,10 @@ func runAgent(ctx context.Context, args []string) error {
 }
 
 func (o *agentOptions) run(ctx context.Context) error {
-	cfg, err := restConfig(o.kubeconfig)
+	cfg, err := o.client.Config("termgate-agent/" + o.agent.NodeName)
 	if err != nil {
 		return err
 	}
-	cfg.QPS, cfg.Burst = float32(o.qps), o.burst
-	cfg.UserAgent = "termgate-agent/" + o.agent.NodeName
 	// Protobuf halves what the API server sends and the agent decodes
 	// (pods above all); patches keep their own JSON content types.
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
@@ -174,41 +166,21 @@ func (o *agentOptions) run(ctx context.Context) error {
 	return serveWhile(ctx, o.listen, a.Handler(reg), a.Run)
 }
 
-// serveWhile runs work and an HTTP server for probes and metrics beside it;
-// when work returns (ctx ended), the server shuts down gracefully.
+// serveWhile runs work and the probe and metrics server beside it. The
+// server outlives ctx: after SIGTERM the agent may drain on, and its probes
+// and metrics keep answering until work returns.
 func serveWhile(ctx context.Context, addr string, h http.Handler, work func(context.Context) error) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := daemon.Listen(addr)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", addr, err)
+		return err
 	}
 	log.FromContext(ctx).Info("serving probes and metrics", "addr", ln.Addr().String())
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	serveCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- daemon.ServeHTTP(serveCtx, ln, h) }()
 	workErr := work(ctx)
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdownCtx)
-	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return errors.Join(workErr, fmt.Errorf("serve %s: %w", addr, err))
-	}
-	return workErr
-}
-
-// restConfig loads a kubeconfig file, or the in-cluster configuration.
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster config (set --kubeconfig outside a cluster): %w", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
-	}
-	return cfg, nil
+	stop()
+	return errors.Join(workErr, <-served)
 }
 
 // registerAll registers collectors, reporting the first failure.

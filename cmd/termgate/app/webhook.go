@@ -5,15 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
@@ -23,7 +19,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,6 +30,7 @@ import (
 	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/certs/certmanager"
 	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/cmd/termgate/daemon"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
@@ -94,8 +90,7 @@ type WebhookOptions struct {
 	LeaseQPS           float64
 	LeaseBurst         int
 
-	LogFormat string
-	LogLevel  int
+	Log daemon.LogOptions
 }
 
 // NewWebhookOptions returns the defaults.
@@ -136,7 +131,7 @@ func NewWebhookOptions() *WebhookOptions {
 		LeaseRetryPeriod:   2 * time.Second,
 		LeaseQPS:           5,
 		LeaseBurst:         10,
-		LogFormat:          "json",
+		Log:                daemon.LogOptions{Format: "json"},
 	}
 }
 
@@ -184,8 +179,7 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.LeaseRetryPeriod, "leader-election-retry-period", o.LeaseRetryPeriod, "Lease retry period.")
 	fs.Float64Var(&o.LeaseQPS, "leader-election-qps", o.LeaseQPS, "Client QPS reserved for the lease.")
 	fs.IntVar(&o.LeaseBurst, "leader-election-burst", o.LeaseBurst, "Client burst reserved for the lease.")
-	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "Log format: json or text.")
-	fs.IntVar(&o.LogLevel, "v", o.LogLevel, "Log verbosity: 0 decisions that deny and lifecycle, 1 details, 2 every decision.")
+	o.Log.AddFlags(fs)
 }
 
 // Validate checks the options once at start-up.
@@ -213,8 +207,8 @@ func (o *WebhookOptions) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--cert-mode %q: want self-managed, cert-manager or files", o.CertMode))
 	}
-	if o.LogFormat != "json" && o.LogFormat != "text" {
-		errs = append(errs, fmt.Errorf("--log-format %q: want json or text", o.LogFormat))
+	if err := o.Log.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.CertDir == "" {
 		errs = append(errs, errors.New("--cert-dir is required"))
@@ -279,13 +273,13 @@ func runWebhook(ctx context.Context, args []string) error {
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("webhook: %w", err)
 	}
-	logger := newLogger(o).WithName("webhook")
+	logger := o.Log.Logger(os.Stderr).WithName("webhook")
 	// controller-runtime's own components (certwatcher) log through its
 	// global logger; set it here, in wiring, once.
 	log.SetLogger(logger)
 	// A flood of large calls is collected before the container's limit is
 	// reached, instead of the kernel killing the replica.
-	limit, err := setMemoryLimit()
+	limit, err := daemon.SetMemoryLimit()
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
 	}
@@ -293,17 +287,6 @@ func runWebhook(ctx context.Context, args []string) error {
 		logger.Info("Go memory limit set from the container's", "bytes", limit)
 	}
 	return serveWebhook(log.IntoContext(ctx, logger), o, clock.RealClock{})
-}
-
-// newLogger logs structured records to stderr through log/slog; logr's
-// V(n) maps to slog level -n.
-func newLogger(o *WebhookOptions) logr.Logger {
-	opts := &slog.HandlerOptions{Level: slog.Level(-o.LogLevel)}
-	var h slog.Handler = slog.NewJSONHandler(os.Stderr, opts)
-	if o.LogFormat == "text" {
-		h = slog.NewTextHandler(os.Stderr, opts)
-	}
-	return logr.FromSlogHandler(h)
 }
 
 // WebhookDeps are the clients serveWebhook builds from the options; tests
@@ -319,13 +302,10 @@ type webhookDeps struct {
 }
 
 func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	cfg, err := daemon.ClientOptions{Kubeconfig: o.Kubeconfig, QPS: o.QPS, Burst: o.Burst}.Config("termgate-webhook")
 	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
+		return nil, err
 	}
-	cfg = rest.CopyConfig(cfg)
-	cfg.QPS, cfg.Burst = float32(o.QPS), o.Burst
-	cfg.UserAgent = "termgate-webhook"
 	d := &webhookDeps{}
 	if d.kube, err = kubernetes.NewForConfig(cfg); err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
@@ -369,8 +349,6 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 		return err
 	}
 	logger := log.FromContext(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 
 	metrics, err := review.NewMetrics(ctrlmetrics.Registry)
 	if err != nil {
@@ -420,45 +398,58 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 		{Name: "shutdown", Fn: server.Draining},
 	}
 
-	ln, err := net.Listen("tcp", o.BindAddress)
+	ln, err := daemon.Listen(o.BindAddress)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", o.BindAddress, err)
+		return err
 	}
-	g := newGroup(cancel)
-	g.goErr("node cache", func() error { return nodes.Start(ctx) })
-	g.goErr("node pods", func() error { return nodePods.Start(ctx) })
-	g.goErr("certificate reloader", func() error { return reloader.Start(ctx) })
+	g, ctx := daemon.NewGroup(ctx)
+	g.Go("node cache", func() error { return nodes.Start(ctx) })
+	g.Go("node pods", func() error { return nodePods.Start(ctx) })
+	g.Go("certificate reloader", func() error { return reloader.Start(ctx) })
 	checks = append(checks, startCertSource(ctx, g, o, deps, clk)...)
 	if o.HealthAddress != "0" && o.HealthAddress != "" {
-		probes := webhook.Probes(checks)
-		g.goErr("health probes", func() error { return serveHTTP(ctx, o.HealthAddress, probes) })
+		if err := serveOn(ctx, g, "health probes", o.HealthAddress, webhook.Probes(checks)); err != nil {
+			return errors.Join(err, g.Wait())
+		}
 	}
 	if o.MetricsAddr != "0" && o.MetricsAddr != "" {
 		mm := http.NewServeMux()
 		mm.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
-		g.goErr("metrics", func() error { return serveHTTP(ctx, o.MetricsAddr, mm) })
+		if err := serveOn(ctx, g, "metrics", o.MetricsAddr, mm); err != nil {
+			return errors.Join(err, g.Wait())
+		}
 	}
-	g.goErr("webhook server", func() error { return server.Serve(ctx, ln) })
-	return g.wait()
+	g.Go("webhook server", func() error { return server.Serve(ctx, ln) })
+	return g.Wait()
+}
+
+// serveOn listens on addr now and serves h in the group until ctx ends.
+func serveOn(ctx context.Context, g *daemon.Group, name, addr string, h http.Handler) error {
+	ln, err := daemon.Listen(addr)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	g.Go(name, func() error { return daemon.ServeHTTP(ctx, ln, h) })
+	return nil
 }
 
 // startCertSource starts what provides the serving pair in the chosen mode
 // and returns the readiness checks it adds.
-func startCertSource(ctx context.Context, g *group, o *WebhookOptions, deps *webhookDeps, clk clock.Clock) []webhook.Check {
+func startCertSource(ctx context.Context, g *daemon.Group, o *WebhookOptions, deps *webhookDeps, clk clock.Clock) []webhook.Check {
 	switch o.CertMode {
 	case CertModeSelfManaged:
 		syncer := selfmanaged.NewSyncer(deps.kube, o.Namespace, o.CertSecret, o.CertDir, o.CertSyncInterval, clk)
-		g.goErr("certificate syncer", func() error { syncer.Run(ctx); return nil })
+		g.Go("certificate syncer", func() error { syncer.Run(ctx); return nil })
 		rotator := selfmanaged.NewRotator(deps.kube, o.rotatorOptions(), clk)
 		rotator.OnSecretWritten(syncer.Kick)
 		lo := selfmanaged.LeaderOptions{
 			Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: identity(),
 			LeaseDuration: o.LeaseDuration, RenewDeadline: o.LeaseRenewDeadline, RetryPeriod: o.LeaseRetryPeriod,
 		}
-		g.goErr("certificate leader", func() error { return selfmanaged.RunLeader(ctx, deps.lease, lo, rotator.Run) })
+		g.Go("certificate leader", func() error { return selfmanaged.RunLeader(ctx, deps.lease, lo, rotator.Run) })
 	case CertModeCertManager:
 		st := certmanager.New(deps.ctrl, types.NamespacedName{Namespace: o.Namespace, Name: o.CertificateName}, 10*time.Second, clk)
-		g.goErr("cert-manager status", func() error { st.Run(ctx); return nil })
+		g.Go("cert-manager status", func() error { st.Run(ctx); return nil })
 		return []webhook.Check{{Name: "cert-manager-certificate", Fn: st.Ready}}
 	}
 	return nil
@@ -471,50 +462,4 @@ func identity() string {
 	}
 	h, _ := os.Hostname()
 	return h + "_" + rand.String(6)
-}
-
-// serveHTTP serves a plain HTTP endpoint (probes, metrics) until ctx ends.
-func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
-	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", addr, err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	return nil
-}
-
-// group runs components; the first failure cancels the rest.
-type group struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	err    error
-}
-
-func newGroup(cancel context.CancelFunc) *group { return &group{cancel: cancel} }
-
-func (g *group) goErr(name string, fn func() error) {
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		if err := fn(); err != nil {
-			g.mu.Lock()
-			if g.err == nil {
-				g.err = fmt.Errorf("%s: %w", name, err)
-			}
-			g.mu.Unlock()
-			g.cancel()
-		}
-	}()
-}
-
-func (g *group) wait() error {
-	g.wg.Wait()
-	return g.err
 }

@@ -1,4 +1,4 @@
-package app
+package daemon
 
 import (
 	"fmt"
@@ -11,11 +11,11 @@ import (
 // manifests from the downward API (resourceFieldRef limits.memory).
 const memoryLimitEnv = "MEMORY_LIMIT"
 
-// setMemoryLimit gives the Go garbage collector a soft limit of 90% of the
+// SetMemoryLimit gives the Go garbage collector a soft limit of 90% of the
 // container's memory limit, so a burst of allocation is collected before
 // the kernel's OOM killer ends the process. GOMEMLIMIT, when set, wins. It
 // returns the limit applied, or 0 when none was.
-func setMemoryLimit() (int64, error) {
+func SetMemoryLimit() (int64, error) {
 	if _, ok := os.LookupEnv("GOMEMLIMIT"); ok {
 		return debug.SetMemoryLimit(-1), nil
 	}
