@@ -214,8 +214,12 @@ func TestShutdownKeepsServingThroughTheDelay(t *testing.T) {
 	if r := decode(t, resp); !r.Allowed {
 		t.Fatalf("got %+v", r)
 	}
-	for !clk.HasWaiters() {
-		time.Sleep(time.Millisecond)
+	// The server starts its shutdown delay on the fake clock at once; a
+	// second of real time is a bound only a broken server exceeds.
+	for bound := time.Now().Add(time.Second); !clk.HasWaiters(); time.Sleep(time.Millisecond) {
+		if time.Now().After(bound) {
+			t.Fatal("the server never started its shutdown delay")
+		}
 	}
 	clk.Step(time.Minute)
 	select {

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	strictjson "sigs.k8s.io/json"
 
+	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/webhook/nodecache"
 	"termgate.dev/termgate/webhook/review"
 )
@@ -99,10 +100,10 @@ func (g *Gate) slowPath(ctx context.Context, req *review.Request, nodeName strin
 		// The node is going away within seconds: refusing is the safer
 		// guess, and the scheduler retries the pod after a short backoff.
 		log.FromContext(ctx).Error(err, "Read pod to check its tolerations", "namespace", req.Namespace, "pod", req.Name)
-		return review.Deny(VerdictPodUnreadable, node.Refusal(nodeName, g.effect)+" (its tolerations could not be read: "+err.Error()+")")
+		return review.Deny(VerdictPodUnreadable, nodemark.Refusal(nodeName, node.Mark, g.effect)+" (its tolerations could not be read: "+err.Error()+")")
 	}
-	if nodecache.Tolerates(pod, g.effect) {
+	if nodemark.Tolerates(pod, g.effect) {
 		return review.Allow(VerdictTolerates)
 	}
-	return review.Deny(VerdictDenied, node.Refusal(nodeName, g.effect))
+	return review.Deny(VerdictDenied, nodemark.Refusal(nodeName, node.Mark, g.effect))
 }

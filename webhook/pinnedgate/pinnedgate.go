@@ -80,10 +80,10 @@ func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
 	if !node.Terminating() {
 		return review.Allow(VerdictNotTerminating)
 	}
-	if nodecache.Tolerates(pod, g.effect) {
+	if nodemark.Tolerates(pod, g.effect) {
 		return review.Allow(VerdictTolerates)
 	}
-	return review.Deny(VerdictDenied, node.Refusal(pod.Spec.NodeName, g.effect))
+	return review.Deny(VerdictDenied, nodemark.Refusal(pod.Spec.NodeName, node.Mark, g.effect))
 }
 
 // nodeUserPrefix starts the user name of a kubelet's node credentials; the

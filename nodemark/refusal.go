@@ -1,12 +1,10 @@
-package nodecache
+package nodemark
 
 import (
 	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-
-	"termgate.dev/termgate/nodemark"
 )
 
 // Tolerates reports whether pod may run on a terminating node: it tolerates
@@ -15,24 +13,24 @@ import (
 // the agent drains by; a drain-order annotation is a preference for the
 // drain, not a toleration, so it does not count here.
 func Tolerates(pod *corev1.Pod, effect corev1.TaintEffect) bool {
-	switch nodemark.DefaultDrainOrder(pod, effect).Wave {
-	case nodemark.WaveKeep, nodemark.WaveDelayed:
+	switch DefaultDrainOrder(pod, effect).Wave {
+	case WaveKeep, WaveDelayed:
 		return true
 	}
 	return false
 }
 
-// Refusal is the message a gate answers with when it keeps a pod off a
+// Refusal is the message the webhook answers with when it keeps a pod off a
 // terminating node: it names the node, why it goes away and when.
-func (n Node) Refusal(node string, effect corev1.TaintEffect) string {
+func Refusal(node string, m Mark, effect corev1.TaintEffect) string {
 	deadline := "unknown"
-	if !n.Mark.Deadline.IsZero() {
-		deadline = n.Mark.Deadline.UTC().Format(time.RFC3339)
+	if !m.Deadline.IsZero() {
+		deadline = m.Deadline.UTC().Format(time.RFC3339)
 	}
-	reason := string(n.Mark.Reason)
+	reason := string(m.Reason)
 	if reason == "" {
 		reason = "unknown reason"
 	}
 	return fmt.Sprintf("node %s is terminating (%s, deadline %s) and the pod does not tolerate taint %s:%s",
-		node, reason, deadline, nodemark.TaintKey, effect)
+		node, reason, deadline, TaintKey, effect)
 }
