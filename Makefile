@@ -122,7 +122,7 @@ test: binaries image lint
 
 ## demo: the main job end to end on a local cluster.
 demo: binaries build image
-	$(GO) run ./cmd/demo $(DEMO_FLAGS)
+	$(GO) run ./test/cmd/demo $(DEMO_FLAGS)
 
 ## cluster: the local cluster in the foreground until Ctrl-C.
 cluster: binaries

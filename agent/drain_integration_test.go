@@ -19,6 +19,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // workload110 is the mixed node of the drain test: what a busy Spot node
@@ -43,7 +44,7 @@ func (w *workload110) create(t *testing.T, node string) {
 	t.Helper()
 	ctx := context.Background()
 	c := env.Client
-	w.ns = kit.Namespace(t, c)
+	w.ns = testenv.Namespace(t, c)
 	w.ksName = "ks-" + rand.String(5)
 	onPool := kit.NodeSelector(w.pool)
 	must := func(_ any, err error) {
@@ -181,7 +182,7 @@ func TestPreemptionDrains110PodsInWavesBeforeTheDeadline(t *testing.T) {
 	labelNode(t, n.name, pool)
 	w := &workload110{pool: pool}
 	w.create(t, n.name)
-	kit.Eventually(t, 90*time.Second, "110 pods on "+n.name+" running or finished", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 90*time.Second, "110 pods on "+n.name+" running or finished", func(ctx context.Context) (bool, string, error) {
 		list, err := env.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + n.name})
 		if err != nil {
 			return false, "", err
@@ -218,7 +219,7 @@ func TestPreemptionDrains110PodsInWavesBeforeTheDeadline(t *testing.T) {
 	// Wait until the deadline (plus the fake kubelet's delete delay) or
 	// until every pod the policy evicts is gone, whichever comes first.
 	budget := time.Until(deadline) + 2*time.Second
-	kit.Eventually(t, budget, "every evictable pod gone", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, budget, "every evictable pod gone", func(ctx context.Context) (bool, string, error) {
 		pods, _, gone := log.snapshot()
 		left := 0
 		for k, p := range pods {

@@ -17,6 +17,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // pooledWorkload puts pods on n only (a label of its own): a Deployment of
@@ -27,7 +28,7 @@ func pooledWorkload(t *testing.T, n *node, regular, maxUnavailable, system int) 
 	ctx := context.Background()
 	pool := map[string]string{"termgate.dev/test-pool": rand.String(6)}
 	labelNode(t, n.name, pool)
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	c := env.Client
 	if _, err := c.AppsV1().Deployments(ns).Create(ctx, kit.Deployment(ns, "api", int32(regular), kit.NodeSelector(pool)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -35,7 +36,7 @@ func pooledWorkload(t *testing.T, n *node, regular, maxUnavailable, system int) 
 	if _, err := c.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, kit.PDB(ns, "api", maxUnavailable), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	kit.ExpectPodsRunning(t, c, ns, map[string]string{"app": "api"}, regular, 60*time.Second)
+	testenv.ExpectPodsRunning(t, c, ns, map[string]string{"app": "api"}, regular, 60*time.Second)
 	if system > 0 {
 		name := "ks-" + rand.String(5)
 		if _, err := c.AppsV1().Deployments("kube-system").Create(ctx, kit.Deployment("kube-system", name, int32(system), kit.NodeSelector(pool)), metav1.CreateOptions{}); err != nil {
@@ -44,7 +45,7 @@ func pooledWorkload(t *testing.T, n *node, regular, maxUnavailable, system int) 
 		t.Cleanup(func() {
 			_ = c.AppsV1().Deployments("kube-system").Delete(context.Background(), name, metav1.DeleteOptions{PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)})
 		})
-		kit.ExpectPodsRunning(t, c, "kube-system", map[string]string{"app": name}, system, 60*time.Second)
+		testenv.ExpectPodsRunning(t, c, "kube-system", map[string]string{"app": name}, system, 60*time.Second)
 	}
 	return ns
 }
@@ -79,7 +80,7 @@ func TestSIGTERMDuringDrainStillEmptiesNodeByDeadline(t *testing.T) {
 
 	n.md.SetPreempted(true)
 	m := n.expectMarked(t, nodemark.ReasonPreempted, nodemark.StateTerminating, corev1.TaintEffectNoSchedule, 2*time.Second)
-	kit.Eventually(t, 3*time.Second, "regular wave under way", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 3*time.Second, "regular wave under way", func(ctx context.Context) (bool, string, error) {
 		return n.agentLogHas("drain step started"), "", nil
 	})
 	if err := n.agent.Terminate(); err != nil {
@@ -87,7 +88,7 @@ func TestSIGTERMDuringDrainStillEmptiesNodeByDeadline(t *testing.T) {
 	}
 	signalled := time.Now()
 	n.expectEvent(t, nodemark.EventShutdownDuringDrain, "covers the deadline", 3*time.Second)
-	kit.Eventually(t, time.Until(m.Deadline), "every evictable pod gone before the deadline", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, time.Until(m.Deadline), "every evictable pod gone before the deadline", func(ctx context.Context) (bool, string, error) {
 		left, term, err := n.evictable(ctx)
 		return left == 0, fmt.Sprintf("%d left, %d terminating", left, term), err
 	})
@@ -115,7 +116,7 @@ func TestSIGTERMWithShortGraceEscalatesAtOnce(t *testing.T) {
 	}
 	signalled := time.Now()
 	n.expectEvent(t, nodemark.EventShutdownDuringDrain, "moving the system wave and escalations", 3*time.Second)
-	kit.Eventually(t, 5*time.Second, "every evictable pod deleted within the agent's grace", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 5*time.Second, "every evictable pod deleted within the agent's grace", func(ctx context.Context) (bool, string, error) {
 		left, term, err := n.evictable(ctx)
 		return left == term, fmt.Sprintf("%d left, %d terminating", left, term), err
 	})
@@ -152,7 +153,7 @@ func TestBrokenUpcomingMaintenanceDoesNotBlockPreemption(t *testing.T) {
 		}
 		n.spec.NoWait = true
 		n.start(t)
-		kit.Eventually(t, 5*time.Second, "preempted read", func(context.Context) (bool, string, error) {
+		testenv.Eventually(t, 5*time.Second, "preempted read", func(context.Context) (bool, string, error) {
 			return n.md.RequestCount(gcefake.KeyPreempted) > 0, "", nil
 		})
 		n.md.SetPreempted(true)
@@ -188,7 +189,7 @@ func TestNoEvictionAfterCancellation(t *testing.T) {
 		}
 		return late, sent, err
 	}
-	kit.Eventually(t, 5*time.Second, "evictions refused and retried", func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 5*time.Second, "evictions refused and retried", func(context.Context) (bool, string, error) {
 		_, sent, err := evictions(time.Time{})
 		return sent > 20, fmt.Sprintf("%d evictions and deletes sent", sent), err
 	})
@@ -230,7 +231,7 @@ func (n *node) withdrawalSeen(t *testing.T) time.Time {
 	t.Helper()
 	var seen time.Time
 	sel := "involvedObject.name=" + n.name + ",reason=" + nodemark.EventTerminationCancelled
-	kit.Eventually(t, 5*time.Second, "TerminationCancelled event on "+n.name, func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 5*time.Second, "TerminationCancelled event on "+n.name, func(ctx context.Context) (bool, string, error) {
 		list, err := env.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil || len(list.Items) == 0 {
 			return false, "none yet", err
@@ -266,7 +267,7 @@ func TestAgentStartingAfterThePreemptionAssumesLittleTimeLeft(t *testing.T) {
 func TestTolerationAddedAfterCreationIsHonoured(t *testing.T) {
 	n := newNode(t, cluster.NodeSpec{Spot: true}, "--preemption-notice=10s", "--system-grace=4s", "--system-escalate-before=2s")
 	ctx := context.Background()
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	pod := kit.Pod(ns, "late-tolerant", kit.OnNode(n.name))
 	pod.Annotations = map[string]string{nodemark.AnnotationDefaultDrainOrder: string(nodemark.WaveRegular)}
 	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
@@ -291,7 +292,7 @@ func TestTolerationAddedAfterCreationIsHonoured(t *testing.T) {
 	}
 	n.md.SetPreempted(true)
 	m := n.expectMarked(t, nodemark.ReasonPreempted, nodemark.StateTerminating, corev1.TaintEffectNoSchedule, 2*time.Second)
-	kit.ExpectPodGone(t, env.Client, plain, time.Until(m.Deadline))
+	testenv.ExpectPodGone(t, env.Client, plain, time.Until(m.Deadline))
 	kept, err := env.Client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 	if err != nil || kept.DeletionTimestamp != nil {
 		t.Fatalf("pod that tolerates the taint was drained: %v, deletion %v", err, kept.DeletionTimestamp)

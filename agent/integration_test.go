@@ -14,8 +14,8 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 var (
@@ -24,7 +24,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(kit.RunUnitsAndCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(2)}, &env, func(dir string) error {
+	os.Exit(testenv.RunUnitsAndCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(2)}, &env, func(dir string) error {
 		var err error
 		binary, err = localrun.Build(context.Background(), dir)
 		return err
@@ -54,7 +54,7 @@ func newNode(t *testing.T, spec cluster.NodeSpec, flags ...string) *node {
 // the metadata server up first.
 func prepareNode(t *testing.T, spec cluster.NodeSpec, flags ...string) *node {
 	t.Helper()
-	kit.NeedCluster(t, env)
+	testenv.NeedCluster(t, env)
 	ctx := context.Background()
 	if spec.Name == "" {
 		spec.Name = "n-" + rand.String(6)
@@ -126,7 +126,7 @@ func condition(node *corev1.Node) *corev1.NodeCondition {
 func (n *node) expectMarked(t *testing.T, reason nodemark.Reason, state nodemark.State, effect corev1.TaintEffect, budget time.Duration) nodemark.Mark {
 	t.Helper()
 	var m nodemark.Mark
-	kit.Eventually(t, budget, "node "+n.name+" marked "+string(reason), func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, budget, "node "+n.name+" marked "+string(reason), func(ctx context.Context) (bool, string, error) {
 		node := n.get(t)
 		var ok bool
 		var err error
@@ -142,7 +142,7 @@ func (n *node) expectMarked(t *testing.T, reason nodemark.Reason, state nodemark
 // expectUnmarked waits until nothing of termgate's is left on the node.
 func (n *node) expectUnmarked(t *testing.T, budget time.Duration) {
 	t.Helper()
-	kit.Eventually(t, budget, "node "+n.name+" restored", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, budget, "node "+n.name+" restored", func(ctx context.Context) (bool, string, error) {
 		node := n.get(t)
 		_, marked, _ := nodemark.Read(node.Annotations)
 		_, label := node.Labels[nodemark.LabelExcludeFromLB]

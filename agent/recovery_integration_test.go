@@ -16,6 +16,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // expectEvent waits for an event with reason on the node whose message
@@ -23,7 +24,7 @@ import (
 func (n *node) expectEvent(t *testing.T, reason, text string, budget time.Duration) {
 	t.Helper()
 	sel := fields.Set{"involvedObject.name": n.name, "reason": reason}.String()
-	kit.Eventually(t, budget, fmt.Sprintf("event %s mentioning %q on %s", reason, text, n.name), func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, budget, fmt.Sprintf("event %s mentioning %q on %s", reason, text, n.name), func(ctx context.Context) (bool, string, error) {
 		list, err := env.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil {
 			return false, "", err
@@ -116,7 +117,7 @@ func TestMetadataFaultsAndGarbageNeverMarkTheNode(t *testing.T) {
 	served := func(key string, extra int) {
 		t.Helper()
 		before := n.md.RequestCount(key)
-		kit.Eventually(t, 20*time.Second, fmt.Sprintf("%d more requests on %s", extra, key), func(context.Context) (bool, string, error) {
+		testenv.Eventually(t, 20*time.Second, fmt.Sprintf("%d more requests on %s", extra, key), func(context.Context) (bool, string, error) {
 			c := n.md.RequestCount(key)
 			return c >= before+extra, fmt.Sprintf("%d requests", c-before), nil
 		})
@@ -161,14 +162,14 @@ func TestAgentKilledMidDrainStillFinishesInTime(t *testing.T) {
 	n := newNode(t, cluster.NodeSpec{Spot: true}, "--preemption-notice=20s", "--system-grace=5s")
 	labelNode(t, n.name, pool)
 	ctx := context.Background()
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	if _, err := env.Client.AppsV1().Deployments(ns).Create(ctx, kit.Deployment(ns, "api", 30, kit.NodeSelector(pool)), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := env.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, kit.PDB(ns, "api", 3), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	kit.ExpectPodsRunning(t, env.Client, ns, map[string]string{"app": "api"}, 30, 60*time.Second)
+	testenv.ExpectPodsRunning(t, env.Client, ns, map[string]string{"app": "api"}, 30, 60*time.Second)
 	spare := cluster.NodeSpec{Name: n.name + "-spare", Zone: "us-central1-b", MachineType: "e2-standard-4"}
 	if err := env.AddNodes(ctx, spare); err != nil {
 		t.Fatal(err)
@@ -192,7 +193,7 @@ func TestAgentKilledMidDrainStillFinishesInTime(t *testing.T) {
 		}
 		return len(list.Items), terminating, nil
 	}
-	kit.Eventually(t, 5*time.Second, "drain under way", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 5*time.Second, "drain under way", func(ctx context.Context) (bool, string, error) {
 		all, term, err := onNode(ctx)
 		return term > 0 || all < 30, fmt.Sprintf("%d pods, %d terminating", all, term), err
 	})
@@ -202,7 +203,7 @@ func TestAgentKilledMidDrainStillFinishesInTime(t *testing.T) {
 	if !again.Deadline.Equal(m.Deadline) {
 		t.Errorf("restarted agent moved the deadline from %s to %s", m.Deadline, again.Deadline)
 	}
-	kit.Eventually(t, time.Until(m.Deadline)+time.Second, "every pod gone from "+n.name, func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, time.Until(m.Deadline)+time.Second, "every pod gone from "+n.name, func(ctx context.Context) (bool, string, error) {
 		all, term, err := onNode(ctx)
 		return all == 0, fmt.Sprintf("%d pods left, %d terminating", all, term), err
 	})

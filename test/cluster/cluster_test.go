@@ -20,12 +20,13 @@ import (
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 var shared *cluster.Cluster
 
 func TestMain(m *testing.M) {
-	os.Exit(kit.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(4)}, &shared))
+	os.Exit(testenv.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(4)}, &shared))
 }
 
 func cl(t *testing.T) *cluster.Cluster {
@@ -77,7 +78,7 @@ func TestNodesLookLikeGCEVMs(t *testing.T) {
 func TestEvictionHonoursPodDisruptionBudget(t *testing.T) {
 	c := cl(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, c.Client)
+	ns := testenv.Namespace(t, c.Client)
 	// The pods go to one node through a label that is removed once they run,
 	// so replacements stay Pending and cannot refill the budget between the
 	// two evictions.
@@ -100,9 +101,9 @@ func TestEvictionHonoursPodDisruptionBudget(t *testing.T) {
 	if _, err := c.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, kit.PDB(ns, "web", 1), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create PDB: %v", err)
 	}
-	pods := kit.ExpectPodsRunning(t, c.Client, ns, map[string]string{"app": "web"}, 2, 60*time.Second)
+	pods := testenv.ExpectPodsRunning(t, c.Client, ns, map[string]string{"app": "web"}, 2, 60*time.Second)
 	setLabel(nil)
-	kit.Eventually(t, 30*time.Second, "PDB allows one disruption", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, "PDB allows one disruption", func(ctx context.Context) (bool, string, error) {
 		pdb, err := c.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {
 			return false, "", err
@@ -123,7 +124,7 @@ func TestEvictionHonoursPodDisruptionBudget(t *testing.T) {
 	if !apierrors.IsTooManyRequests(err) {
 		t.Fatalf("second eviction: got %v, want 429 Too Many Requests from the PDB", err)
 	}
-	kit.ExpectPodGone(t, c.Client, &pods[0], 40*time.Second)
+	testenv.ExpectPodGone(t, c.Client, &pods[0], 40*time.Second)
 }
 
 // Stop must leave no process and no listening port behind.

@@ -15,9 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 
 	"termgate.dev/termgate/test/cluster"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/scenario"
+	"termgate.dev/termgate/test/testenv"
 )
 
 var (
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run()) // every test skips without the environment
 	}
 	nodes := cluster.DefaultNodes(6)
-	code := kit.RunWithCluster(m, cluster.Options{Nodes: nodes}, &shared, func(dir string) error {
+	code := testenv.RunWithCluster(m, cluster.Options{Nodes: nodes}, &shared, func(dir string) error {
 		ctx := context.Background()
 		bin, err := localrun.Build(ctx, dir)
 		if err != nil {

@@ -1,12 +1,13 @@
-// Package kit holds the test helpers every termgate integration test uses:
-// object builders with defaults and generated names, and Expect helpers that
-// poll the API with a deadline and fail the test with what they last saw.
+// Package kit holds what termgate's tests, demo and benchmarks share:
+// object builders with defaults, namespaces, and polling with a deadline
+// that says what it last saw. It does not import the testing package, so
+// the demo and benchmark binaries can use it; test/testenv has the helpers
+// that need a *testing.T.
 package kit
 
 import (
 	"context"
 	"fmt"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,27 +19,6 @@ import (
 
 // PollInterval is how often Expect helpers re-read the API.
 const PollInterval = 25 * time.Millisecond
-
-// Namespace creates a namespace with a generated name, waits for its default
-// ServiceAccount (pods cannot be created before the controller-manager makes
-// it) and deletes the namespace when the test ends.
-func Namespace(t testing.TB, client kubernetes.Interface) string {
-	t.Helper()
-	ctx := context.Background()
-	ns, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "tg-"},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	})
-	if err := WaitDefaultServiceAccount(ctx, client, ns.Name); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
-}
 
 // EnsureNamespace creates namespace ns unless it exists, and waits until
 // pods can be created in it.
@@ -70,17 +50,8 @@ func WaitDefaultServiceAccount(ctx context.Context, client kubernetes.Interface,
 // Condition reports whether the expectation holds, and if not, what it saw.
 type Condition func(ctx context.Context) (ok bool, seen string, err error)
 
-// Eventually polls cond until it holds or budget runs out. The budget must
-// come from the system under test (a deadline, a grace period), never from a
-// guess about how fast the machine is.
-func Eventually(t testing.TB, budget time.Duration, what string, cond Condition) {
-	t.Helper()
-	if err := Poll(context.Background(), budget, cond); err != nil {
-		t.Fatalf("expected %s within %s: %v", what, budget, err)
-	}
-}
-
-// Poll is Eventually for code that is not a test (the demo, benchmarks).
+// Poll polls cond until it holds or budget runs out, and says what it
+// last saw; testenv.Eventually is the same for tests.
 func Poll(ctx context.Context, budget time.Duration, cond Condition) error {
 	var seen string
 	err := wait.PollUntilContextTimeout(ctx, PollInterval, budget, true, func(ctx context.Context) (bool, error) {

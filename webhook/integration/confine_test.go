@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/review"
@@ -60,7 +61,7 @@ func agentPodReads(t *testing.T, registry *prometheus.Registry) float64 {
 // expectFollowed waits until the webhook holds the pods of node in memory.
 func expectFollowed(t *testing.T, node string) {
 	t.Helper()
-	kit.Eventually(t, 10*time.Second, "the webhook holds the pods of "+node, func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "the webhook holds the pods of "+node, func(context.Context) (bool, string, error) {
 		return wh.pods.Synced(node), "not listed yet", nil
 	})
 }
@@ -75,7 +76,7 @@ func TestTheAgentIsConfinedToItsOwnNode(t *testing.T) {
 	agent := agentClient(t, own)
 	for _, marked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("node marked %v", marked), func(t *testing.T) {
-			ns := kit.Namespace(t, env.Client)
+			ns := testenv.Namespace(t, env.Client)
 			createPod(t, kit.Pod(ns, "here", kit.OnNode(own)))
 			createPod(t, kit.Pod(ns, "there", kit.OnNode(other)))
 			createPod(t, kit.Pod(ns, "there-too", kit.OnNode(other)))
@@ -108,7 +109,7 @@ func TestTheAgentIsConfinedToItsOwnNode(t *testing.T) {
 // node-name extra but no pod-name; it is not what the DaemonSet's pods get,
 // so the confinement refuses it even on its own node.
 func TestATokenBoundToTheNodeObjectMayNotEvict(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	own := nodeNames(t)[0]
 	agentIdentity(t, own) // installs the shipped RBAC of the agent's account
 	createPod(t, kit.Pod(ns, "here", kit.OnNode(own)))
@@ -156,7 +157,7 @@ const (
 func TestADrainIsConfinedWithoutReadingEachPod(t *testing.T) {
 	names := nodeNames(t)
 	oldNode, newNode := names[1], names[2]
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	for i := range drainPods {
 		createPod(t, kit.Pod(ns, fmt.Sprintf("old-%d", i), kit.OnNode(oldNode)))
 		createPod(t, kit.Pod(ns, fmt.Sprintf("new-%d", i), kit.OnNode(newNode)))

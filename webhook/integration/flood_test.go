@@ -20,6 +20,7 @@ import (
 
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // Flood shape: bounded in count and time, loopback only.
@@ -46,7 +47,7 @@ const (
 // (had the call failed, failurePolicy Ignore would let the bind through),
 // and the process's peak resident memory must stay under the limit.
 func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	dying := nodeNames(t)[0]
 	bin, err := localrun.Build(ctx(t), t.TempDir())
 	if err != nil {
@@ -86,7 +87,7 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 	refused := func(err error) bool {
 		return err != nil && strings.Contains(err.Error(), "node "+dying+" is terminating")
 	}
-	kit.Eventually(t, 15*time.Second, "the webhook process refuses binds onto "+dying, func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 15*time.Second, "the webhook process refuses binds onto "+dying, func(ctx context.Context) (bool, string, error) {
 		if _, err := bind(ctx); !refused(err) {
 			if err == nil {
 				return false, "", fmt.Errorf("pod bound to the terminating node before the flood: the webhook did not answer")

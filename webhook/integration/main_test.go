@@ -37,6 +37,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
@@ -59,7 +60,7 @@ func run(m *testing.M) int {
 	// certwatcher logs through controller-runtime's global logger.
 	ctrllog.SetLogger(logr.Discard())
 	var stop func()
-	code := kit.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(3)}, &env, func(string) error {
+	code := testenv.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(3)}, &env, func(string) error {
 		var err error
 		wh, stop, err = startWebhook(env)
 		if err != nil {

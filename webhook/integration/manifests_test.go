@@ -17,8 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 
 	"termgate.dev/termgate/test/cluster"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // kubectl runs the repository's kubectl (the control-plane binary) against
@@ -121,7 +121,7 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 
 	// The shipped Deployment, in a namespace of its own; only its placement
 	// is under test (kwok plays the kubelet, the image never runs).
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	dep := findObject(t, builtObjects(t, kubectl(t, "kustomize", filepath.Join("manifests", "base"))), "Deployment", "termgate-webhook")
 	dep.SetNamespace(ns)
 	deployment := &appsv1.Deployment{}
@@ -145,7 +145,7 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 
 	replicas := int(*deployment.Spec.Replicas)
 	var pods []corev1.Pod
-	kit.Eventually(t, scheduleBudget, "webhook replicas bound", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, scheduleBudget, "webhook replicas bound", func(ctx context.Context) (bool, string, error) {
 		list, err := env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
 		if err != nil {
 			return false, "", err

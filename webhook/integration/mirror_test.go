@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // impersonating returns a client acting as user (in groups) through the
@@ -62,7 +63,7 @@ func refusal(err error, podName string) string {
 }
 
 func TestOnlyTheNodeItselfBringsAMirrorPodOntoATerminatingNode(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	names := nodeNames(t)
 	dying, healthy := names[0], names[1]
 	markNode(t, dying, true)

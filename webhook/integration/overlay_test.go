@@ -28,6 +28,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // policyPropagation bounds how long the API server takes to enforce a
@@ -236,7 +237,7 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	// Dry runs go through admission without writing anything.
 	dryRun := metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}, FieldManager: nodemark.FieldManager}
 	annotate := mustJSON(t, map[string]any{"metadata": map[string]any{"annotations": map[string]any{nodemark.AnnotationState: "advance"}}})
-	kit.Eventually(t, policyPropagation, "the renamed policy refusing a patch of another node", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, policyPropagation, "the renamed policy refusing a patch of another node", func(ctx context.Context) (bool, string, error) {
 		_, err := agent.CoreV1().Nodes().Patch(ctx, other, types.MergePatchType, annotate, dryRun)
 		if err == nil {
 			return false, "patch of " + other + " allowed", nil
@@ -270,7 +271,7 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	}
 	t.Cleanup(w.Stop)
 
-	work := kit.Namespace(t, env.Client)
+	work := testenv.Namespace(t, env.Client)
 	createPod(t, kit.Pod(work, "here", kit.OnNode(own)))
 	createPod(t, kit.Pod(work, "there", kit.OnNode(other)))
 	err = evict(agent, t, work, "there")

@@ -15,6 +15,7 @@ import (
 
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // TestSelfManagedCertificatesAreIssuedInjectedAndServed runs a second
@@ -23,7 +24,7 @@ import (
 // configurations (copies of the shipped ones, limited to one namespace), the
 // syncer writes the pair to disk, and the API server then calls it.
 func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	const configName = "termgate-self-managed-test"
 	if err := kit.EnsureNamespace(t.Context(), env.Client, "termgate"); err != nil {
 		t.Fatal(err)
@@ -66,13 +67,13 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 		done <- struct{}{}
 	}()
 
-	kit.Eventually(t, 30*time.Second, "serving certificate written and loaded", func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, "serving certificate written and loaded", func(context.Context) (bool, string, error) {
 		if err := reloader.Loaded(); err != nil {
 			return false, err.Error(), nil
 		}
 		return true, "", nil
 	})
-	kit.Eventually(t, 30*time.Second, "the API server calling the self-managed webhook", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, "the API server calling the self-managed webhook", func(ctx context.Context) (bool, string, error) {
 		if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, kit.Pod(ns, "probe"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
 			return false, err.Error(), nil
 		}
@@ -84,7 +85,7 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 	if _, err := adm.Patch(ctx, configName, types.JSONPatchType, []byte(`[{"op":"replace","path":"/webhooks/0/clientConfig/caBundle","value":"c3RhbGU="}]`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	kit.Eventually(t, 10*time.Second, "the CA bundle re-injected", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "the CA bundle re-injected", func(ctx context.Context) (bool, string, error) {
 		secret, err := env.Client.CoreV1().Secrets("termgate").Get(ctx, "self-managed-test-certs", metav1.GetOptions{})
 		if err != nil {
 			return false, "", err

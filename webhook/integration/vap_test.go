@@ -20,8 +20,8 @@ import (
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // Marks an administrator put on the node before the agent touches it, so
@@ -464,7 +464,7 @@ func TestTheWebhookMayChangeOnlyTheCABundleOfItsConfigurations(t *testing.T) {
 	widen := op("add", "/webhooks/0/rules/-", map[string]any{
 		"apiGroups": []string{"*"}, "apiVersions": []string{"*"}, "operations": []string{"*"}, "resources": []string{"*/*"},
 	})
-	kit.Eventually(t, policyPropagation, "the CA bundle policy refusing wider rules", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, policyPropagation, "the CA bundle policy refusing wider rules", func(ctx context.Context) (bool, string, error) {
 		err := validating(ctx, widen)
 		if err == nil {
 			return false, "wider rules allowed", nil

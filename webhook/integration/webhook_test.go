@@ -23,6 +23,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // The scheduler retries a refused pod after at most 10 s of backoff; budgets
@@ -71,7 +72,7 @@ func markNode(t *testing.T, node string, taint bool) nodemark.Mark {
 		}
 	})
 	t.Cleanup(func() { unmarkNode(t, node) })
-	kit.Eventually(t, 10*time.Second, "webhook cache sees "+node+" terminating", func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" terminating", func(context.Context) (bool, string, error) {
 		n, _ := wh.nodes.Lookup(node)
 		return n.Terminating(), "not yet", nil
 	})
@@ -98,7 +99,7 @@ func unmarkNode(t *testing.T, node string) {
 		}
 		n.Spec.Taints = keep
 	})
-	kit.Eventually(t, 10*time.Second, "webhook cache sees "+node+" unmarked", func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" unmarked", func(context.Context) (bool, string, error) {
 		n, _ := wh.nodes.Lookup(node)
 		return !n.Terminating(), "still terminating", nil
 	})
@@ -106,7 +107,7 @@ func unmarkNode(t *testing.T, node string) {
 
 func patchNode(t *testing.T, name string, mutate func(*corev1.Node)) {
 	t.Helper()
-	kit.Eventually(t, 10*time.Second, "update node "+name, func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "update node "+name, func(ctx context.Context) (bool, string, error) {
 		n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -145,7 +146,7 @@ func createPod(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 func expectBound(t *testing.T, ns, name string, budget time.Duration) string {
 	t.Helper()
 	var node string
-	kit.Eventually(t, budget, "pod "+name+" bound", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, budget, "pod "+name+" bound", func(ctx context.Context) (bool, string, error) {
 		p, err := env.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error(), nil
@@ -157,14 +158,14 @@ func expectBound(t *testing.T, ns, name string, budget time.Duration) string {
 }
 
 func TestSchedulerBindOntoATerminatingNodeIsRefusedAndThePodLandsElsewhere(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	dying := nodeNames(t)[0]
 	// The mark without the taint: the scheduler still likes the node, so
 	// only the webhook stands between the pod and the node.
 	markNode(t, dying, false)
 	createPod(t, kit.Pod(ns, "web", preferNode(dying)))
 
-	kit.Eventually(t, scheduleBudget, "a FailedScheduling event naming the terminating node", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, scheduleBudget, "a FailedScheduling event naming the terminating node", func(ctx context.Context) (bool, string, error) {
 		evs, err := env.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=web"})
 		if err != nil {
 			return false, "", err
@@ -189,7 +190,7 @@ func TestSchedulerBindOntoATerminatingNodeIsRefusedAndThePodLandsElsewhere(t *te
 }
 
 func TestAPodThatToleratesTheTaintBindsOntoATerminatingNode(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	dying := nodeNames(t)[0]
 	markNode(t, dying, true)
 	createPod(t, kit.Pod(ns, "keeper",
@@ -201,7 +202,7 @@ func TestAPodThatToleratesTheTaintBindsOntoATerminatingNode(t *testing.T) {
 }
 
 func TestPinnedPodsOntoATerminatingNode(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	dying := nodeNames(t)[0]
 	markNode(t, dying, true)
 
@@ -221,7 +222,7 @@ func TestPinnedPodsOntoATerminatingNode(t *testing.T) {
 }
 
 func TestDrainOrderIsStamped(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	plain := createPod(t, kit.Pod(ns, "plain"))
 	if got := plain.Annotations[nodemark.AnnotationDefaultDrainOrder]; got != "regular" {
 		t.Fatalf("plain pod stamped %q, want regular", got)
@@ -249,7 +250,7 @@ func TestDrainOrderIsStamped(t *testing.T) {
 }
 
 func TestWithTheWebhookUnreachablePodsStillScheduleAndCreate(t *testing.T) {
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	dying := nodeNames(t)[0]
 	markNode(t, dying, false)
 	// Point every registration at a port nobody listens on.
@@ -288,7 +289,7 @@ func TestARotatedCertificateIsServedWithoutRestart(t *testing.T) {
 	if err := certs.WriteFiles(wh.certDir, pems.Cert, pems.Key); err != nil {
 		t.Fatal(err)
 	}
-	kit.Eventually(t, 15*time.Second, "the new certificate served", func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 15*time.Second, "the new certificate served", func(context.Context) (bool, string, error) {
 		return !bytes.Equal(servedCert(t, wh.addr), before), "old certificate", nil
 	})
 	// Trust only the new CA: stamping works only if the new pair is served.

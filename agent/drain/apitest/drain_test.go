@@ -20,6 +20,7 @@ import (
 	"termgate.dev/termgate/agent/drain"
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // evictionLog records when each eviction request left the client.
@@ -74,7 +75,7 @@ func warmSource(t *testing.T, client kubernetes.Interface, node string, want int
 	done := make(chan struct{})
 	go func() { defer close(done); src.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	kit.Eventually(t, 30*time.Second, fmt.Sprintf("%d pods cached for %s", want, node), func(context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d pods cached for %s", want, node), func(context.Context) (bool, string, error) {
 		n := len(src.List())
 		return src.HasSynced() && n == want, fmt.Sprintf("%d cached", n), nil
 	})
@@ -104,7 +105,7 @@ func markFor(window time.Duration) nodemark.Mark {
 // `make bench-agent`, not asserted here.
 func TestAHundredAndTenPodsAreAllEvictedInTheRegularWave(t *testing.T) {
 	const node, others, n = "spot-0", "ondemand-2", 110
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	var pods []*corev1.Pod
 	for i := range n {
 		pods = append(pods, kit.Pod(ns, fmt.Sprintf("web-%03d", i), kit.OnNode(node)))
@@ -137,16 +138,16 @@ func TestAHundredAndTenPodsAreAllEvictedInTheRegularWave(t *testing.T) {
 
 func TestADisruptionBudgetHoldsEvictionsUntilTheCutoff(t *testing.T) {
 	const node = "spot-1"
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	budget := kit.PDB(ns, "db", 0)
 	if _, err := env.Client.PolicyV1().PodDisruptionBudgets(ns).Create(context.Background(), budget, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	db := createPods(t, kit.Pod(ns, "db", kit.OnNode(node)))[0]
-	kit.ExpectPodsRunning(t, env.Client, ns, map[string]string{"app": "db"}, 1, 30*time.Second)
+	testenv.ExpectPodsRunning(t, env.Client, ns, map[string]string{"app": "db"}, 1, 30*time.Second)
 	// The disruption controller must have computed the budget, or the API
 	// server refuses every eviction for another reason.
-	kit.Eventually(t, 30*time.Second, "budget observed", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, "budget observed", func(ctx context.Context) (bool, string, error) {
 		b, err := env.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "db", metav1.GetOptions{})
 		if err != nil {
 			return false, "", err
@@ -172,12 +173,12 @@ func TestADisruptionBudgetHoldsEvictionsUntilTheCutoff(t *testing.T) {
 	if time.Now().After(mark.Deadline) {
 		t.Errorf("drain ended %s after the deadline", time.Since(mark.Deadline))
 	}
-	kit.ExpectPodGone(t, env.Client, db, time.Second)
+	testenv.ExpectPodGone(t, env.Client, db, time.Second)
 }
 
 func TestAPodWithAHugeGracePeriodIsShortenedToEndByTheDeadline(t *testing.T) {
 	const node = "spot-1"
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	hog := kit.Pod(ns, "hog", kit.OnNode(node))
 	hog.Finalizers = []string{"termgate.dev/test-hold"}
 	hog = createPods(t, hog)[0]
@@ -216,7 +217,7 @@ func TestAPodWithAHugeGracePeriodIsShortenedToEndByTheDeadline(t *testing.T) {
 
 func TestADryRunLeavesEveryPodInPlace(t *testing.T) {
 	const node = "ondemand-2"
-	ns := kit.Namespace(t, env.Client)
+	ns := testenv.Namespace(t, env.Client)
 	pods := createPods(t, kit.Pod(ns, "web", kit.OnNode(node)), kit.Pod(ns, "dns", kit.OnNode(node), func(p *corev1.Pod) {
 		p.Spec.PriorityClassName = nodemark.PriorityClassClusterCritical
 	}))

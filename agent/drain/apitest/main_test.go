@@ -9,11 +9,11 @@ import (
 	"testing"
 
 	"termgate.dev/termgate/test/cluster"
-	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 var env *cluster.Cluster
 
 func TestMain(m *testing.M) {
-	os.Exit(kit.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(3)}, &env))
+	os.Exit(testenv.RunWithCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(3)}, &env))
 }

@@ -36,6 +36,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/testenv"
 )
 
 var (
@@ -57,7 +58,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run()) // every test skips without the environment
 	}
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), CertManager: true}
-	code := kit.RunWithCluster(m, opts, &shared, func(dir string) error {
+	code := testenv.RunWithCluster(m, opts, &shared, func(dir string) error {
 		var err error
 		binary, err = localrun.Build(context.Background(), dir)
 		return err
@@ -171,11 +172,11 @@ func TestCertManagerIssuesInjectsAndServesTheOverlayCertificate(t *testing.T) {
 func TestCertManagerWebhookRefusesABindOntoAMarkedNode(t *testing.T) {
 	started(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	// Wait until the webhook's node cache holds the mark: a pinned pod's
 	// dry-run is refused by the same cache the bind gate reads. The cache is
 	// an informer; 10 s is far beyond its watch latency.
-	kit.Eventually(t, 10*time.Second, "the webhook to see the mark on "+markedNode, func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "the webhook to see the mark on "+markedNode, func(ctx context.Context) (bool, string, error) {
 		failed := checkRefused(ctx, ns, markedNode)
 		return failed == "", failed, nil
 	})
@@ -207,7 +208,7 @@ func TestCertManagerWebhookRefusesABindOntoAMarkedNode(t *testing.T) {
 func TestCertManagerServingCertificateRotationDropsNoAdmissionCall(t *testing.T) {
 	w := started(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	before, err := w.ServedCertificate(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -268,7 +269,7 @@ func TestCertManagerServingCertificateRotationDropsNoAdmissionCall(t *testing.T)
 func TestCertManagerCARotationReinjectsAndCallsSucceedOnceBothSidesMoved(t *testing.T) {
 	w := started(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	bundleBefore, err := w.InjectedBundle(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline deletes the
@@ -22,7 +22,7 @@ import (
 func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	record := t.TempDir()
 	// A PodDisruptionBudget of one at a time and 3 s of work after SIGTERM
 	// stretch the drain over several seconds, so the agent is deleted in
@@ -38,7 +38,7 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	if _, err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create PDB: %v", err)
 	}
-	kit.Eventually(t, 10*time.Second, "the PDB computed", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "the PDB computed", func(ctx context.Context) (bool, string, error) {
 		p, err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, "work", metav1.GetOptions{})
 		if err != nil {
 			return false, "", err
@@ -49,8 +49,8 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 
 	noticed := time.Now()
 	md.SetPreempted(true)
-	kit.Eventually(t, 5*time.Second, "the agent's pod marking the node", marked)
-	kit.Eventually(t, preemptionNotice, "the drain under way (a first SIGTERM)", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 5*time.Second, "the agent's pod marking the node", marked)
+	testenv.Eventually(t, preemptionNotice, "the drain under way (a first SIGTERM)", func(ctx context.Context) (bool, string, error) {
 		for _, p := range before {
 			if r, err := readRecord(record, p.Name); err == nil && !r.sigterm.IsZero() {
 				return true, "", nil
@@ -77,7 +77,7 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	if _, err := shared.Client.AppsV1().DaemonSets(termgateNS).Patch(ctx, "termgate-agent", types.JSONPatchType, []byte(away), metav1.PatchOptions{}); err != nil {
 		t.Fatalf("move the agent DaemonSet off the node: %v", err)
 	}
-	kit.Eventually(t, 5*time.Second, "the agent's pod deleted by its DaemonSet", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 5*time.Second, "the agent's pod deleted by its DaemonSet", func(ctx context.Context) (bool, string, error) {
 		p, err := shared.Client.CoreV1().Pods(termgateNS).Get(ctx, agent.Name, metav1.GetOptions{})
 		if err != nil {
 			return true, "", nil // already gone: it did not wait for the drain
@@ -88,7 +88,7 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	t.Logf("agent pod %s deleted %s after the notice", agent.Name, deletedAt.Sub(noticed).Round(time.Millisecond))
 
 	deadline := noticed.Add(preemptionNotice)
-	kit.Eventually(t, time.Until(deadline), "every workload pod drained before the notice runs out", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, time.Until(deadline), "every workload pod drained before the notice runs out", func(ctx context.Context) (bool, string, error) {
 		for _, p := range before {
 			r, err := readRecord(record, p.Name)
 			if err != nil || r.exit.IsZero() {

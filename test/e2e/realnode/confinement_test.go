@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // TestRealNodeAgentTokenIsConfinedToItsOwnNode uses the token the kubelet
@@ -24,7 +25,7 @@ import (
 func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	agent := agentPodReady(ctx)
 	if agent == nil {
 		t.Fatal("no Ready agent pod on the real node")
@@ -57,7 +58,7 @@ func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	if err != nil {
 		t.Errorf("the agent's token could not evict a pod on its own node: %v", err)
 	}
-	kit.Eventually(t, 15*time.Second, "the evicted pod on the real node gone", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 15*time.Second, "the evicted pod on the real node gone", func(ctx context.Context) (bool, string, error) {
 		_, err := shared.Client.CoreV1().Pods(ns).Get(ctx, own.Name, metav1.GetOptions{})
 		return err != nil, "still there", nil
 	})

@@ -17,6 +17,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // workDeployment runs the termrecord image: each pod writes when SIGTERM
@@ -70,7 +71,7 @@ func startWorkOnRealNode(t *testing.T, d *appsv1.Deployment) []corev1.Pod {
 	})
 	var pods []corev1.Pod
 	// Image present, sandbox and container start: seconds on this node.
-	kit.Eventually(t, 60*time.Second, "the workload running on the real node", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 60*time.Second, "the workload running on the real node", func(ctx context.Context) (bool, string, error) {
 		pods = podsOn(ctx, d.Namespace, d.Spec.Selector.MatchLabels, node.Name, true)
 		return len(pods) == int(*d.Spec.Replicas), fmt.Sprintf("%d running", len(pods)), nil
 	})

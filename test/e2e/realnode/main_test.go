@@ -21,8 +21,8 @@ import (
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/realnodeinstall"
+	"termgate.dev/termgate/test/testenv"
 )
 
 const termgateNS = realnodeinstall.Namespace
@@ -43,7 +43,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(3), RealNode: true}
-	code := kit.RunUnitsAndCluster(m, opts, &shared, func(dir string) error {
+	code := testenv.RunUnitsAndCluster(m, opts, &shared, func(dir string) error {
 		return install(context.Background(), dir)
 	})
 	if fleet != nil {
@@ -115,7 +115,7 @@ func podReady(p *corev1.Pod) bool { return realnodeinstall.PodReady(p) }
 // the machine cannot run the real node, with the exact reason.
 func needRealNode(t *testing.T) {
 	t.Helper()
-	kit.NeedCluster(t, shared)
+	testenv.NeedCluster(t, shared)
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // The shipped agent flags: --preemption-notice=30s --system-grace=10s.
@@ -30,7 +31,7 @@ const (
 func TestRealNodePreemptionIsMarkedByTheAgentPodAndRealContainersGetTheirGrace(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	record := t.TempDir()
 	const delay, grace = 2 * time.Second, int64(10)
 	work := workDeployment(ns, "work", 2, record, delay, grace)
@@ -39,7 +40,7 @@ func TestRealNodePreemptionIsMarkedByTheAgentPodAndRealContainersGetTheirGrace(t
 
 	noticed := time.Now()
 	md.SetPreempted(true)
-	kit.Eventually(t, 5*time.Second, "the agent's pod marking the node", marked)
+	testenv.Eventually(t, 5*time.Second, "the agent's pod marking the node", marked)
 	t.Logf("marked %s after the notice", time.Since(noticed).Round(time.Millisecond))
 
 	// The webhook, reached by the API server through the Service's
@@ -63,7 +64,7 @@ func TestRealNodePreemptionIsMarkedByTheAgentPodAndRealContainersGetTheirGrace(t
 
 	// Regular pods are drained before the system grace, and each container
 	// must have had SIGTERM and the time it asked for.
-	kit.Eventually(t, preemptionNotice-systemGrace+time.Duration(grace)*time.Second, "the workload off the real node",
+	testenv.Eventually(t, preemptionNotice-systemGrace+time.Duration(grace)*time.Second, "the workload off the real node",
 		func(ctx context.Context) (bool, string, error) {
 			for _, p := range before {
 				r, err := readRecord(record, p.Name)
@@ -87,11 +88,11 @@ func TestRealNodePreemptionIsMarkedByTheAgentPodAndRealContainersGetTheirGrace(t
 				r.sigterm.Sub(noticed).Round(time.Millisecond), r.exit.Sub(r.sigterm).Round(time.Millisecond))
 		}
 	}
-	kit.Eventually(t, 30*time.Second, "replacements Ready on the kwok nodes", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, "replacements Ready on the kwok nodes", func(ctx context.Context) (bool, string, error) {
 		off := podsOn(ctx, ns, work.Spec.Selector.MatchLabels, node.Name, false)
 		return len(off) == int(*work.Spec.Replicas), fmt.Sprintf("%d Ready elsewhere", len(off)), nil
 	})
 
 	md.SetPreempted(false)
-	kit.Eventually(t, 10*time.Second, "the node restored once the notice is withdrawn", unmarked)
+	testenv.Eventually(t, 10*time.Second, "the node restored once the notice is withdrawn", unmarked)
 }

@@ -13,6 +13,7 @@ import (
 
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack kills
@@ -23,7 +24,7 @@ import (
 func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	t.Cleanup(func() {
 		if err := waitInstalled(context.Background()); err != nil {
 			t.Errorf("webhook not back after the test: %v", err)
@@ -48,7 +49,7 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 	if _, err := shared.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
 	}
-	kit.Eventually(t, 30*time.Second, "pods scheduled and Ready while the webhook is down", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 30*time.Second, "pods scheduled and Ready while the webhook is down", func(ctx context.Context) (bool, string, error) {
 		ready := podsOn(ctx, ns, d.Spec.Selector.MatchLabels, node.Name, false)
 		return len(ready) == 3, fmt.Sprintf("%d Ready", len(ready)), nil
 	})
@@ -64,7 +65,7 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 	// the injected CA bundle, else the call fails open and the pod lands).
 	kwokNode := firstKwokNode(t)
 	markByHand(t, kwokNode)
-	kit.Eventually(t, 10*time.Second, "a pinned pod onto the marked kwok node refused", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "a pinned pod onto the marked kwok node refused", func(ctx context.Context) (bool, string, error) {
 		p := kit.Pod(ns, "pinned-"+fmt.Sprint(time.Now().UnixNano()), kit.OnNode(kwokNode))
 		_, err := shared.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 		if err == nil {

@@ -26,6 +26,7 @@ import (
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/realnodeinstall"
+	"termgate.dev/termgate/test/testenv"
 )
 
 // The names the shipped cert-manager overlay gives its objects.
@@ -138,12 +139,12 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 	// webhook, called by the API server through the Service's endpoint and
 	// trusted through the injected bundle, can refuse it. Were the call to
 	// fail (TLS, routing), the policy fails open and the pod would land.
-	ns := kit.Namespace(t, shared.Client)
+	ns := testenv.Namespace(t, shared.Client)
 	kwokNode := firstKwokNode(t)
 	markByHand(t, kwokNode)
 	// The webhook's node cache is an informer: the mark reaches it well
 	// within 10 s.
-	kit.Eventually(t, 10*time.Second, "a pinned pod onto the marked node "+kwokNode+" refused", func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 10*time.Second, "a pinned pod onto the marked node "+kwokNode+" refused", func(ctx context.Context) (bool, string, error) {
 		p := kit.Pod(ns, "pinned-"+strconv.FormatInt(time.Now().UnixNano(), 36), kit.OnNode(kwokNode))
 		_, err := shared.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 		if err == nil {

@@ -19,8 +19,8 @@ import (
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
-	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/realnodeinstall"
+	"termgate.dev/termgate/test/testenv"
 )
 
 var (
@@ -38,7 +38,7 @@ var (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), RealNode: true, CertManager: true}
-	code := kit.RunWithCluster(m, opts, &shared, func(dir string) error {
+	code := testenv.RunWithCluster(m, opts, &shared, func(dir string) error {
 		return prepare(context.Background(), dir)
 	})
 	if fleet != nil {
@@ -82,7 +82,7 @@ func prepare(ctx context.Context, dir string) error {
 // with the exact reason.
 func needRealNode(t *testing.T) {
 	t.Helper()
-	kit.NeedCluster(t, shared)
+	testenv.NeedCluster(t, shared)
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}

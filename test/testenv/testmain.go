@@ -1,4 +1,4 @@
-package kit
+package testenv
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 // the cluster's directory, runs the tests, stops the cluster and returns the
 // exit code.
 //
-//	func TestMain(m *testing.M) { os.Exit(kit.RunWithCluster(m, cluster.Options{}, &env)) }
+//	func TestMain(m *testing.M) { os.Exit(testenv.RunWithCluster(m, cluster.Options{}, &env)) }
 //
 // Under -short the package holds only integration tests, so none runs and
 // nothing starts; packages that mix unit tests in use RunUnitsAndCluster.
