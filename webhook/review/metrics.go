@@ -22,29 +22,29 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_webhook_decisions_total",
+			Namespace: "termgate", Subsystem: "webhook", Name: "decisions_total",
 			Help: "Admission decisions by gate and verdict; verdict rejected counts malformed calls answered with HTTP 4xx.",
 		}, []string{"gate", "verdict"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "termgate_webhook_decision_duration_seconds",
+			Namespace: "termgate", Subsystem: "webhook", Name: "decision_duration_seconds",
 			Help: "Time from receiving a review to writing the answer, by gate.",
 			// 25us .. ~0.8s: the bind path sits in the lowest buckets.
 			Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16),
 		}, []string{"gate"}),
 		cacheMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_webhook_node_cache_misses_total",
+			Namespace: "termgate", Subsystem: "webhook", Name: "node_cache_misses_total",
 			Help: "Reviews naming a node absent from the node cache; those are allowed (fail open).",
 		}, []string{"gate"}),
 		podReads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_webhook_pod_reads_total",
+			Namespace: "termgate", Subsystem: "webhook", Name: "pod_reads_total",
 			Help: "Pod reads through the API on the slow path, by gate and result (ok, error).",
 		}, []string{"gate", "result"}),
 		podCache: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_webhook_pod_cache_answers_total",
+			Namespace: "termgate", Subsystem: "webhook", Name: "pod_cache_answers_total",
 			Help: "Pod lookups answered from memory, with no API read, by gate.",
 		}, []string{"gate"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "termgate_webhook_requests_refused_total",
+			Namespace: "termgate", Subsystem: "webhook", Name: "requests_refused_total",
 			Help: "Calls refused before any gate saw them, by reason (too-many-requests: answered 429 beyond the in-flight limits; body-too-large: 413).",
 		}, []string{"reason"}),
 	}

@@ -360,7 +360,7 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 	nodePods := nodepods.New(deps.confineMetadata)
 	nodes.OnTerminatingChange(nodePods.SetFollowed)
 	if err := ctrlmetrics.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "termgate_webhook_followed_nodes",
+		Namespace: "termgate", Subsystem: "webhook", Name: "followed_nodes",
 		Help: "Marked nodes whose pods the webhook holds in memory for the agent confinement.",
 	}, func() float64 { return float64(len(nodePods.Followed())) })); err != nil {
 		return fmt.Errorf("register webhook metrics: %w", err)
