@@ -1,0 +1,239 @@
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"termgate.dev/termgate/certs/selfmanaged"
+	"termgate.dev/termgate/cmd/termgate/daemon"
+	"termgate.dev/termgate/webhook"
+)
+
+// Certificate modes.
+const (
+	CertModeSelfManaged = "self-managed"
+	CertModeCertManager = "cert-manager"
+	CertModeFiles       = "files"
+)
+
+// WebhookOptions are the webhook's flags.
+type WebhookOptions struct {
+	Kubeconfig    string
+	BindAddress   string
+	HealthAddress string
+	MetricsAddr   string
+	QPS           float64
+	Burst         int
+
+	TaintEffect        string
+	AgentUsername      string
+	ConfineDenyOnError bool
+	// ConfineQPS and ConfineBurst are the confinement's own client budget:
+	// its node-pod informers and the pod reads the cache cannot answer.
+	ConfineQPS   float64
+	ConfineBurst int
+
+	// Limits of the admission server.
+	Limits webhook.Limits
+
+	ShutdownDelay   time.Duration
+	ShutdownTimeout time.Duration
+
+	Namespace         string
+	ServiceName       string
+	WebhookConfigName string
+	CertMode          string
+	CertDir           string
+	CertSecret        string
+	CertHosts         string
+	CAValidity        time.Duration
+	CARenewBefore     time.Duration
+	CertValidity      time.Duration
+	CertRenewBefore   time.Duration
+	CertResync        time.Duration
+	CertSyncInterval  time.Duration
+	CertificateName   string
+
+	LeaseName          string
+	LeaseDuration      time.Duration
+	LeaseRenewDeadline time.Duration
+	LeaseRetryPeriod   time.Duration
+	LeaseQPS           float64
+	LeaseBurst         int
+
+	Log daemon.LogOptions
+}
+
+// NewWebhookOptions returns the defaults.
+func NewWebhookOptions() *WebhookOptions {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "termgate"
+	}
+	return &WebhookOptions{
+		ConfineQPS:         50,
+		ConfineBurst:       100,
+		Limits:             webhook.DefaultLimits(),
+		BindAddress:        ":9443",
+		HealthAddress:      ":8081",
+		MetricsAddr:        ":8080",
+		QPS:                20,
+		Burst:              40,
+		TaintEffect:        string(corev1.TaintEffectNoSchedule),
+		AgentUsername:      "system:serviceaccount:termgate:termgate-agent",
+		ShutdownDelay:      5 * time.Second,
+		ShutdownTimeout:    20 * time.Second,
+		Namespace:          ns,
+		ServiceName:        "termgate-webhook",
+		WebhookConfigName:  "termgate",
+		CertMode:           CertModeSelfManaged,
+		CertDir:            "/var/run/termgate/certs",
+		CertSecret:         "termgate-webhook-certs",
+		CAValidity:         10 * 365 * 24 * time.Hour,
+		CARenewBefore:      365 * 24 * time.Hour,
+		CertValidity:       90 * 24 * time.Hour,
+		CertRenewBefore:    30 * 24 * time.Hour,
+		CertResync:         time.Minute,
+		CertSyncInterval:   10 * time.Second,
+		CertificateName:    "termgate-webhook-serving",
+		LeaseName:          "termgate-webhook-certs",
+		LeaseDuration:      15 * time.Second,
+		LeaseRenewDeadline: 10 * time.Second,
+		LeaseRetryPeriod:   2 * time.Second,
+		LeaseQPS:           5,
+		LeaseBurst:         10,
+		Log:                daemon.LogOptions{Format: "json"},
+	}
+}
+
+// AddFlags binds the options to fs.
+func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "Address the HTTPS admission server listens on.")
+	fs.StringVar(&o.HealthAddress, "health-probe-bind-address", o.HealthAddress, "Address serving /healthz and /readyz; \"0\" disables.")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address serving Prometheus /metrics; \"0\" disables.")
+	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for the node cache, the bind gate's pod reads and certificate work.")
+	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the node cache, the bind gate's pod reads and certificate work.")
+	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the agent confinement alone: pod lists of marked nodes and the pod reads they cannot answer.")
+	fs.IntVar(&o.ConfineBurst, "confine-kube-api-burst", o.ConfineBurst, "Client burst of the agent confinement alone.")
+	fs.DurationVar(&o.Limits.ReadHeaderTimeout, "read-header-timeout", o.Limits.ReadHeaderTimeout, "Admission server: longest TLS handshake plus request headers.")
+	fs.DurationVar(&o.Limits.ReadTimeout, "read-timeout", o.Limits.ReadTimeout, "Admission server: longest read of a whole request, body included.")
+	fs.DurationVar(&o.Limits.WriteTimeout, "write-timeout", o.Limits.WriteTimeout, "Admission server: longest write of an answer.")
+	fs.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", o.Limits.IdleTimeout, "Admission server: close keep-alive connections idle this long.")
+	fs.Int64Var(&o.Limits.MaxBodyBytes, "max-request-body-bytes", o.Limits.MaxBodyBytes, "Admission server: largest review body accepted (413 beyond); the default is just above the largest review the API server sends.")
+	fs.IntVar(&o.Limits.MaxInFlight, "max-requests-in-flight", o.Limits.MaxInFlight, "Admission server: calls answered at once; more get 429.")
+	fs.Int64Var(&o.Limits.MaxInFlightBodyBytes, "max-request-bytes-in-flight", o.Limits.MaxInFlightBodyBytes, "Admission server: total declared body bytes of the calls being answered; more get 429. Bounds memory.")
+	fs.IntVar(&o.Limits.MaxConnections, "max-connections", o.Limits.MaxConnections, "Admission server: open connections; more wait in the listen backlog.")
+	fs.IntVar(&o.Limits.MaxConcurrentStreams, "http2-max-concurrent-streams", o.Limits.MaxConcurrentStreams, "Admission server: HTTP/2 streams per connection.")
+	fs.StringVar(&o.TaintEffect, "taint-effect", o.TaintEffect, "Effect of the termination taint the agent writes (NoSchedule or NoExecute); decides which tolerations count.")
+	fs.StringVar(&o.AgentUsername, "agent-username", o.AgentUsername, "User name of the agent's service account, confined to its own node.")
+	fs.BoolVar(&o.ConfineDenyOnError, "confine-deny-on-error", o.ConfineDenyOnError, "Refuse an agent eviction when the pod cannot be read (fail closed); default allows.")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "Time between turning not-ready and closing the server, so callers stop sending first.")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "Longest wait for requests in flight at shutdown.")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the webhook (secret, lease, certificate); defaults to $POD_NAMESPACE or termgate.")
+	fs.StringVar(&o.ServiceName, "service-name", o.ServiceName, "Service in front of the webhook; names the serving certificate.")
+	fs.StringVar(&o.WebhookConfigName, "webhook-config-name", o.WebhookConfigName, "Name of the Validating- and MutatingWebhookConfiguration that get the CA bundle.")
+	fs.StringVar(&o.CertMode, "cert-mode", o.CertMode, "Where the serving certificate comes from: self-managed, cert-manager or files.")
+	fs.StringVar(&o.CertDir, "cert-dir", o.CertDir, "Directory holding tls.crt and tls.key, reloaded on change.")
+	fs.StringVar(&o.CertSecret, "cert-secret", o.CertSecret, "self-managed: Secret holding the CA and serving pair.")
+	fs.StringVar(&o.CertHosts, "cert-hosts", o.CertHosts, "self-managed: comma-separated DNS names and IPs of the serving certificate; empty uses the Service's names.")
+	fs.DurationVar(&o.CAValidity, "ca-validity", o.CAValidity, "self-managed: lifetime of a new CA.")
+	fs.DurationVar(&o.CARenewBefore, "ca-renew-before", o.CARenewBefore, "self-managed: replace the CA this long before it expires.")
+	fs.DurationVar(&o.CertValidity, "cert-validity", o.CertValidity, "self-managed: lifetime of a serving certificate.")
+	fs.DurationVar(&o.CertRenewBefore, "cert-renew-before", o.CertRenewBefore, "self-managed: renew the serving certificate this long before it expires.")
+	fs.DurationVar(&o.CertResync, "cert-resync", o.CertResync, "self-managed: how often the leader re-checks the Secret and re-injects a drifted CA bundle.")
+	fs.DurationVar(&o.CertSyncInterval, "cert-sync-interval", o.CertSyncInterval, "self-managed: how often each replica copies the Secret to --cert-dir.")
+	fs.StringVar(&o.CertificateName, "certificate-name", o.CertificateName, "cert-manager: the serving Certificate whose Ready condition gates readiness.")
+	fs.StringVar(&o.LeaseName, "leader-election-lease", o.LeaseName, "self-managed: Lease electing the one replica that writes certificates.")
+	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", o.LeaseDuration, "Lease duration.")
+	fs.DurationVar(&o.LeaseRenewDeadline, "leader-election-renew-deadline", o.LeaseRenewDeadline, "Lease renew deadline.")
+	fs.DurationVar(&o.LeaseRetryPeriod, "leader-election-retry-period", o.LeaseRetryPeriod, "Lease retry period.")
+	fs.Float64Var(&o.LeaseQPS, "leader-election-qps", o.LeaseQPS, "Client QPS reserved for the lease.")
+	fs.IntVar(&o.LeaseBurst, "leader-election-burst", o.LeaseBurst, "Client burst reserved for the lease.")
+	o.Log.AddFlags(fs)
+}
+
+// Validate checks the options once at start-up.
+func (o *WebhookOptions) Validate() error {
+	var errs []error
+	switch corev1.TaintEffect(o.TaintEffect) {
+	case corev1.TaintEffectNoSchedule, corev1.TaintEffectNoExecute, corev1.TaintEffectPreferNoSchedule:
+	default:
+		errs = append(errs, fmt.Errorf("--taint-effect %q: want NoSchedule, NoExecute or PreferNoSchedule", o.TaintEffect))
+	}
+	switch o.CertMode {
+	case CertModeSelfManaged:
+		errs = append(errs, o.rotatorOptions().Validate())
+		if o.CertSyncInterval <= 0 {
+			errs = append(errs, errors.New("--cert-sync-interval must be positive"))
+		}
+		if o.LeaseRenewDeadline >= o.LeaseDuration || o.LeaseRetryPeriod <= 0 {
+			errs = append(errs, errors.New("leader election: renew deadline must be shorter than the lease duration and the retry period positive"))
+		}
+	case CertModeCertManager:
+		if o.CertificateName == "" {
+			errs = append(errs, errors.New("--certificate-name is required with --cert-mode=cert-manager"))
+		}
+	case CertModeFiles:
+	default:
+		errs = append(errs, fmt.Errorf("--cert-mode %q: want self-managed, cert-manager or files", o.CertMode))
+	}
+	if err := o.Log.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.CertDir == "" {
+		errs = append(errs, errors.New("--cert-dir is required"))
+	}
+	if o.BindAddress == "" || o.BindAddress == "0" {
+		errs = append(errs, errors.New("--bind-address is required"))
+	}
+	if o.ShutdownDelay < 0 || o.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("--shutdown-delay must not be negative and --shutdown-timeout must be positive"))
+	}
+	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 {
+		errs = append(errs, errors.New("client QPS and burst must be positive"))
+	}
+	if o.AgentUsername == "" {
+		errs = append(errs, errors.New("--agent-username is required: it names the account confined to its own node"))
+	}
+	if err := o.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (o *WebhookOptions) hosts() []string {
+	if o.CertHosts != "" {
+		var hs []string
+		for _, h := range strings.Split(o.CertHosts, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hs = append(hs, h)
+			}
+		}
+		return hs
+	}
+	svc := o.ServiceName + "." + o.Namespace
+	return []string{svc + ".svc", svc + ".svc.cluster.local"}
+}
+
+func (o *WebhookOptions) rotatorOptions() selfmanaged.Options {
+	return selfmanaged.Options{
+		Namespace:         o.Namespace,
+		SecretName:        o.CertSecret,
+		WebhookConfigName: o.WebhookConfigName,
+		Hosts:             o.hosts(),
+		CAValidity:        o.CAValidity,
+		CARenewBefore:     o.CARenewBefore,
+		CertValidity:      o.CertValidity,
+		CertRenewBefore:   o.CertRenewBefore,
+		Resync:            o.CertResync,
+	}
+}
+
+// runWebhook parses flags and serves until ctx ends.
