@@ -22,11 +22,11 @@ var nodesResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"
 
 // Node is what a gate learns about a node.
 type Node struct {
-	// Mark is the parsed mark; its zero value means "not marked".
+	// Mark is the parsed mark; its zero value means "not marked". A
+	// malformed mark still carries its state, and a node said to be
+	// terminating is treated as terminating (the agent rewrites or removes
+	// a malformed mark on its own node, and logs it).
 	Mark nodemark.Mark
-	// Err is set when the node carries a malformed mark. Gates still honour
-	// Mark.State: a node said to be terminating is treated as terminating.
-	Err error
 }
 
 // Terminating reports whether binds onto the node must be checked.
@@ -127,11 +127,11 @@ func (c *Cache) Lookup(name string) (n Node, known bool) {
 	if !ok {
 		return Node{}, false
 	}
-	m, marked, err := nodemark.Read(meta.Annotations)
+	m, marked, _ := nodemark.Read(meta.Annotations)
 	if !marked {
 		return Node{}, true
 	}
-	return Node{Mark: m, Err: err}, true
+	return Node{Mark: m}, true
 }
 
 const annotationPrefix = "termgate.dev/"

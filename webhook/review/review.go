@@ -15,17 +15,14 @@ import (
 // gates read. Object and OldObject stay raw: each gate decodes only what it
 // needs (a Binding's target, a Pod's tolerations).
 type Request struct {
-	UID         string           `json:"uid"`
-	Kind        GroupVersionKind `json:"kind"`
-	Resource    Resource         `json:"resource"`
-	SubResource string           `json:"subResource"`
-	Name        string           `json:"name"`
-	Namespace   string           `json:"namespace"`
-	Operation   string           `json:"operation"`
-	UserInfo    UserInfo         `json:"userInfo"`
-	Object      RawObject        `json:"object"`
-	OldObject   RawObject        `json:"oldObject"`
-	DryRun      *bool            `json:"dryRun"`
+	UID         string    `json:"uid"`
+	SubResource string    `json:"subResource"`
+	Name        string    `json:"name"`
+	Namespace   string    `json:"namespace"`
+	Operation   string    `json:"operation"`
+	UserInfo    UserInfo  `json:"userInfo"`
+	Object      RawObject `json:"object"`
+	OldObject   RawObject `json:"oldObject"`
 }
 
 // RawObject is an object of the review kept as JSON. Unlike
@@ -39,20 +36,6 @@ type RawObject []byte
 func (r *RawObject) UnmarshalJSON(data []byte) error {
 	*r = data
 	return nil
-}
-
-// GroupVersionKind names the kind of the object under review.
-type GroupVersionKind struct {
-	Group   string `json:"group"`
-	Version string `json:"version"`
-	Kind    string `json:"kind"`
-}
-
-// Resource names the resource the request is for.
-type Resource struct {
-	Group    string `json:"group"`
-	Version  string `json:"version"`
-	Resource string `json:"resource"`
 }
 
 // UserInfo is who made the request. Extra carries, for service-account tokens
