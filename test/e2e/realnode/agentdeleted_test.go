@@ -3,6 +3,8 @@ package realnode_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -24,16 +27,19 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	ctx := context.Background()
 	ns := testenv.Namespace(t, shared.Client)
 	record := t.TempDir()
-	// A PodDisruptionBudget of one at a time and 3 s of work after SIGTERM
-	// stretch the drain over several seconds, so the agent is deleted in
-	// the middle of it.
+	// A PodDisruptionBudget that allows no disruption holds every eviction
+	// until the regular cut-off (deadline minus --system-grace), where the
+	// agent escalates to deletes: the drain is certain to be in its middle
+	// when the agent's pod is deleted, and what is left of it (the
+	// escalation) is the deleted pod's to do. 3 s of work after SIGTERM
+	// within a 10 s grace still fits before the deadline.
 	const delay, grace = 3 * time.Second, int64(10)
 	work := workDeployment(ns, "work", 4, record, delay, grace)
 	before := startWorkOnRealNode(t, work)
-	one := intstr.FromInt32(1)
+	none := intstr.FromInt32(0)
 	pdb := &policyv1.PodDisruptionBudget{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "work"},
-		Spec:       policyv1.PodDisruptionBudgetSpec{MaxUnavailable: &one, Selector: work.Spec.Selector},
+		Spec:       policyv1.PodDisruptionBudgetSpec{MaxUnavailable: &none, Selector: work.Spec.Selector},
 	}
 	if _, err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create PDB: %v", err)
@@ -43,20 +49,20 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 		if err != nil {
 			return false, "", err
 		}
-		return p.Status.DisruptionsAllowed == 1, fmt.Sprintf("%d allowed", p.Status.DisruptionsAllowed), nil
+		return p.Status.ObservedGeneration >= p.Generation && p.Status.ExpectedPods == 4,
+			fmt.Sprintf("observed generation %d of %d, %d pods expected", p.Status.ObservedGeneration, p.Generation, p.Status.ExpectedPods), nil
 	})
 	restoreAfter(t)
 
 	noticed := time.Now()
 	md.SetPreempted(true)
 	testenv.Eventually(t, 5*time.Second, "the agent's pod marking the node", marked)
-	testenv.Eventually(t, preemptionNotice, "the drain under way (a first SIGTERM)", func(ctx context.Context) (bool, string, error) {
-		for _, p := range before {
-			if r, err := readRecord(record, p.Name); err == nil && !r.sigterm.IsZero() {
-				return true, "", nil
-			}
+	testenv.Eventually(t, preemptionNotice, "the drain under way (an eviction refused by the PDB)", func(ctx context.Context) (bool, string, error) {
+		evs, err := shared.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=" + nodemark.EventEvictionBlocked})
+		if err != nil {
+			return false, "", err
 		}
-		return false, "no SIGTERM yet", nil
+		return len(evs.Items) > 0, "no refusal yet", nil
 	})
 	// The DaemonSet stops selecting the node, so its controller deletes the
 	// agent's pod (the kubelet sends SIGTERM, grace 40 s) and, as on a node
@@ -66,6 +72,16 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	if agent == nil {
 		t.Fatal("no Ready agent pod to delete")
 	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		logs, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", termgateNS+"_"+agent.Name+"_*", "*", "*.log"))
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			t.Logf("agent log %s:\n%s", l, b)
+		}
+	})
 	t.Cleanup(func() { // before restoreAfter's cleanup, which needs an agent
 		if err := applyOverlay(context.Background()); err != nil {
 			t.Errorf("put the DaemonSet back: %v", err)
@@ -97,20 +113,15 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 		}
 		return true, "", nil
 	})
-	afterDeletion := 0
 	for _, p := range before {
 		r, _ := readRecord(record, p.Name)
-		if r.sigterm.After(deletedAt) {
-			afterDeletion++
+		if !r.sigterm.After(deletedAt) {
+			t.Errorf("%s: SIGTERM at %v, before the agent's pod was deleted at %v: the PDB allows no eviction, only the escalation after the deletion may stop it", p.Name, r.sigterm, deletedAt)
 		}
 		if r.sigterm.IsZero() || r.exit.Sub(r.sigterm) < delay {
 			t.Errorf("%s: SIGTERM %v, exit %v: want SIGTERM and %s of work", p.Name, r.sigterm, r.exit, delay)
 			continue
 		}
 		t.Logf("%s: SIGTERM +%s after the notice", p.Name, r.sigterm.Sub(noticed).Round(time.Millisecond))
-	}
-	// Otherwise the drain was over before the deletion and proved nothing.
-	if afterDeletion == 0 {
-		t.Errorf("every workload pod had SIGTERM before the agent's pod was deleted: the drain was not cut in the middle")
 	}
 }

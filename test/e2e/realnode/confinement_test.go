@@ -43,7 +43,7 @@ func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 
 	record := t.TempDir()
 	own := startWorkOnRealNode(t, workDeployment(ns, "own", 1, record, 0, 5))[0]
-	other := kit.Pod(ns, "elsewhere", kit.OnNode(firstKwokNode(t)))
+	other := kit.Pod(ns, "elsewhere", kit.OnNode(testenv.OtherNode(t, shared.Client, node.Name)))
 	if _, err := shared.Client.CoreV1().Pods(ns).Create(ctx, other, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create pod on a kwok node: %v", err)
 	}

@@ -2,16 +2,13 @@ package realnode_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
-	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/testenv"
 )
@@ -63,8 +60,8 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 	// Back with its certificate: a kwok node marked terminating refuses a
 	// pinned pod (the API server verifies the serving certificate against
 	// the injected CA bundle, else the call fails open and the pod lands).
-	kwokNode := firstKwokNode(t)
-	markByHand(t, kwokNode)
+	kwokNode := testenv.OtherNode(t, shared.Client, node.Name)
+	testenv.MarkByHand(t, shared.Client, kwokNode)
 	testenv.Eventually(t, 10*time.Second, "a pinned pod onto the marked kwok node refused", func(ctx context.Context) (bool, string, error) {
 		p := kit.Pod(ns, "pinned-"+fmt.Sprint(time.Now().UnixNano()), kit.OnNode(kwokNode))
 		_, err := shared.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
@@ -73,46 +70,5 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 			return false, "admitted", nil
 		}
 		return strings.Contains(err.Error(), "denied"), err.Error(), nil
-	})
-}
-
-func firstKwokNode(t *testing.T) string {
-	t.Helper()
-	nodes, err := shared.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatalf("list nodes: %v", err)
-	}
-	for _, n := range nodes.Items {
-		if n.Name != node.Name {
-			return n.Name
-		}
-	}
-	t.Fatal("no kwok node")
-	return ""
-}
-
-// markByHand writes a terminating mark onto a node as the agent would, and
-// removes it when the test ends.
-func markByHand(t *testing.T, name string) {
-	t.Helper()
-	now := time.Now()
-	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(time.Hour)}
-	ann := map[string]any{}
-	for k, v := range m.Annotations() {
-		ann[k] = v
-	}
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
-	if _, err := shared.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatalf("mark %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		clear := map[string]any{}
-		for k := range m.Annotations() {
-			clear[k] = nil
-		}
-		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": clear}})
-		if _, err := shared.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			t.Errorf("unmark %s: %v", name, err)
-		}
 	})
 }

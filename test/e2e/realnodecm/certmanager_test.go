@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -19,10 +18,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
-	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/realnodeinstall"
@@ -140,8 +137,8 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 	// trusted through the injected bundle, can refuse it. Were the call to
 	// fail (TLS, routing), the policy fails open and the pod would land.
 	ns := testenv.Namespace(t, shared.Client)
-	kwokNode := firstKwokNode(t)
-	markByHand(t, kwokNode)
+	kwokNode := testenv.OtherNode(t, shared.Client, node.Name)
+	testenv.MarkByHand(t, shared.Client, kwokNode)
 	// The webhook's node cache is an informer: the mark reaches it well
 	// within 10 s.
 	testenv.Eventually(t, 10*time.Second, "a pinned pod onto the marked node "+kwokNode+" refused", func(ctx context.Context) (bool, string, error) {
@@ -303,46 +300,4 @@ func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
 		t.Fatalf("parse certificate: %v", err)
 	}
 	return c
-}
-
-func firstKwokNode(t *testing.T) string {
-	t.Helper()
-	nodes, err := shared.Client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatalf("list nodes: %v", err)
-	}
-	for _, n := range nodes.Items {
-		if n.Name != node.Name {
-			return n.Name
-		}
-	}
-	t.Fatal("no kwok node")
-	return ""
-}
-
-// markByHand writes a terminating mark onto a node as the agent would, and
-// removes it when the test ends.
-func markByHand(t *testing.T, name string) {
-	t.Helper()
-	now := time.Now()
-	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(time.Hour)}
-	patchAnnotations(t, name, func(k, v string) any { return v }, m)
-	t.Cleanup(func() { patchAnnotations(t, name, func(string, string) any { return nil }, m) })
-}
-
-// patchAnnotations sets (or, with value returning nil, removes) the mark's
-// annotations with a merge patch: kwok writes the node's status meanwhile.
-func patchAnnotations(t *testing.T, name string, value func(k, v string) any, m nodemark.Mark) {
-	ann := map[string]any{}
-	for k, v := range m.Annotations() {
-		ann[k] = value(k, v)
-	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
-	if err != nil {
-		t.Errorf("mark %s: %v", name, err)
-		return
-	}
-	if _, err := shared.Client.CoreV1().Nodes().Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Errorf("patch the mark on %s: %v", name, err)
-	}
 }
