@@ -87,14 +87,17 @@ func TestRealNodeRunsAPodAndLeavesNothingBehind(t *testing.T) {
 		t.Fatalf("delete pod: %v", err)
 	}
 	waitPodGone(t, c, "default", pod.Name, time.Duration(grace+20)*time.Second)
-	rec := readRecord(t, filepath.Join(record, pod.Name))
-	if rec.sigterm.IsZero() {
+	rec, err := cluster.ReadTermRecord(record, pod.Name)
+	if err != nil {
+		t.Fatalf("read the container's record: %v", err)
+	}
+	if rec.SIGTERM.IsZero() {
 		t.Fatalf("container never recorded SIGTERM: %+v", rec)
 	}
-	if got := rec.sigterm.Sub(deleted); got > 5*time.Second {
+	if got := rec.SIGTERM.Sub(deleted); got > 5*time.Second {
 		t.Errorf("SIGTERM arrived %s after the delete, want within 5 s", got)
 	}
-	if rec.exit.IsZero() || rec.exit.Sub(rec.sigterm) < delay {
+	if rec.Exit.IsZero() || rec.Exit.Sub(rec.SIGTERM) < delay {
 		t.Errorf("container did not get to finish its %s of work after SIGTERM: %+v", delay, rec)
 	}
 
@@ -154,31 +157,12 @@ func hasTaint(n *corev1.Node, key string) bool {
 	return false
 }
 
-// termRecordPod runs the termrecord test image on the real node. It writes
-// when SIGTERM arrived into dir/<pod name> and exits delay later.
+// termRecordPod runs the termrecord test image on the real node.
 func termRecordPod(name, dir string, delay time.Duration, grace int64) *corev1.Pod {
-	hostPathDir := corev1.HostPathDirectory
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PodSpec{
-			NodeSelector:                  map[string]string{"kubernetes.io/hostname": cluster.RealNodeName},
-			Tolerations:                   []corev1.Toleration{{Key: cluster.RealNodeTaint, Operator: corev1.TolerationOpExists}},
-			TerminationGracePeriodSeconds: &grace,
-			Containers: []corev1.Container{{
-				Name:            "work",
-				Image:           cluster.TermRecordImage,
-				ImagePullPolicy: corev1.PullNever,
-				Env: []corev1.EnvVar{
-					{Name: "EXIT_DELAY", Value: delay.String()},
-					{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-				},
-				VolumeMounts: []corev1.VolumeMount{{Name: "record", MountPath: "/record"}},
-			}},
-			Volumes: []corev1.Volume{{Name: "record", VolumeSource: corev1.VolumeSource{
-				HostPath: &corev1.HostPathVolumeSource{Path: dir, Type: &hostPathDir},
-			}}},
-		},
-	}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	p.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": cluster.RealNodeName}
+	cluster.RunsTermRecord(dir, delay, grace)(p)
+	return p
 }
 
 func waitPod(t *testing.T, c *cluster.Cluster, ns, name string, budget time.Duration, ok func(*corev1.Pod) bool) *corev1.Pod {
@@ -214,34 +198,4 @@ func waitPodGone(t *testing.T, c *cluster.Cluster, ns, name string, budget time.
 	if err != nil {
 		t.Fatalf("pod %s/%s still there after %s: %v", ns, name, budget, err)
 	}
-}
-
-type termRecord struct{ started, sigterm, exit time.Time }
-
-func readRecord(t *testing.T, path string) termRecord {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read the container's record: %v", err)
-	}
-	var r termRecord
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		kind, at, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		ts, err := time.Parse(time.RFC3339Nano, at)
-		if err != nil {
-			t.Fatalf("record line %q: %v", line, err)
-		}
-		switch kind {
-		case "started":
-			r.started = ts
-		case "sigterm":
-			r.sigterm = ts
-		case "exit":
-			r.exit = ts
-		}
-	}
-	return r
 }

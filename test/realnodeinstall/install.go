@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
 )
 
@@ -40,6 +41,30 @@ func ImportImage(ctx context.Context, node *cluster.RealNode) error {
 		return fmt.Errorf("%s missing: run `make image` (make test does): %w", archive, err)
 	}
 	return node.ImportImage(ctx, archive)
+}
+
+// Prepare readies the real node for `kubectl apply -k` of the test overlay
+// test/e2e/<testOverlay>/overlay: it imports the image, adds the node's
+// fake metadata server (a Spot VM) to fleet and writes the run-time overlay
+// pointing the agent at it into dir. It returns the overlay to apply and
+// the metadata server that preempts the node.
+func Prepare(ctx context.Context, node *cluster.RealNode, fleet *gcefake.Fleet, dir, testOverlay string) (string, *gcefake.Server, error) {
+	if err := ImportImage(ctx, node); err != nil {
+		return "", nil, err
+	}
+	md, err := fleet.Add(gcefake.Instance{Name: node.Name, Zone: "us-central1-a", MachineType: "e2-standard-4", Preemptible: true})
+	if err != nil {
+		return "", nil, fmt.Errorf("fake metadata server for %s: %w", node.Name, err)
+	}
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return "", nil, err
+	}
+	overlay, err := WriteRunOverlay(dir, filepath.Join(root, "test", "e2e", testOverlay, "overlay"), md.Host())
+	if err != nil {
+		return "", nil, err
+	}
+	return overlay, md, nil
 }
 
 // WriteRunOverlay writes the last, run-time layer over base (a test

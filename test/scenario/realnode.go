@@ -7,18 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/test/cluster"
-	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/realnodeinstall"
 )
@@ -52,8 +48,8 @@ type RealNodeInstall struct {
 // SIGTERM arrived (zero if never) and when it exited (zero if it was
 // killed first or still runs).
 type ContainerRecord struct {
-	Pod                    string
-	Started, SIGTERM, Exit time.Time
+	Pod string
+	cluster.TermRecord
 }
 
 // startOnRealNode installs termgate on the real node the way users do (the
@@ -68,18 +64,7 @@ func (e *Env) startOnRealNode(ctx context.Context, o EnvOptions) error {
 		return err
 	}
 	began := time.Now()
-	if err := realnodeinstall.ImportImage(ctx, node); err != nil {
-		return err
-	}
-	md, err := e.Fleet.Add(gcefake.Instance{Name: node.Name, Zone: "us-central1-a", MachineType: "e2-standard-4", Preemptible: true})
-	if err != nil {
-		return fmt.Errorf("fake metadata server for %s: %w", node.Name, err)
-	}
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return err
-	}
-	overlay, err := realnodeinstall.WriteRunOverlay(o.Cluster.Dir, filepath.Join(root, "test", "e2e", "realnode", "overlay"), md.Host())
+	overlay, _, err := realnodeinstall.Prepare(ctx, node, e.Fleet, o.Cluster.Dir, "realnode")
 	if err != nil {
 		return err
 	}
@@ -129,21 +114,8 @@ func deployOnRealNode(ctx context.Context, c kubernetes.Interface, ns, nodeName,
 	defer func() {
 		err = errors.Join(err, cordonAllBut(context.WithoutCancel(ctx), c, nodeName, false))
 	}()
-	hostPathDir := corev1.HostPathDirectory
-	d := kit.Deployment(ns, AppOnRealNode, realNodeReplicas, func(p *corev1.Pod) {
-		p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: cluster.RealNodeTaint, Operator: corev1.TolerationOpExists})
-		p.Spec.TerminationGracePeriodSeconds = ptr.To(int64(RealNodeGrace / time.Second))
-		ctr := &p.Spec.Containers[0]
-		ctr.Image, ctr.ImagePullPolicy = cluster.TermRecordImage, corev1.PullNever
-		ctr.Env = []corev1.EnvVar{
-			{Name: "EXIT_DELAY", Value: RealNodeExitDelay.String()},
-			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-		}
-		ctr.VolumeMounts = []corev1.VolumeMount{{Name: "record", MountPath: "/record"}}
-		p.Spec.Volumes = []corev1.Volume{{Name: "record", VolumeSource: corev1.VolumeSource{
-			HostPath: &corev1.HostPathVolumeSource{Path: recordDir, Type: &hostPathDir},
-		}}}
-	})
+	d := kit.Deployment(ns, AppOnRealNode, realNodeReplicas,
+		cluster.RunsTermRecord(recordDir, RealNodeExitDelay, int64(RealNodeGrace/time.Second)))
 	if err := createDeployment(ctx, c, d); err != nil {
 		return fmt.Errorf("deploy %s: %w", AppOnRealNode, err)
 	}
@@ -196,27 +168,11 @@ func (i *RealNodeInstall) RealContainerRecords() ([]ContainerRecord, error) {
 	}
 	var out []ContainerRecord
 	for _, ent := range entries {
-		b, err := os.ReadFile(filepath.Join(i.RecordDir, ent.Name()))
+		r, err := cluster.ReadTermRecord(i.RecordDir, ent.Name())
 		if err != nil {
-			return nil, fmt.Errorf("termrecord of %s: %w", ent.Name(), err)
+			return nil, err
 		}
-		r := ContainerRecord{Pod: ent.Name()}
-		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			kind, at, _ := strings.Cut(line, " ")
-			ts, err := time.Parse(time.RFC3339Nano, at)
-			if err != nil {
-				return nil, fmt.Errorf("termrecord of %s: line %q: %w", ent.Name(), line, err)
-			}
-			switch kind {
-			case "started":
-				r.Started = ts
-			case "sigterm":
-				r.SIGTERM = ts
-			case "exit":
-				r.Exit = ts
-			}
-		}
-		out = append(out, r)
+		out = append(out, ContainerRecord{Pod: ent.Name(), TermRecord: r})
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Pod < out[b].Pod })
 	return out, nil

@@ -107,7 +107,7 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	testenv.Eventually(t, time.Until(deadline), "every workload pod drained before the notice runs out", func(ctx context.Context) (bool, string, error) {
 		for _, p := range before {
 			r, err := readRecord(record, p.Name)
-			if err != nil || r.exit.IsZero() {
+			if err != nil || r.Exit.IsZero() {
 				return false, fmt.Sprintf("%s not exited", p.Name), nil
 			}
 		}
@@ -115,13 +115,13 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	})
 	for _, p := range before {
 		r, _ := readRecord(record, p.Name)
-		if !r.sigterm.After(deletedAt) {
-			t.Errorf("%s: SIGTERM at %v, before the agent's pod was deleted at %v: the PDB allows no eviction, only the escalation after the deletion may stop it", p.Name, r.sigterm, deletedAt)
+		if !r.SIGTERM.After(deletedAt) {
+			t.Errorf("%s: SIGTERM at %v, before the agent's pod was deleted at %v: the PDB allows no eviction, only the escalation after the deletion may stop it", p.Name, r.SIGTERM, deletedAt)
 		}
-		if r.sigterm.IsZero() || r.exit.Sub(r.sigterm) < delay {
-			t.Errorf("%s: SIGTERM %v, exit %v: want SIGTERM and %s of work", p.Name, r.sigterm, r.exit, delay)
+		if r.SIGTERM.IsZero() || r.Exit.Sub(r.SIGTERM) < delay {
+			t.Errorf("%s: SIGTERM %v, exit %v: want SIGTERM and %s of work", p.Name, r.SIGTERM, r.Exit, delay)
 			continue
 		}
-		t.Logf("%s: SIGTERM +%s after the notice", p.Name, r.sigterm.Sub(noticed).Round(time.Millisecond))
+		t.Logf("%s: SIGTERM +%s after the notice", p.Name, r.SIGTERM.Sub(noticed).Round(time.Millisecond))
 	}
 }

@@ -3,8 +3,6 @@ package realnode_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,39 +18,11 @@ import (
 	"termgate.dev/termgate/test/testenv"
 )
 
-// workDeployment runs the termrecord image: each pod writes when SIGTERM
-// arrived into dir/<pod name> (a hostPath on the real node) and exits delay
-// later, inside its grace.
+// workDeployment runs the termrecord image (cluster.RunsTermRecord): each
+// pod writes when SIGTERM arrived into dir/<pod name> and exits delay later,
+// inside its grace.
 func workDeployment(ns, name string, replicas int32, dir string, delay time.Duration, grace int64) *appsv1.Deployment {
-	hostPathDir := corev1.HostPathDirectory
-	sel := map[string]string{"app": name}
-	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: sel},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: sel},
-				Spec: corev1.PodSpec{
-					Tolerations:                   []corev1.Toleration{{Key: cluster.RealNodeTaint, Operator: corev1.TolerationOpExists}},
-					TerminationGracePeriodSeconds: &grace,
-					Containers: []corev1.Container{{
-						Name:            "work",
-						Image:           cluster.TermRecordImage,
-						ImagePullPolicy: corev1.PullNever,
-						Env: []corev1.EnvVar{
-							{Name: "EXIT_DELAY", Value: delay.String()},
-							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-						},
-						VolumeMounts: []corev1.VolumeMount{{Name: "record", MountPath: "/record"}},
-					}},
-					Volumes: []corev1.Volume{{Name: "record", VolumeSource: corev1.VolumeSource{
-						HostPath: &corev1.HostPathVolumeSource{Path: dir, Type: &hostPathDir},
-					}}},
-				},
-			},
-		},
-	}
+	return kit.Deployment(ns, name, replicas, cluster.RunsTermRecord(dir, delay, grace))
 }
 
 // startWorkOnRealNode creates the deployment while the kwok nodes are
@@ -159,30 +129,8 @@ func restoreAfter(t *testing.T) {
 	})
 }
 
-type termRecord struct{ sigterm, exit time.Time }
-
-// readRecord parses a termrecord file: "started|sigterm|exit RFC3339" lines.
-func readRecord(dir, pod string) (termRecord, error) {
-	var r termRecord
-	b, err := os.ReadFile(filepath.Join(dir, pod))
-	if err != nil {
-		return r, fmt.Errorf("record of %s: %w", pod, err)
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		kind, at, _ := strings.Cut(line, " ")
-		ts, err := time.Parse(time.RFC3339Nano, at)
-		if err != nil {
-			return r, fmt.Errorf("record of %s: line %q: %w", pod, line, err)
-		}
-		switch kind {
-		case "sigterm":
-			r.sigterm = ts
-		case "exit":
-			r.exit = ts
-		}
-	}
-	return r, nil
-}
+// readRecord reads what the termrecord container of pod wrote.
+func readRecord(dir, pod string) (cluster.TermRecord, error) { return cluster.ReadTermRecord(dir, pod) }
 
 // pinnedPod is created with spec.nodeName set: it skips the scheduler, so
 // only the webhook's pod-create check can stop it.

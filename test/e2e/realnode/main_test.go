@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -66,21 +65,12 @@ func install(ctx context.Context, dir string) error {
 		return err
 	}
 	fmt.Printf("realnode: node Ready in %s\n", node.StartTime.Round(time.Millisecond))
-	if err := realnodeinstall.ImportImage(ctx, node); err != nil {
-		return err
-	}
 	fleet = gcefake.NewFleet()
-	if md, err = fleet.Add(gcefake.Instance{Name: node.Name, Preemptible: true}); err != nil {
-		return err
-	}
-	root, err := cluster.RepoRoot()
+	overlay, server, err := realnodeinstall.Prepare(ctx, node, fleet, dir, "realnode")
 	if err != nil {
 		return err
 	}
-	overlay, err := realnodeinstall.WriteRunOverlay(dir, filepath.Join(root, "test", "e2e", "realnode", "overlay"), md.Host())
-	if err != nil {
-		return err
-	}
+	md = server
 	applyOverlay = func(ctx context.Context) error { return realnodeinstall.Apply(ctx, shared, overlay) }
 	if err := applyOverlay(ctx); err != nil {
 		return err

@@ -68,7 +68,7 @@ func TestRealNodePreemptionIsMarkedByTheAgentPodAndRealContainersGetTheirGrace(t
 		func(ctx context.Context) (bool, string, error) {
 			for _, p := range before {
 				r, err := readRecord(record, p.Name)
-				if err != nil || r.exit.IsZero() {
+				if err != nil || r.Exit.IsZero() {
 					return false, fmt.Sprintf("%s has not exited (%v)", p.Name, err), nil
 				}
 			}
@@ -77,15 +77,15 @@ func TestRealNodePreemptionIsMarkedByTheAgentPodAndRealContainersGetTheirGrace(t
 	for _, p := range before {
 		r, _ := readRecord(record, p.Name)
 		switch {
-		case r.sigterm.IsZero():
+		case r.SIGTERM.IsZero():
 			t.Errorf("%s exited without SIGTERM", p.Name)
-		case r.exit.Sub(r.sigterm) < delay:
-			t.Errorf("%s was killed %s after SIGTERM, before its %s of work", p.Name, r.exit.Sub(r.sigterm), delay)
-		case r.exit.Sub(noticed) > preemptionNotice:
-			t.Errorf("%s still ran %s after the notice, past the %s the VM has", p.Name, r.exit.Sub(noticed), preemptionNotice)
+		case r.Exit.Sub(r.SIGTERM) < delay:
+			t.Errorf("%s was killed %s after SIGTERM, before its %s of work", p.Name, r.Exit.Sub(r.SIGTERM), delay)
+		case r.Exit.Sub(noticed) > preemptionNotice:
+			t.Errorf("%s still ran %s after the notice, past the %s the VM has", p.Name, r.Exit.Sub(noticed), preemptionNotice)
 		default:
 			t.Logf("%s: SIGTERM +%s after the notice, exited %s later", p.Name,
-				r.sigterm.Sub(noticed).Round(time.Millisecond), r.exit.Sub(r.sigterm).Round(time.Millisecond))
+				r.SIGTERM.Sub(noticed).Round(time.Millisecond), r.Exit.Sub(r.SIGTERM).Round(time.Millisecond))
 		}
 	}
 	testenv.Eventually(t, 30*time.Second, "replacements Ready on the kwok nodes", func(ctx context.Context) (bool, string, error) {

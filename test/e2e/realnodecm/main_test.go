@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"termgate.dev/termgate/test/cluster"
@@ -60,21 +59,10 @@ func prepare(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := realnodeinstall.ImportImage(ctx, node); err != nil {
-		return err
-	}
 	// The agent comes with the overlay; it needs a metadata server to
 	// follow, though nothing here preempts its node.
 	fleet = gcefake.NewFleet()
-	md, err := fleet.Add(gcefake.Instance{Name: node.Name, Preemptible: true})
-	if err != nil {
-		return err
-	}
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return err
-	}
-	overlay, err = realnodeinstall.WriteRunOverlay(dir, filepath.Join(root, "test", "e2e", "realnodecm", "overlay"), md.Host())
+	overlay, _, err = realnodeinstall.Prepare(ctx, node, fleet, dir, "realnodecm")
 	return err
 }
 
