@@ -122,7 +122,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.watcher.Run(work, observations) })
 	wg.Go(func() { a.nodes.RunWithContext(work) })
 	wg.Go(func() { a.pods.Run(work) })
-	if !waitForSync(ctx, a.nodes.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), a.nodes.HasSynced) {
 		return nil
 	}
 	logger.Info("agent started", "dryRun", a.cfg.DryRun, "taintEffect", a.cfg.TaintEffect)
@@ -132,7 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var exit <-chan time.Time // the end of the grace after a signal
 	for {
 		var drainDone chan drainOutcome
-		if a.drain != nil && !a.drain.finished {
+		if a.draining() {
 			drainDone = a.drain.done
 		}
 		select {
@@ -164,11 +164,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			wake.Reset(max(next.Sub(a.clock.Now()), 0))
 		}
 	}
-}
-
-// waitForSync waits for the informers, or returns false when ctx ends first.
-func waitForSync(ctx context.Context, synced ...cache.InformerSynced) bool {
-	return cache.WaitForCacheSync(ctx.Done(), synced...)
 }
 
 // draining reports whether a drain is running.
@@ -424,7 +419,7 @@ func (a *Agent) Ready() error {
 		return errors.New("pod cache not synced")
 	}
 	if unread := a.watcher.Unread(); len(unread) == len(watch.Keys) {
-		return errors.New("metadata not read yet")
+		return fmt.Errorf("metadata not read yet: %v", unread)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
