@@ -31,6 +31,8 @@ const (
 
 // Config is what the gates need.
 type Config struct {
+	// Nodes answers the bind and pinned-pod gates: in the binary a
+	// nodecache.Confirmer in front of the node cache.
 	Nodes nodecache.Lookup
 	// Pods serves the bind gate's slow path.
 	Pods review.PodGetter

@@ -13,7 +13,10 @@ import (
 // the time the server received the request: the ground truth for "which
 // requests did the agent send, and when", independent of how long the
 // server then held them (an eviction against a busy disruption budget is
-// retried inside the server for up to ten seconds).
+// retried inside the server for up to ten seconds). It also records every
+// bind (with its target node) and every Node patch, with the times the
+// server received and answered them: whether a bind was asked for after a
+// node's mark was stored, on the server's one clock.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -24,6 +27,12 @@ rules:
 - level: Metadata
   verbs: ["delete"]
   resources: [{group: "", resources: ["pods"]}]
+- level: Request
+  verbs: ["create"]
+  resources: [{group: "", resources: ["pods/binding"]}]
+- level: Metadata
+  verbs: ["patch"]
+  resources: [{group: "", resources: ["nodes"]}]
 - level: None
 `
 
@@ -74,33 +83,100 @@ type auditEvent struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
 	RequestReceived time.Time `json:"requestReceivedTimestamp"`
+	// StageTimestamp is when the answer was complete (the policy omits
+	// every other stage).
+	StageTimestamp time.Time `json:"stageTimestamp"`
+	// RequestObject is logged for binds only.
+	RequestObject struct {
+		Target struct {
+			Name string `json:"name"`
+		} `json:"target"`
+	} `json:"requestObject"`
 }
 
-// PodRemovals reads every pod eviction and delete audited so far.
-func (c *Cluster) PodRemovals() ([]PodRemoval, error) {
+// readAudit calls fn with every event audited so far.
+func (c *Cluster) readAudit(fn func(*auditEvent)) error {
 	f, err := os.Open(c.AuditLogPath())
 	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
+		return fmt.Errorf("open audit log: %w", err)
 	}
 	defer f.Close()
-	var out []PodRemoval
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
 		var ev auditEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("audit log line: %w", err)
+			return fmt.Errorf("audit log line: %w", err)
 		}
-		if ev.ObjectRef.Resource != "pods" {
-			continue
+		fn(&ev)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read audit log: %w", err)
+	}
+	return nil
+}
+
+// PodRemovals reads every pod eviction and delete audited so far.
+func (c *Cluster) PodRemovals() ([]PodRemoval, error) {
+	var out []PodRemoval
+	err := c.readAudit(func(ev *auditEvent) {
+		if ev.ObjectRef.Resource != "pods" || (ev.ObjectRef.Subresource != "eviction" && ev.Verb != "delete") {
+			return
 		}
 		out = append(out, PodRemoval{
 			Eviction: ev.ObjectRef.Subresource == "eviction", User: ev.User.Username, Node: tokenNode(ev.User.Extra),
 			Namespace: ev.ObjectRef.Namespace, Pod: ev.ObjectRef.Name,
 			Received: ev.RequestReceived, Code: ev.ResponseStatus.Code,
 		})
-	}
-	return out, sc.Err()
+	})
+	return out, err
+}
+
+// APICall is one audited request: when the API server received it and
+// when its answer was complete, on the server's clock.
+type APICall struct {
+	User                string
+	Received, Completed time.Time
+	// Code is the HTTP status the server answered (201 for a bind made).
+	Code int
+}
+
+// Bind is one pods/binding create.
+type Bind struct {
+	APICall
+	Namespace, Pod, Node string
+}
+
+// NodePatch is one patch of a Node object (not of its status).
+type NodePatch struct {
+	APICall
+	Node string
+}
+
+// Binds reads every bind audited so far.
+func (c *Cluster) Binds() ([]Bind, error) {
+	var out []Bind
+	err := c.readAudit(func(ev *auditEvent) {
+		if ev.ObjectRef.Resource == "pods" && ev.ObjectRef.Subresource == "binding" {
+			out = append(out, Bind{APICall: ev.call(), Namespace: ev.ObjectRef.Namespace, Pod: ev.ObjectRef.Name, Node: ev.RequestObject.Target.Name})
+		}
+	})
+	return out, err
+}
+
+// NodePatches reads every Node patch audited so far.
+func (c *Cluster) NodePatches() ([]NodePatch, error) {
+	var out []NodePatch
+	err := c.readAudit(func(ev *auditEvent) {
+		if ev.ObjectRef.Resource == "nodes" && ev.ObjectRef.Subresource == "" && ev.Verb == "patch" {
+			out = append(out, NodePatch{APICall: ev.call(), Node: ev.ObjectRef.Name})
+		}
+	})
+	return out, err
+}
+
+func (ev *auditEvent) call() APICall {
+	return APICall{User: ev.User.Username, Received: ev.RequestReceived, Completed: ev.StageTimestamp, Code: ev.ResponseStatus.Code}
 }
 
 func tokenNode(extra map[string][]string) string {

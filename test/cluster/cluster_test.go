@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
@@ -161,5 +163,65 @@ func TestStartWithMissingDirReturnsTheError(t *testing.T) {
 	}
 	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
 		t.Fatalf("error %q does not say that %s does not exist", err, missing)
+	}
+}
+
+// TestAuditLogTimesBindsAndNodePatches: the storm benchmark orders binds
+// against marks by the API server's audit log, so both must be there, with
+// the bind's target and the server's received and answered times.
+func TestAuditLogTimesBindsAndNodePatches(t *testing.T) {
+	c := cl(t)
+	ctx := t.Context()
+	ns := testenv.Namespace(t, c.Client)
+	nodes, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := nodes.Items[0].Name
+	before := time.Now()
+	if _, err := c.Client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(`{"metadata":{"labels":{"audit-test":"`+ns+`"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = c.Client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(`{"metadata":{"labels":{"audit-test":null}}}`), metav1.PatchOptions{})
+	})
+	pod := kit.Pod(ns, "audited")
+	pod.Spec.SchedulerName = "termgate-test-nobody"
+	if _, err := c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: "audited", Namespace: ns},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: node},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	within := func(call cluster.APICall) bool {
+		return !call.Received.Before(before.Add(-time.Second)) && !call.Completed.After(after.Add(time.Second)) && !call.Completed.Before(call.Received)
+	}
+	patches, err := c.NodePatches()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patch *cluster.NodePatch
+	for i := range patches {
+		if patches[i].Node == node && patches[i].Received.After(before.Add(-time.Second)) {
+			patch = &patches[i]
+		}
+	}
+	if patch == nil || patch.Code != 200 || !within(patch.APICall) {
+		t.Fatalf("node patch audited as %+v, want 200 between %v and %v", patch, before, after)
+	}
+	binds, err := c.Binds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(binds, func(b cluster.Bind) bool { return b.Namespace == ns && b.Pod == "audited" })
+	if i < 0 {
+		t.Fatalf("bind of %s/audited not audited", ns)
+	}
+	if b := binds[i]; b.Node != node || b.Code != 201 || !within(b.APICall) || b.Received.Before(patch.Completed) {
+		t.Fatalf("bind audited as %+v, want onto %s, 201, received after the patch was answered (%v)", b, node, patch.Completed)
 	}
 }

@@ -105,6 +105,47 @@ func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, erro
 	return &AgentIdentity{Kubeconfig: path, Config: cfg, Pod: pod}, nil
 }
 
+// The webhook's account as the shipped manifests define it.
+const (
+	WebhookNamespace      = "termgate"
+	WebhookServiceAccount = "termgate-webhook"
+)
+
+// NewWebhookIdentity installs what the shipped self-managed overlay grants
+// the webhook (its RBAC, the certificate RBAC, the policy that lets it
+// change only CA bundles, the FlowSchema for its node reads), applied as
+// they are, and writes a kubeconfig with a one-hour token of its service
+// account. A webhook process run with it is refused whatever a replica in
+// the cluster would be refused, and queued where it would be queued.
+func NewWebhookIdentity(ctx context.Context, s IdentitySpec) (kubeconfig string, err error) {
+	if s.Manifests == "" {
+		root, err := cluster.RepoRoot()
+		if err != nil {
+			return "", err
+		}
+		s.Manifests = filepath.Join(root, "manifests", "base")
+	}
+	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-flowschema.yaml", "webhook-ca-bundle-policy.yaml",
+		filepath.Join("..", "overlays", "self-managed", "webhook-certs-rbac.yaml")} {
+		if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
+			return "", err
+		}
+	}
+	tr, err := s.Admin.CoreV1().ServiceAccounts(WebhookNamespace).CreateToken(ctx, WebhookServiceAccount, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("request a token of %s: %w", WebhookServiceAccount, err)
+	}
+	cfg := rest.AnonymousClientConfig(s.AdminConfig)
+	cfg.BearerToken = tr.Status.Token
+	path := filepath.Join(s.Dir, "webhook.kubeconfig")
+	if err := writeTokenKubeconfig(path, cfg); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
 // ensureAgentPod creates (or finds) the stand-in pod of the agent's
 // DaemonSet on node.
 func ensureAgentPod(ctx context.Context, admin kubernetes.Interface, node string) (*corev1.Pod, error) {
@@ -132,11 +173,11 @@ func ensureAgentPod(ctx context.Context, admin kubernetes.Interface, node string
 func writeTokenKubeconfig(path string, cfg *rest.Config) error {
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["local"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData, CertificateAuthority: cfg.CAFile}
-	kc.AuthInfos["agent"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
-	kc.Contexts["agent"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "agent"}
-	kc.CurrentContext = "agent"
+	kc.AuthInfos["token"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
+	kc.Contexts["token"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "token"}
+	kc.CurrentContext = "token"
 	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		return fmt.Errorf("write agent kubeconfig: %w", err)
+		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
 }

@@ -117,11 +117,17 @@ func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
 	began := time.Now()
 	switch o.Certs {
 	case "", CertsSelfManaged:
-		e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
-			Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: o.Cluster.Kubeconfig, Client: o.Cluster.Client,
-		})
+		// The webhook's own account, under the shipped RBAC, CA-bundle
+		// policy and FlowSchema, as a replica in the cluster runs.
+		var kubeconfig string
+		kubeconfig, e.WebhookErr = localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: o.Cluster.Client, AdminConfig: o.Cluster.Config, Dir: o.Cluster.Dir})
 		if e.WebhookErr == nil {
-			o.Say("webhook serving on %s, self-managed CA injected, configurations registered (%s)", e.Webhook.Addr, since(began))
+			e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
+				Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: kubeconfig, Client: o.Cluster.Client,
+			})
+		}
+		if e.WebhookErr == nil {
+			o.Say("webhook serving on %s with its own service account's token, self-managed CA injected, configurations registered (%s)", e.Webhook.Addr, since(began))
 		}
 	case CertsCertManager:
 		e.certManager, e.WebhookErr = localrun.StartCertManagerWebhook(ctx, localrun.CertManagerWebhookSpec{

@@ -24,6 +24,7 @@ const Name = "bind"
 // Verdicts, the metric label values this gate uses.
 const (
 	VerdictNotTerminating = "allowed-not-terminating"
+	VerdictUnconfirmed    = "allowed-unconfirmed"
 	VerdictUnknownNode    = "allowed-unknown-node"
 	VerdictTolerates      = "allowed-tolerates"
 	VerdictPodGone        = "allowed-pod-gone"
@@ -74,7 +75,7 @@ func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 	if b.Target.Name == "" || (b.Target.Kind != "" && b.Target.Kind != "Node") {
 		return review.Invalid(VerdictInvalid, "binding target must name a Node")
 	}
-	node, known := g.nodes.Lookup(b.Target.Name)
+	node, known := g.nodes.Lookup(ctx, b.Target.Name)
 	if !known {
 		// A node the cache has not seen yet (just created, or the cache is
 		// behind): fail open, as the webhook's failurePolicy does.
@@ -82,6 +83,11 @@ func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 		return review.Allow(VerdictUnknownNode)
 	}
 	if !node.Terminating() {
+		if node.Unconfirmed {
+			// A Spot node whose fresh read failed: the cache's answer
+			// stands, counted apart because it may be behind.
+			return review.Allow(VerdictUnconfirmed)
+		}
 		return review.Allow(VerdictNotTerminating)
 	}
 	return g.slowPath(ctx, req, b.Target.Name, node)

@@ -169,3 +169,18 @@ func TestBindGate(t *testing.T) {
 		})
 	}
 }
+
+// unconfirmedNodes answers every lookup as a node whose fresh read failed.
+type unconfirmedNodes struct{}
+
+func (unconfirmedNodes) Lookup(context.Context, string) (nodecache.Node, bool) {
+	return nodecache.Node{Unconfirmed: true}, true
+}
+
+func TestABindOntoANodeThatCouldNotBeConfirmedIsAllowedAndCountedApart(t *testing.T) {
+	g := New(unconfirmedNodes{}, &pods{t: t, forbid: true}, corev1.TaintEffectNoSchedule, nil)
+	got := g.Admit(context.Background(), bindRequest("web", "spot"))
+	if !got.Allowed || got.Verdict != VerdictUnconfirmed {
+		t.Fatalf("got allowed=%v verdict=%q, want allowed with %q", got.Allowed, got.Verdict, VerdictUnconfirmed)
+	}
+}

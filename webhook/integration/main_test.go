@@ -124,8 +124,19 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		cancel()
 		return nil, nil, err
 	}
-	w := &runningWebhook{client: c.Client, nodes: nodecache.New(mc), pods: nodepods.New(confineMeta),
+	atRisk, err := nodecache.ParseSelectors(nodecache.DefaultAtRisk)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	w := &runningWebhook{client: c.Client, nodes: nodecache.New(mc, nodecache.SelectorLabelKeys(atRisk)), pods: nodepods.New(confineMeta),
 		certDir: filepath.Join(c.Dir, "webhook-certs"), registry: prometheus.NewRegistry()}
+	confirmMetrics, err := nodecache.NewConfirmMetrics(w.registry)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	confirmed := nodecache.NewConfirmer(w.nodes, mc.Resource(nodecache.NodesResource), atRisk, 500*time.Millisecond, confirmMetrics)
 	w.nodes.OnTerminatingChange(w.pods.SetFollowed)
 	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
 	if err != nil {
@@ -137,7 +148,7 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		return nil, nil, err
 	}
 	w.caPEM = pems.CA
-	srv, reloader, err := newServer(serverParts{nodes: w.nodes, pods: w.pods, client: c.Client, confineClient: confineKube}, w.certDir, w.registry)
+	srv, reloader, err := newServer(serverParts{nodes: confirmed, pods: w.pods, client: c.Client, confineClient: confineKube}, w.certDir, w.registry)
 	if err != nil {
 		cancel()
 		return nil, nil, err
@@ -178,7 +189,7 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 
 // serverParts are the caches and clients a webhook server reads.
 type serverParts struct {
-	nodes         *nodecache.Cache
+	nodes         nodecache.Lookup
 	pods          *nodepods.Cache
 	client        kubernetes.Interface
 	confineClient kubernetes.Interface

@@ -146,6 +146,23 @@ func agentUsernameFlag(t *testing.T, deployment *unstructured.Unstructured) stri
 	return ""
 }
 
+// flowSchemaAccount returns namespace/name of the one service account a
+// FlowSchema's first rule names.
+func flowSchemaAccount(t *testing.T, fs *unstructured.Unstructured) string {
+	t.Helper()
+	rules, _, _ := unstructured.NestedSlice(fs.Object, "spec", "rules")
+	if len(rules) == 0 {
+		t.Fatalf("FlowSchema %s has no rules", fs.GetName())
+	}
+	subjects, _, _ := unstructured.NestedSlice(rules[0].(map[string]any), "subjects")
+	if len(subjects) != 1 {
+		t.Fatalf("FlowSchema %s: %d subjects, want 1", fs.GetName(), len(subjects))
+	}
+	ns, _, _ := unstructured.NestedString(subjects[0].(map[string]any), "serviceAccount", "namespace")
+	name, _, _ := unstructured.NestedString(subjects[0].(map[string]any), "serviceAccount", "name")
+	return ns + "/" + name
+}
+
 // podBoundClient returns a client with a token of serviceAccount bound to
 // pod, as the kubelet projects it.
 func podBoundClient(t *testing.T, pod *corev1.Pod) kubernetes.Interface {
@@ -183,6 +200,13 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 		t.Fatalf("webhook flag %s, want --agent-username=%s", got, agentUser)
 	}
 
+	// Both FlowSchemas put the renamed accounts ahead in API priority.
+	for schema, account := range map[string]string{"termgate-agent-node-marks" + suffix: agentSA, "termgate-webhook-reads" + suffix: "termgate-webhook" + suffix} {
+		if got := flowSchemaAccount(t, findObject(t, objs, "FlowSchema", schema)); got != ns+"/"+account {
+			t.Errorf("FlowSchema %s matches service account %s, want %s/%s", schema, got, ns, account)
+		}
+	}
+
 	// The whole rendered overlay passes the API server's checks.
 	if err := kit.EnsureNamespace(ctx(t), env.Client, ns); err != nil {
 		t.Fatal(err)
@@ -199,6 +223,7 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 		"deployment.apps/termgate-webhook" + suffix, "daemonset.apps/termgate-agent" + suffix,
 		"networkpolicy.networking.k8s.io/termgate-webhook" + suffix, "resourcequota/termgate-critical-pods" + suffix,
 		"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-node" + suffix,
+		"flowschema.flowcontrol.apiserver.k8s.io/termgate-webhook-reads" + suffix,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dry run did not apply %s:\n%s", want, out)

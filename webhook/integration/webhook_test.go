@@ -72,8 +72,8 @@ func markNode(t *testing.T, node string, taint bool) nodemark.Mark {
 		}
 	})
 	t.Cleanup(func() { unmarkNode(t, node) })
-	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" terminating", func(context.Context) (bool, string, error) {
-		n, _ := wh.nodes.Lookup(node)
+	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" terminating", func(ctx context.Context) (bool, string, error) {
+		n, _ := wh.nodes.Lookup(ctx, node)
 		return n.Terminating(), "not yet", nil
 	})
 	return m
@@ -99,8 +99,8 @@ func unmarkNode(t *testing.T, node string) {
 		}
 		n.Spec.Taints = keep
 	})
-	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" unmarked", func(context.Context) (bool, string, error) {
-		n, _ := wh.nodes.Lookup(node)
+	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" unmarked", func(ctx context.Context) (bool, string, error) {
+		n, _ := wh.nodes.Lookup(ctx, node)
 		return !n.Terminating(), "still terminating", nil
 	})
 }

@@ -51,7 +51,7 @@ func TestTerminatingChangesAreReported(t *testing.T) {
 	mark := nodemark.Mark{State: nodemark.StateTerminating}.Annotations()
 	advance := nodemark.Mark{State: nodemark.StateAdvance}.Annotations()
 	client := metadatafake.NewSimpleMetadataClient(scheme, NodeMeta("marked-at-start", mark), NodeMeta("plain", nil), NodeMeta("advance", advance))
-	c := New(client)
+	c := New(client, nil)
 	events := &markEvents{got: map[string]bool{}}
 	c.OnTerminatingChange(events.record)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,12 +1,15 @@
 // Package nodecache keeps the termination marks of every Node in memory, fed
 // by a metadata-only informer: the mark lives in annotations, so the webhook
 // never needs node specs or statuses. Lookups are map reads under a read
-// lock; the bind gate's fast path makes no API call.
+// lock; the bind gate's fast path makes no API call. A Confirmer in front of
+// the cache re-reads the few nodes a mark may reach at any moment (Spot
+// VMs), because an informer can be a second behind when it matters most.
 package nodecache
 
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,7 +21,8 @@ import (
 	"termgate.dev/termgate/nodemark"
 )
 
-var nodesResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
+// NodesResource is the resource the cache and the Confirmer read.
+var NodesResource = schema.GroupVersionResource{Version: "v1", Resource: "nodes"}
 
 // Node is what a gate learns about a node.
 type Node struct {
@@ -27,14 +31,21 @@ type Node struct {
 	// terminating is treated as terminating (the agent rewrites or removes
 	// a malformed mark on its own node, and logs it).
 	Mark nodemark.Mark
+	// Labels holds only the labels the cache was asked to keep (those a
+	// Confirmer's selectors read); nil otherwise.
+	Labels map[string]string
+	// Unconfirmed is set when the node needed a fresh read and the read
+	// failed: the answer is the cache's and may be behind.
+	Unconfirmed bool
 }
 
 // Terminating reports whether binds onto the node must be checked.
 func (n Node) Terminating() bool { return n.Mark.Terminating() }
 
-// Lookup is what a gate needs of the cache; tests pass their own.
+// Lookup is what a gate needs of the node state; tests pass their own.
+// ctx bounds any API read behind the answer.
 type Lookup interface {
-	Lookup(name string) (Node, bool)
+	Lookup(ctx context.Context, name string) (Node, bool)
 }
 
 var _ Lookup = (*Cache)(nil)
@@ -45,13 +56,16 @@ type Cache struct {
 	informer cache.SharedIndexInformer
 }
 
-// New builds a cache fed by a metadata informer on Nodes. Run it with Start.
-func New(client metadata.Interface) *Cache {
-	inf := metadatainformer.NewFilteredMetadataInformer(client, nodesResource, "", 0, cache.Indexers{}, nil).Informer()
-	// Keep only what a lookup reads: the name and termgate's annotations.
-	// With thousands of nodes this keeps the cache to a few hundred bytes a
-	// node instead of the full metadata with managedFields.
-	_ = inf.SetTransform(trim)
+// New builds a cache fed by a metadata informer on Nodes. It keeps the
+// labels named in keepLabels, for a Confirmer's selectors. Run it with
+// Start.
+func New(client metadata.Interface, keepLabels []string) *Cache {
+	inf := metadatainformer.NewFilteredMetadataInformer(client, NodesResource, "", 0, cache.Indexers{}, nil).Informer()
+	// Keep only what a lookup reads: the name, termgate's annotations and
+	// the labels asked for. With thousands of nodes this keeps the cache to
+	// a few hundred bytes a node instead of the full metadata with
+	// managedFields.
+	_ = inf.SetTransform(trimmer(slices.Clone(keepLabels)))
 	return &Cache{store: inf.GetStore(), informer: inf}
 }
 
@@ -117,8 +131,9 @@ func isTerminating(meta *metav1.PartialObjectMetadata) bool {
 	return m.Terminating()
 }
 
-// Lookup returns the node named name; known is false on a cache miss.
-func (c *Cache) Lookup(name string) (n Node, known bool) {
+// Lookup returns the node named name from memory; known is false on a
+// cache miss. It never calls the API, so ctx is unused.
+func (c *Cache) Lookup(_ context.Context, name string) (n Node, known bool) {
 	obj, known, err := c.store.GetByKey(name)
 	if err != nil || !known {
 		return Node{}, false
@@ -127,36 +142,51 @@ func (c *Cache) Lookup(name string) (n Node, known bool) {
 	if !ok {
 		return Node{}, false
 	}
-	m, marked, _ := nodemark.Read(meta.Annotations)
-	if !marked {
-		return Node{}, true
+	return nodeFrom(meta), true
+}
+
+// nodeFrom reads a node's mark and labels from its metadata.
+func nodeFrom(meta *metav1.PartialObjectMetadata) Node {
+	n := Node{Labels: meta.Labels}
+	if m, marked, _ := nodemark.Read(meta.Annotations); marked {
+		n.Mark = m
 	}
-	return Node{Mark: m}, true
+	return n
 }
 
 const annotationPrefix = "termgate.dev/"
 
-// trim drops all metadata but the name, resource version and termgate's
-// annotations.
-func trim(obj any) (any, error) {
-	meta, ok := obj.(*metav1.PartialObjectMetadata)
-	if !ok {
-		// Tombstones and other wrappers pass through untouched.
-		return obj, nil
-	}
-	out := &metav1.PartialObjectMetadata{TypeMeta: meta.TypeMeta}
-	out.Name = meta.Name
-	out.UID = meta.UID
-	out.ResourceVersion = meta.ResourceVersion
-	for k, v := range meta.Annotations {
-		if strings.HasPrefix(k, annotationPrefix) {
-			if out.Annotations == nil {
-				out.Annotations = make(map[string]string, len(nodemark.AnnotationKeys))
-			}
-			out.Annotations[k] = v
+// trimmer returns a transform that drops all metadata but the name, UID,
+// resource version, termgate's annotations and the labels in keepLabels.
+func trimmer(keepLabels []string) cache.TransformFunc {
+	return func(obj any) (any, error) {
+		meta, ok := obj.(*metav1.PartialObjectMetadata)
+		if !ok {
+			// Tombstones and other wrappers pass through untouched.
+			return obj, nil
 		}
+		out := &metav1.PartialObjectMetadata{TypeMeta: meta.TypeMeta}
+		out.Name = meta.Name
+		out.UID = meta.UID
+		out.ResourceVersion = meta.ResourceVersion
+		for k, v := range meta.Annotations {
+			if strings.HasPrefix(k, annotationPrefix) {
+				if out.Annotations == nil {
+					out.Annotations = make(map[string]string, len(nodemark.AnnotationKeys))
+				}
+				out.Annotations[k] = v
+			}
+		}
+		for _, k := range keepLabels {
+			if v, ok := meta.Labels[k]; ok {
+				if out.Labels == nil {
+					out.Labels = make(map[string]string, len(keepLabels))
+				}
+				out.Labels[k] = v
+			}
+		}
+		return out, nil
 	}
-	return out, nil
 }
 
 // NodeMeta returns a node object for NewFromStore with the given annotations.

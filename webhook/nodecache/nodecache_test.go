@@ -1,6 +1,8 @@
 package nodecache
 
 import (
+	"context"
+	"maps"
 	"testing"
 	"time"
 
@@ -32,7 +34,7 @@ func TestLookup(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			n, known := c.Lookup(tc.name)
+			n, known := c.Lookup(context.Background(), tc.name)
 			if known != tc.wantKnown || n.Terminating() != tc.wantTerminating {
 				t.Fatalf("got %+v known=%v", n, known)
 			}
@@ -43,16 +45,27 @@ func TestLookup(t *testing.T) {
 	}
 }
 
-func TestTrimKeepsOnlyTermgateAnnotations(t *testing.T) {
+func TestTrimKeepsOnlyTermgateAnnotationsAndTheLabelsAskedFor(t *testing.T) {
 	in := NodeMeta("n", map[string]string{nodemark.AnnotationState: "advance", "other.io/x": "y"})
 	in.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}
-	in.Labels = map[string]string{"a": "b"}
-	out, err := trim(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := out.(*metav1.PartialObjectMetadata)
-	if m.Name != "n" || len(m.Annotations) != 1 || m.Annotations[nodemark.AnnotationState] != "advance" || m.ManagedFields != nil || m.Labels != nil {
-		t.Fatalf("trimmed to %+v", m)
+	in.Labels = map[string]string{"a": "b", "cloud.google.com/gke-spot": "true"}
+	for _, tc := range []struct {
+		keep       []string
+		wantLabels map[string]string
+	}{
+		{keep: nil, wantLabels: nil},
+		{keep: []string{"cloud.google.com/gke-spot", "absent"}, wantLabels: map[string]string{"cloud.google.com/gke-spot": "true"}},
+	} {
+		out, err := trimmer(tc.keep)(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := out.(*metav1.PartialObjectMetadata)
+		if m.Name != "n" || len(m.Annotations) != 1 || m.Annotations[nodemark.AnnotationState] != "advance" || m.ManagedFields != nil {
+			t.Fatalf("keep %v: trimmed to %+v", tc.keep, m)
+		}
+		if !maps.Equal(m.Labels, tc.wantLabels) || (tc.wantLabels == nil && m.Labels != nil) {
+			t.Fatalf("keep %v: labels %v, want %v", tc.keep, m.Labels, tc.wantLabels)
+		}
 	}
 }

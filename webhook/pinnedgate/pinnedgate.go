@@ -30,6 +30,7 @@ const (
 	VerdictNotPinned      = "allowed-not-pinned"
 	VerdictMirror         = "allowed-mirror"
 	VerdictNotTerminating = "allowed-not-terminating"
+	VerdictUnconfirmed    = "allowed-unconfirmed"
 	VerdictUnknownNode    = "allowed-unknown-node"
 	VerdictTolerates      = "allowed-tolerates"
 	VerdictDenied         = "denied"
@@ -54,7 +55,7 @@ func New(nodes nodecache.Lookup, effect corev1.TaintEffect, metrics *review.Gate
 func (g *Gate) Name() string { return Name }
 
 // Admit implements review.Gate.
-func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
+func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 	if req.Operation != review.OperationCreate || req.SubResource != "" {
 		return review.Allow(VerdictNotPinned)
 	}
@@ -72,12 +73,17 @@ func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
 	if nodemark.IsMirrorPod(pod) && isNodeItself(req.UserInfo.Username, pod.Spec.NodeName) {
 		return review.Allow(VerdictMirror)
 	}
-	node, known := g.nodes.Lookup(pod.Spec.NodeName)
+	node, known := g.nodes.Lookup(ctx, pod.Spec.NodeName)
 	if !known {
 		g.metrics.CacheMiss()
 		return review.Allow(VerdictUnknownNode)
 	}
 	if !node.Terminating() {
+		if node.Unconfirmed {
+			// A Spot node whose fresh read failed: the cache's answer
+			// stands, counted apart because it may be behind.
+			return review.Allow(VerdictUnconfirmed)
+		}
 		return review.Allow(VerdictNotTerminating)
 	}
 	if nodemark.Tolerates(pod, g.effect) {

@@ -150,3 +150,18 @@ func TestMalformedPodIsRefusedAsInvalid(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 }
+
+// unconfirmedNodes answers every lookup as a node whose fresh read failed.
+type unconfirmedNodes struct{}
+
+func (unconfirmedNodes) Lookup(context.Context, string) (nodecache.Node, bool) {
+	return nodecache.Node{Unconfirmed: true}, true
+}
+
+func TestAPodOntoANodeThatCouldNotBeConfirmedIsAllowedAndCountedApart(t *testing.T) {
+	g := New(unconfirmedNodes{}, corev1.TaintEffectNoSchedule, nil)
+	got := g.Admit(context.Background(), podCreate(t, func(p *corev1.Pod) { p.Spec.NodeName = "spot" }))
+	if !got.Allowed || got.Verdict != VerdictUnconfirmed {
+		t.Fatalf("got allowed=%v verdict=%q, want allowed with %q", got.Allowed, got.Verdict, VerdictUnconfirmed)
+	}
+}

@@ -76,6 +76,8 @@ type webhookDeps struct {
 	// confineKube and confineMetadata share a rate limiter of their own.
 	confineKube     kubernetes.Interface
 	confineMetadata metadata.Interface
+	// confirmMetadata makes the fresh node reads, on a budget of its own.
+	confirmMetadata metadata.Interface
 }
 
 func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
@@ -101,6 +103,12 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	}
 	if d.confineMetadata, err = metadata.NewForConfig(confineCfg); err != nil {
 		return nil, fmt.Errorf("confinement metadata client: %w", err)
+	}
+	confirmCfg := rest.CopyConfig(cfg)
+	confirmCfg.QPS, confirmCfg.Burst = float32(o.ConfirmQPS), o.ConfirmBurst
+	confirmCfg.UserAgent = "termgate-webhook-confirm"
+	if d.confirmMetadata, err = metadata.NewForConfig(confirmCfg); err != nil {
+		return nil, fmt.Errorf("node confirmation client: %w", err)
 	}
 	leaseCfg := rest.CopyConfig(cfg)
 	leaseCfg.QPS, leaseCfg.Burst = float32(o.LeaseQPS), o.LeaseBurst
@@ -131,7 +139,16 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 	if err != nil {
 		return err
 	}
-	nodes := nodecache.New(deps.metadata)
+	atRisk, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors)
+	if err != nil {
+		return err
+	}
+	confirmMetrics, err := nodecache.NewConfirmMetrics(ctrlmetrics.Registry)
+	if err != nil {
+		return err
+	}
+	nodes := nodecache.New(deps.metadata, nodecache.SelectorLabelKeys(atRisk))
+	confirmed := nodecache.NewConfirmer(nodes, deps.confirmMetadata.Resource(nodecache.NodesResource), atRisk, o.ConfirmTimeout, confirmMetrics)
 	// The pods of marked nodes, followed while the mark is there: the
 	// confinement's answer without an API read per eviction.
 	nodePods := nodepods.New(deps.confineMetadata)
@@ -146,7 +163,7 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 	reloader := certs.NewReloader(o.CertDir, clk)
 	server := &webhook.Server{
 		Handler: webhook.Handler(webhook.Config{
-			Nodes:           nodes,
+			Nodes:           confirmed,
 			Pods:            webhook.APIPods{Client: deps.kube},
 			AgentPods:       webhook.APIPods{Client: deps.confineKube},
 			AgentPodLocator: nodePods,

@@ -13,6 +13,7 @@ import (
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/cmd/termgate/daemon"
 	"termgate.dev/termgate/webhook"
+	"termgate.dev/termgate/webhook/nodecache"
 )
 
 // Certificate modes.
@@ -38,6 +39,15 @@ type WebhookOptions struct {
 	// its node-pod informers and the pod reads the cache cannot answer.
 	ConfineQPS   float64
 	ConfineBurst int
+
+	// ConfirmNodeSelectors picks the nodes whose state a bind re-reads
+	// from the API server (';'-separated label selectors); ConfirmTimeout
+	// bounds each read, and ConfirmQPS and ConfirmBurst are its own
+	// client budget.
+	ConfirmNodeSelectors string
+	ConfirmTimeout       time.Duration
+	ConfirmQPS           float64
+	ConfirmBurst         int
 
 	// Limits of the admission server.
 	Limits webhook.Limits
@@ -77,8 +87,17 @@ func NewWebhookOptions() *WebhookOptions {
 		ns = "termgate"
 	}
 	return &WebhookOptions{
-		ConfineQPS:         50,
-		ConfineBurst:       100,
+		ConfineQPS:           50,
+		ConfineBurst:         100,
+		ConfirmNodeSelectors: nodecache.DefaultAtRisk,
+		// The API server waits 2 s for the webhook; a read still waiting
+		// after half a second leaves time to answer from the cache.
+		ConfirmTimeout: 500 * time.Millisecond,
+		// The scheduler's own client defaults to 50 QPS for all its
+		// calls, binds included: twice that leaves room for a faster
+		// scheduler or an uneven spread over replicas.
+		ConfirmQPS:         100,
+		ConfirmBurst:       200,
 		Limits:             webhook.DefaultLimits(),
 		BindAddress:        ":9443",
 		HealthAddress:      ":8081",
@@ -122,6 +141,10 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the node cache, the bind gate's pod reads and certificate work.")
 	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the agent confinement alone: pod lists of marked nodes and the pod reads they cannot answer.")
 	fs.IntVar(&o.ConfineBurst, "confine-kube-api-burst", o.ConfineBurst, "Client burst of the agent confinement alone.")
+	fs.StringVar(&o.ConfirmNodeSelectors, "confirm-node-selectors", o.ConfirmNodeSelectors, "Label selectors, separated by ';', of nodes that may be reclaimed at short notice. A bind or pinned pod onto such a node (or onto a node in the advance state) re-reads the node from the API server when the cache says it is not terminating, so a mark the cache has not seen yet still counts. Empty re-reads advance nodes only.")
+	fs.DurationVar(&o.ConfirmTimeout, "confirm-timeout", o.ConfirmTimeout, "Longest fresh node read; past it the cache's answer is used (counted as failed).")
+	fs.Float64Var(&o.ConfirmQPS, "confirm-kube-api-qps", o.ConfirmQPS, "Client QPS of the fresh node reads alone.")
+	fs.IntVar(&o.ConfirmBurst, "confirm-kube-api-burst", o.ConfirmBurst, "Client burst of the fresh node reads alone.")
 	fs.DurationVar(&o.Limits.ReadHeaderTimeout, "read-header-timeout", o.Limits.ReadHeaderTimeout, "Admission server: longest TLS handshake plus request headers.")
 	fs.DurationVar(&o.Limits.ReadTimeout, "read-timeout", o.Limits.ReadTimeout, "Admission server: longest read of a whole request, body included.")
 	fs.DurationVar(&o.Limits.WriteTimeout, "write-timeout", o.Limits.WriteTimeout, "Admission server: longest write of an answer.")
@@ -196,7 +219,13 @@ func (o *WebhookOptions) Validate() error {
 	if o.ShutdownDelay < 0 || o.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-delay must not be negative and --shutdown-timeout must be positive"))
 	}
-	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 {
+	if _, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors); err != nil {
+		errs = append(errs, fmt.Errorf("--confirm-node-selectors: %w", err))
+	}
+	if o.ConfirmTimeout <= 0 {
+		errs = append(errs, errors.New("--confirm-timeout must be positive"))
+	}
+	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 || o.ConfirmQPS <= 0 || o.ConfirmBurst <= 0 {
 		errs = append(errs, errors.New("client QPS and burst must be positive"))
 	}
 	if o.AgentUsername == "" {

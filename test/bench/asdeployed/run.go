@@ -64,7 +64,7 @@ type Webhook struct {
 }
 
 // StartWebhook starts the webhook as `make demo` does, with the shipped
-// Deployment's environment.
+// Deployment's environment and its own service account's token.
 func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*Webhook, error) {
 	shipped, err := ShippedWebhook()
 	if err != nil {
@@ -74,7 +74,13 @@ func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*Webh
 	for _, k := range slices.Sorted(maps.Keys(shipped.Env)) {
 		env = append(env, k+"="+shipped.Env[k])
 	}
-	w, err := localrun.StartWebhook(ctx, localrun.WebhookSpec{Binary: binary, Dir: c.Dir, Kubeconfig: c.Kubeconfig, Client: c.Client, Env: env})
+	// Its own service account's token, under the shipped RBAC and
+	// FlowSchema: an admin's requests would skip API priority and fairness.
+	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir})
+	if err != nil {
+		return nil, fmt.Errorf("the webhook's identity: %w", err)
+	}
+	w, err := localrun.StartWebhook(ctx, localrun.WebhookSpec{Binary: binary, Dir: c.Dir, Kubeconfig: kubeconfig, Client: c.Client, Env: env})
 	if err != nil {
 		return nil, fmt.Errorf("start webhook: %w", err)
 	}

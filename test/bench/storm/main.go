@@ -11,9 +11,14 @@
 //
 //   - storm_mark_ms_max: the slowest node's notice-to-taint time (a node
 //     never tainted counts as the whole observation window)
-//   - storm_binds_onto_marked: Deployment pods bound to a node after its
-//     mark was stored (by etcd revision: the bind's resourceVersion is
-//     above the mark's)
+//   - storm_binds_onto_marked: Deployment pods bound to a Spot node by a
+//     bind the API server received after it had stored the node's mark
+//     (both times from its audit log, on its own clock): the binds the
+//     webhook should have refused
+//   - storm_binds_racing_mark: binds received before the mark was stored
+//     but stored after it (the bind's resourceVersion, an etcd revision, is
+//     above the mark's). Admission cannot order these: the webhook answered
+//     on the node as it was while the mark was still on its way.
 //   - storm_fail_open_calls: kube-apiserver log lines "failing open" for a
 //     termgate webhook, from the first notice to the end
 //   - storm_webhook_unchecked_allows: the webhook's own fail-open, which
@@ -90,12 +95,16 @@ func run(ctx context.Context, o options) error {
 	if kept, keepErr := keepLog(e.webhook.LogPath(), filepath.Join(filepath.Dir(o.out), "storm-webhook.log")); keepErr == nil {
 		fmt.Println("webhook log kept in", kept)
 	}
+	if kept, keepErr := keepLog(e.c.AuditLogPath(), filepath.Join(filepath.Dir(o.out), "storm-audit.log")); keepErr == nil {
+		fmt.Println("audit log kept in", kept)
+	}
 	if err != nil {
 		return err
 	}
 	figures := []asdeployed.Figure{
 		{Key: "storm_mark_ms_max", Value: res.markMaxMS, Target: "<= 1000", Note: fmt.Sprintf("p50 %.0f ms", res.markP50MS)},
 		{Key: "storm_binds_onto_marked", Value: float64(res.bindsOntoMarked), Target: "0", Note: fmt.Sprintf("of %d binds during the storm, %d onto Spot nodes", res.binds, res.bindsOntoSpot)},
+		{Key: "storm_binds_racing_mark", Value: float64(res.bindsRacing), Note: "asked for before the mark was stored, stored after it"},
 		{Key: "storm_fail_open_calls", Value: float64(res.failOpen), Target: "0", Note: res.failOpenNote},
 		{Key: "storm_webhook_unchecked_allows", Value: float64(res.uncheckedAllows), Target: "0", Note: res.uncheckedNote},
 		{Key: "storm_drains_done_by_deadline", Value: res.doneFraction, Target: "1.0", Note: res.doneNote},

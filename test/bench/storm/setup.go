@@ -72,7 +72,7 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	if e.webhook, err = asdeployed.StartWebhook(ctx, c, e.bin); err != nil {
 		return e, err
 	}
-	say("webhook serving on %s, configurations registered (%s)", e.webhook.Addr, since(began))
+	say("webhook serving on %s with its own service account's token, configurations registered (%s)", e.webhook.Addr, since(began))
 
 	began = time.Now()
 	ids, err := e.identities(ctx)

@@ -22,6 +22,7 @@ import (
 
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/bench/asdeployed"
+	"termgate.dev/termgate/test/localrun"
 )
 
 // preemptionNotice is GCE's notice for Spot VMs (the DaemonSet's
@@ -47,9 +48,9 @@ type nodeState struct {
 
 // bindRecord is a Deployment pod's first appearance with a node: the bind.
 type bindRecord struct {
-	node string
-	rv   uint64
-	seen time.Time
+	pod, node string
+	rv        uint64
+	seen      time.Time
 }
 
 // observer follows nodes and the Deployment's pods through watches that
@@ -157,7 +158,7 @@ func (obs *observer) pod(o any, now time.Time) {
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	if _, seen := obs.binds[p.UID]; !seen {
-		obs.binds[p.UID] = bindRecord{node: p.Spec.NodeName, rv: revision(p.ResourceVersion), seen: now}
+		obs.binds[p.UID] = bindRecord{pod: p.Name, node: p.Spec.NodeName, rv: revision(p.ResourceVersion), seen: now}
 	}
 }
 
@@ -177,6 +178,7 @@ func (obs *observer) close() {
 type result struct {
 	markMaxMS, markP50MS                  float64
 	binds, bindsOntoSpot, bindsOntoMarked int
+	bindsRacing                           int
 	failOpen                              int
 	failOpenNote                          string
 	uncheckedAllows                       int
@@ -269,7 +271,11 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 	if err := e.webhook.Exited(); err != nil {
 		return result{}, fmt.Errorf("the webhook died during the storm: %w", err)
 	}
-	res := e.summarise(obs, end)
+	audit, err := e.auditedStorm(t0)
+	if err != nil {
+		return result{}, err
+	}
+	res := e.summarise(obs, audit, end)
 	e.printAgentSide(ctx)
 	var total, largest, peak float64
 	for _, a := range e.agents {
@@ -376,7 +382,7 @@ func (e *env) checkAtDeadline(ctx context.Context, obs *observer, node string) e
 	return nil
 }
 
-func (e *env) summarise(obs *observer, end time.Time) result {
+func (e *env) summarise(obs *observer, audit stormAudit, end time.Time) result {
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	var res result
@@ -414,13 +420,66 @@ func (e *env) summarise(obs *observer, end time.Time) result {
 			continue
 		}
 		res.bindsOntoSpot++
-		if st.markRV != 0 && b.rv > st.markRV {
+		stored, marked := audit.markStored[b.node]
+		asked, audited := audit.bindAsked[b.pod]
+		switch {
+		case !marked || !audited:
+			if st.markRV != 0 && b.rv > st.markRV {
+				// Without the audit there is no telling when the bind was
+				// asked for: count it against termgate.
+				res.bindsOntoMarked++
+				fmt.Printf("bound onto %s after its mark (revision %d, mark %d), not in the audit log\n", b.node, b.rv, st.markRV)
+			}
+		case asked.After(stored):
 			res.bindsOntoMarked++
-			fmt.Printf("bound onto %s after its mark: bind revision %d, mark revision %d; the bench saw the bind %s after the mark\n",
-				b.node, b.rv, st.markRV, b.seen.Sub(st.markSeen).Round(time.Millisecond))
+			fmt.Printf("bound onto %s after its mark: the bind was asked for %s after the mark was stored (revision %d, mark %d)\n",
+				b.node, asked.Sub(stored).Round(time.Microsecond), b.rv, st.markRV)
+		case st.markRV != 0 && b.rv > st.markRV:
+			res.bindsRacing++
+			fmt.Printf("bind onto %s raced its mark: asked for %s before the mark was stored, stored after it (revision %d, mark %d)\n",
+				b.node, stored.Sub(asked).Round(time.Microsecond), b.rv, st.markRV)
 		}
 	}
 	return res
+}
+
+// stormAudit is what the API server's audit log says of the storm, on the
+// server's own clock.
+type stormAudit struct {
+	// markStored is, for each Spot node, when the server answered the
+	// agent's first Node patch of the storm: the mark.
+	markStored map[string]time.Time
+	// bindAsked is, for each pod bound during the storm, when the server
+	// received its bind.
+	bindAsked map[string]time.Time
+}
+
+func (e *env) auditedStorm(since time.Time) (stormAudit, error) {
+	a := stormAudit{markStored: map[string]time.Time{}, bindAsked: map[string]time.Time{}}
+	patches, err := e.c.NodePatches()
+	if err != nil {
+		return a, err
+	}
+	agent := "system:serviceaccount:" + localrun.AgentNamespace + ":" + localrun.AgentServiceAccount
+	for _, p := range patches {
+		// Agents patch only their own node, and only on a notice.
+		if p.User != agent || p.Code != 200 || p.Received.Before(since) {
+			continue
+		}
+		if first, ok := a.markStored[p.Node]; !ok || p.Completed.Before(first) {
+			a.markStored[p.Node] = p.Completed
+		}
+	}
+	binds, err := e.c.Binds()
+	if err != nil {
+		return a, err
+	}
+	for _, b := range binds {
+		if b.Namespace == e.ns && b.Code == 201 && !b.Received.Before(since) {
+			a.bindAsked[b.Pod] = b.Received
+		}
+	}
+	return a, nil
 }
 
 func sleepUntil(ctx context.Context, t time.Time) error {
@@ -529,12 +588,15 @@ func admissionCounters(ctx context.Context, e *env) (counters, error) {
 // uncheckedVerdicts are the webhook's answers that allow without having
 // checked: the gate's own fail-open, invisible to the API server's
 // fail-open count.
-var uncheckedVerdicts = []string{"allowed-pod-unreadable", "allowed-unknown-node"}
+var uncheckedVerdicts = []string{"allowed-pod-unreadable", "allowed-unknown-node", "allowed-unconfirmed"}
 
 // webhookCounters are the webhook's metrics that say how it answered.
 var webhookCounters = []string{
 	"termgate_webhook_decisions_total", "termgate_webhook_node_cache_misses_total", "termgate_webhook_pod_reads_total",
 	"termgate_webhook_pod_cache_answers_total", "termgate_webhook_requests_refused_total",
+	"termgate_webhook_node_confirmations_total", "termgate_webhook_node_confirmation_duration_seconds_sum",
+	"termgate_webhook_node_confirmation_duration_seconds_count",
+	"termgate_webhook_decision_duration_seconds_sum", "termgate_webhook_decision_duration_seconds_count",
 }
 
 // printAgentSide prints the agents' own notice-to-mark times (metadata

@@ -1,0 +1,189 @@
+package nodecache
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"termgate.dev/termgate/nodemark"
+)
+
+// NodeGetter reads one node's metadata from the API server. A read without
+// a resourceVersion is served from etcd by quorum, so it sees every mark
+// stored before it began.
+type NodeGetter interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions, subresources ...string) (*metav1.PartialObjectMetadata, error)
+}
+
+// Confirmation results, the values of the metric's result label.
+const (
+	ConfirmAgreed = "agreed"      // the API server said what the cache said
+	ConfirmCaught = "caught-mark" // the node was terminating; the cache had not seen it yet
+	ConfirmGone   = "node-gone"   // the node no longer exists
+	ConfirmFailed = "failed"      // the read failed or timed out; the cache's answer stands
+)
+
+// Confirmer answers from the cache, except for nodes whose mark may land at
+// any moment: those re-read the node from the API server when the cache
+// says they are not terminating. A Spot VM is marked within milliseconds of
+// its 30 s notice, but an informer on a busy webhook can see the mark up to
+// a second later (0.08 to 0.94 s in `make bench-storm`), and the scheduler
+// binds many pods in that second. One read per bind onto such a node is the
+// price of never letting them through.
+type Confirmer struct {
+	cache   Lookup
+	nodes   NodeGetter
+	atRisk  []labels.Selector
+	timeout time.Duration
+	metrics *ConfirmMetrics
+}
+
+var _ Lookup = (*Confirmer)(nil)
+
+// NewConfirmer wraps cache. Nodes matching any of atRisk, and nodes in the
+// advance state (whose maintenance window can open at any moment), are
+// re-read through nodes, each read bounded by timeout. The cache must keep
+// the labels the selectors read (see SelectorLabelKeys). A nil nodes turns
+// the re-reads off; metrics may be nil.
+func NewConfirmer(cache Lookup, nodes NodeGetter, atRisk []labels.Selector, timeout time.Duration, metrics *ConfirmMetrics) *Confirmer {
+	return &Confirmer{cache: cache, nodes: nodes, atRisk: atRisk, timeout: timeout, metrics: metrics}
+}
+
+// Lookup implements Lookup.
+func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
+	n, known := c.cache.Lookup(ctx, name)
+	if !known || n.Terminating() || c.nodes == nil || !c.needsConfirming(n) {
+		return n, known
+	}
+	start := time.Now()
+	fresh, err := c.read(ctx, name)
+	result := ConfirmAgreed
+	switch {
+	case apierrors.IsNotFound(err):
+		// The bind fails on its own; the cache will drop the node soon.
+		result = ConfirmGone
+	case err != nil:
+		result = ConfirmFailed
+		n.Unconfirmed = true
+	default:
+		if m, marked, _ := nodemark.Read(fresh.Annotations); marked {
+			n.Mark = m
+		}
+		if n.Terminating() {
+			result = ConfirmCaught
+		}
+	}
+	c.metrics.observe(result, time.Since(start))
+	return n, true
+}
+
+func (c *Confirmer) read(ctx context.Context, name string) (*metav1.PartialObjectMetadata, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	m, err := c.nodes.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read node %s: %w", name, err)
+	}
+	return m, nil
+}
+
+func (c *Confirmer) needsConfirming(n Node) bool {
+	if n.Mark.State == nodemark.StateAdvance {
+		return true
+	}
+	set := labels.Set(n.Labels)
+	for _, s := range c.atRisk {
+		if s.Matches(set) {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseSelectors reads label selectors separated by ';' (a selector itself
+// uses commas). Empty input gives none.
+func ParseSelectors(s string) ([]labels.Selector, error) {
+	var out []labels.Selector
+	for _, part := range strings.Split(s, ";") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		sel, err := labels.Parse(part)
+		if err != nil {
+			return nil, fmt.Errorf("label selector %q: %w", part, err)
+		}
+		if sel.Empty() {
+			return nil, fmt.Errorf("label selector %q matches every node", part)
+		}
+		out = append(out, sel)
+	}
+	return out, nil
+}
+
+// SelectorLabelKeys lists the label keys the selectors read, which the
+// cache must keep.
+func SelectorLabelKeys(sels []labels.Selector) []string {
+	var keys []string
+	seen := map[string]bool{}
+	for _, s := range sels {
+		reqs, _ := s.Requirements()
+		for _, r := range reqs {
+			if !seen[r.Key()] {
+				seen[r.Key()] = true
+				keys = append(keys, r.Key())
+			}
+		}
+	}
+	return keys
+}
+
+// DefaultAtRisk is the default selector list: GKE's labels for Spot and
+// preemptible VMs, which get 30 s of notice.
+const DefaultAtRisk = "cloud.google.com/gke-spot=true;cloud.google.com/gke-preemptible=true"
+
+// ConfirmMetrics count the fresh reads and how long they took.
+type ConfirmMetrics struct {
+	results  *prometheus.CounterVec
+	duration prometheus.Histogram
+}
+
+// NewConfirmMetrics creates and registers the metrics on reg.
+func NewConfirmMetrics(reg prometheus.Registerer) (*ConfirmMetrics, error) {
+	m := &ConfirmMetrics{
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "termgate", Subsystem: "webhook", Name: "node_confirmations_total",
+			Help: "Fresh reads of nodes a mark may reach at any moment, by result: " +
+				"agreed (the cache was right), caught-mark (the node was terminating and the cache had not seen it), " +
+				"node-gone, failed (the cache's answer was used).",
+		}, []string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "termgate", Subsystem: "webhook", Name: "node_confirmation_duration_seconds",
+			Help: "Time of one fresh node read.",
+			// 250us .. ~4s.
+			Buckets: prometheus.ExponentialBuckets(250e-6, 2, 15),
+		}),
+	}
+	for _, r := range []string{ConfirmAgreed, ConfirmCaught, ConfirmGone, ConfirmFailed} {
+		m.results.WithLabelValues(r) // every result shows from the start, at 0
+	}
+	for _, col := range []prometheus.Collector{m.results, m.duration} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("register node confirmation metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *ConfirmMetrics) observe(result string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.results.WithLabelValues(result).Inc()
+	m.duration.Observe(d.Seconds())
+}
