@@ -145,8 +145,15 @@ func StartCertManagerWebhook(ctx context.Context, s CertManagerWebhookSpec) (*Ce
 		w.unregister()
 		return nil, err
 	}
+	// The webhook's own account under the cert-manager overlay's grants:
+	// reading and watching its Certificate is all it may do there.
+	kubeconfig, err := NewWebhookIdentity(ctx, IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir}, CertSourceCertManager)
+	if err != nil {
+		w.Stop()
+		return nil, err
+	}
 	args := append([]string{"webhook",
-		"--kubeconfig=" + c.Kubeconfig,
+		"--kubeconfig=" + kubeconfig,
 		"--bind-address=" + w.Addr,
 		"--health-probe-bind-address=" + w.HealthAddr,
 		"--metrics-bind-address=127.0.0.1:" + strconv.Itoa(ports[2]),
@@ -412,7 +419,7 @@ func (w *CertManagerWebhook) CertificateReady(ctx context.Context, name string) 
 // waitReady polls until the webhook is ready and serves a certificate the
 // injected bundle verifies, recording whether /readyz ever answered 200
 // before the Certificate was Ready. cert-manager issues the two-level chain
-// in a few seconds and the webhook re-reads the Certificate every 10 s; 60 s
+// in a few seconds and the webhook follows the Certificate with a watch; 60 s
 // is far beyond both.
 func (w *CertManagerWebhook) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)

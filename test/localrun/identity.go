@@ -111,13 +111,30 @@ const (
 	WebhookServiceAccount = "termgate-webhook"
 )
 
-// NewWebhookIdentity installs what the shipped self-managed overlay grants
-// the webhook (its RBAC, the certificate RBAC, the policy that lets it
-// change only CA bundles, the FlowSchema for its node reads), applied as
-// they are, and writes a kubeconfig with a one-hour token of its service
-// account. A webhook process run with it is refused whatever a replica in
-// the cluster would be refused, and queued where it would be queued.
-func NewWebhookIdentity(ctx context.Context, s IdentitySpec) (kubeconfig string, err error) {
+// Certificate sources, named as the overlays that install them.
+const (
+	CertSourceSelfManaged = "self-managed"
+	CertSourceCertManager = "cert-manager"
+)
+
+// certSourceRBAC is each overlay's grant to the webhook for its certificate.
+var certSourceRBAC = map[string]string{
+	CertSourceSelfManaged: "webhook-certs-rbac.yaml",
+	CertSourceCertManager: "webhook-certificate-rbac.yaml",
+}
+
+// NewWebhookIdentity installs what the shipped overlay of certSource grants
+// the webhook (its RBAC, the certificate source's RBAC, the policy that
+// lets it change only CA bundles, the FlowSchema for its single reads),
+// applied as they are, and writes a kubeconfig with a one-hour token of its
+// service account. A webhook process run with it is refused whatever a
+// replica in the cluster would be refused, and queued where it would be
+// queued.
+func NewWebhookIdentity(ctx context.Context, s IdentitySpec, certSource string) (kubeconfig string, err error) {
+	rbac, ok := certSourceRBAC[certSource]
+	if !ok {
+		return "", fmt.Errorf("certificate source %q: want %s or %s", certSource, CertSourceSelfManaged, CertSourceCertManager)
+	}
 	if s.Manifests == "" {
 		root, err := cluster.RepoRoot()
 		if err != nil {
@@ -126,7 +143,7 @@ func NewWebhookIdentity(ctx context.Context, s IdentitySpec) (kubeconfig string,
 		s.Manifests = filepath.Join(root, "manifests", "base")
 	}
 	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-flowschema.yaml", "webhook-ca-bundle-policy.yaml",
-		filepath.Join("..", "overlays", "self-managed", "webhook-certs-rbac.yaml")} {
+		filepath.Join("..", "overlays", certSource, rbac)} {
 		if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
 			return "", err
 		}
@@ -139,7 +156,7 @@ func NewWebhookIdentity(ctx context.Context, s IdentitySpec) (kubeconfig string,
 	}
 	cfg := rest.AnonymousClientConfig(s.AdminConfig)
 	cfg.BearerToken = tr.Status.Token
-	path := filepath.Join(s.Dir, "webhook.kubeconfig")
+	path := filepath.Join(s.Dir, "webhook-"+certSource+".kubeconfig")
 	if err := writeTokenKubeconfig(path, cfg); err != nil {
 		return "", err
 	}

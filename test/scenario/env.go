@@ -120,7 +120,7 @@ func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
 		// The webhook's own account, under the shipped RBAC, CA-bundle
 		// policy and FlowSchema, as a replica in the cluster runs.
 		var kubeconfig string
-		kubeconfig, e.WebhookErr = localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: o.Cluster.Client, AdminConfig: o.Cluster.Config, Dir: o.Cluster.Dir})
+		kubeconfig, e.WebhookErr = localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: o.Cluster.Client, AdminConfig: o.Cluster.Config, Dir: o.Cluster.Dir}, localrun.CertSourceSelfManaged)
 		if e.WebhookErr == nil {
 			e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
 				Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: kubeconfig, Client: o.Cluster.Client,
@@ -138,7 +138,7 @@ func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
 			e.Webhook = cm.Webhook
 			o.Say("webhook serving on %s with the certificate the real cert-manager issued (Certificate %s/%s from CA %s), "+
 				"CA bundle injected by cert-manager's CA injector; overlay applied to webhook Ready in %s "+
-				"(certificate Ready in %s, bundle injected in %s; the webhook re-reads its Certificate every 10 s)",
+				"(certificate Ready in %s, bundle injected in %s)",
 				cm.Addr, cm.Namespace, cm.Certificate, cm.CACertificate, cm.ReadyAt.Sub(cm.AppliedAt).Round(time.Millisecond),
 				cm.CertificateReadyAt.Sub(cm.AppliedAt).Round(time.Millisecond), cm.InjectedAt.Sub(cm.AppliedAt).Round(time.Millisecond))
 		}

@@ -72,7 +72,7 @@ type webhookDeps struct {
 	kube     kubernetes.Interface
 	lease    kubernetes.Interface
 	metadata metadata.Interface
-	ctrl     client.Client
+	ctrl     client.WithWatch
 	// confineKube and confineMetadata share a rate limiter of their own.
 	confineKube     kubernetes.Interface
 	confineMetadata metadata.Interface
@@ -120,7 +120,7 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 		if err := cmapi.AddToScheme(scheme); err != nil {
 			return nil, fmt.Errorf("cert-manager scheme: %w", err)
 		}
-		if d.ctrl, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		if d.ctrl, err = client.NewWithWatch(cfg, client.Options{Scheme: scheme}); err != nil {
 			return nil, fmt.Errorf("cert-manager client: %w", err)
 		}
 	}
@@ -242,7 +242,8 @@ func startCertSource(ctx context.Context, g *daemon.Group, o *WebhookOptions, de
 		}
 		g.Go("certificate leader", func() error { return selfmanaged.RunLeader(ctx, deps.lease, lo, rotator.Run) })
 	case CertModeCertManager:
-		st := certmanager.New(deps.ctrl, types.NamespacedName{Namespace: o.Namespace, Name: o.CertificateName}, 10*time.Second, clk)
+		// Followed by a watch; the retry applies after a failed read.
+		st := certmanager.New(deps.ctrl, types.NamespacedName{Namespace: o.Namespace, Name: o.CertificateName}, 5*time.Second, clk)
 		g.Go("cert-manager status", func() error { st.Run(ctx); return nil })
 		return []webhook.Check{{Name: "cert-manager-certificate", Fn: st.Ready}}
 	}

@@ -76,7 +76,7 @@ func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*Webh
 	}
 	// Its own service account's token, under the shipped RBAC and
 	// FlowSchema: an admin's requests would skip API priority and fairness.
-	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir})
+	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir}, localrun.CertSourceSelfManaged)
 	if err != nil {
 		return nil, fmt.Errorf("the webhook's identity: %w", err)
 	}

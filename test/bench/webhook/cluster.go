@@ -67,7 +67,7 @@ func measureDeployed(ctx context.Context, c *cluster.Cluster, ns string) (onDema
 	if err != nil {
 		return 0, 0, err
 	}
-	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir})
+	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir}, localrun.CertSourceSelfManaged)
 	if err != nil {
 		return 0, 0, err
 	}
