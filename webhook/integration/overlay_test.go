@@ -42,6 +42,12 @@ const policyPropagation = 10 * time.Second
 // suffix keeps its cluster-wide objects apart from the ones the shared
 // cluster already holds (and renames the service accounts as well).
 func renamedOverlay(t *testing.T, namespace, suffix string) string {
+	return renamedOverlayOf(t, "self-managed", namespace, suffix)
+}
+
+// renamedOverlayOf renames overlays/<of>, listing the transformers the
+// README tells users to list for it.
+func renamedOverlayOf(t *testing.T, of, namespace, suffix string) string {
 	t.Helper()
 	root, err := cluster.RepoRoot()
 	if err != nil {
@@ -51,16 +57,19 @@ func renamedOverlay(t *testing.T, namespace, suffix string) string {
 	if err := os.CopyFS(dir, os.DirFS(filepath.Join(root, "manifests"))); err != nil {
 		t.Fatalf("copy manifests: %v", err)
 	}
-	overlay := filepath.Join(dir, "overlays", "renamed")
+	overlay := filepath.Join(dir, "overlays", "renamed-"+of)
 	kustomization := `apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 namespace: ` + namespace + `
 nameSuffix: ` + suffix + `
 resources:
-- ../self-managed
+- ../` + of + `
 transformers:
 - ../../identity
 `
+	if of == "cert-manager" {
+		kustomization += "- ../cert-manager/identity\n"
+	}
 	if err := os.MkdirAll(overlay, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -306,4 +315,87 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	if err := evict(agent, t, work, "here"); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("renamed agent's eviction on its own node refused: %v", err)
 	}
+}
+
+// TestRenamedOverlaysKeepEveryNameInStep renders both overlays with another
+// namespace and a name suffix, as a user's overlay does, and checks every
+// place that repeats a renamed object's name inside a string or a field
+// kustomize does not know: a miss there breaks the webhook's certificate
+// (self-managed: the CA bundle cannot be written; cert-manager: nothing is
+// issued or injected) without any error at apply time.
+func TestRenamedOverlaysKeepEveryNameInStep(t *testing.T) {
+	const ns, suffix = "ops-termgate", "-prod"
+	t.Run("self-managed", func(t *testing.T) {
+		objs := builtObjects(t, kubectl(t, "kustomize", renamedOverlayOf(t, "self-managed", ns, suffix)))
+		config := findObject(t, objs, "ValidatingWebhookConfiguration", "termgate"+suffix).GetName()
+		findObject(t, objs, "MutatingWebhookConfiguration", config)
+		deployment := findObject(t, objs, "Deployment", "termgate-webhook"+suffix)
+		expectString(t, "--webhook-config-name", containerEnv(t, deployment, "WEBHOOK_CONFIG_NAME"), config)
+		expectString(t, "the certificate source's grant on the configurations",
+			nestedString(t, findObject(t, objs, "ClusterRole", "termgate-webhook-certs"+suffix), "rules", 0, "resourceNames", 0), config)
+	})
+	t.Run("cert-manager", func(t *testing.T) {
+		objs := builtObjects(t, kubectl(t, "kustomize", renamedOverlayOf(t, "cert-manager", ns, suffix)))
+		serving := findObject(t, objs, "Certificate", "termgate-webhook-serving"+suffix)
+		ca := findObject(t, objs, "Certificate", "termgate-webhook-ca"+suffix)
+		deployment := findObject(t, objs, "Deployment", "termgate-webhook"+suffix)
+		expectString(t, "--certificate-name", containerEnv(t, deployment, "CERTIFICATE_NAME"), serving.GetName())
+		expectString(t, "the webhook's grant on its Certificate",
+			nestedString(t, findObject(t, objs, "Role", "termgate-webhook-certificate"+suffix), "rules", 0, "resourceNames", 0), serving.GetName())
+		for _, kind := range []string{"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"} {
+			expectString(t, kind+" inject-ca-from", findObject(t, objs, kind, "termgate"+suffix).GetAnnotations()["cert-manager.io/inject-ca-from"], ns+"/"+serving.GetName())
+		}
+		expectString(t, "the CA Certificate's issuer", nestedString(t, ca, "spec", "issuerRef", "name"), findObject(t, objs, "Issuer", "termgate-selfsigned"+suffix).GetName())
+		expectString(t, "the serving Certificate's issuer", nestedString(t, serving, "spec", "issuerRef", "name"), findObject(t, objs, "Issuer", "termgate-ca"+suffix).GetName())
+		expectString(t, "the serving Certificate's DNS name", nestedString(t, serving, "spec", "dnsNames", 0), "termgate-webhook"+suffix+"."+ns+".svc")
+	})
+}
+
+func expectString(t *testing.T, what, got, want string) {
+	t.Helper()
+	if got != want {
+		t.Errorf("%s: %q, want %q", what, got, want)
+	}
+}
+
+// nestedString reads a string at a path of map keys and list indexes.
+func nestedString(t *testing.T, obj *unstructured.Unstructured, path ...any) string {
+	t.Helper()
+	var cur any = obj.Object
+	for _, p := range path {
+		switch k := p.(type) {
+		case string:
+			m, _ := cur.(map[string]any)
+			cur = m[k]
+		case int:
+			l, _ := cur.([]any)
+			if k >= len(l) {
+				t.Fatalf("%s %s: no element %d at %v", obj.GetKind(), obj.GetName(), k, path)
+			}
+			cur = l[k]
+		}
+	}
+	v, ok := cur.(string)
+	if !ok {
+		t.Fatalf("%s %s: no string at %v", obj.GetKind(), obj.GetName(), path)
+	}
+	return v
+}
+
+// containerEnv returns the value of the webhook container's env var name.
+func containerEnv(t *testing.T, deployment *unstructured.Unstructured, name string) string {
+	t.Helper()
+	containers, _, _ := unstructured.NestedSlice(deployment.Object, "spec", "template", "spec", "containers")
+	for _, c := range containers {
+		c, _ := c.(map[string]any)
+		env, _, _ := unstructured.NestedSlice(c, "env")
+		for _, e := range env {
+			if e, _ := e.(map[string]any); e["name"] == name {
+				v, _ := e["value"].(string)
+				return v
+			}
+		}
+	}
+	t.Fatalf("Deployment %s has no env %s", deployment.GetName(), name)
+	return ""
 }
