@@ -235,7 +235,7 @@ func renderCertManagerOverlay(ctx context.Context, c *cluster.Cluster, dir strin
 	}
 	o.namespace, o.serving = ns, name
 
-	var deployArgs []any
+	var deployArgs []string
 	var mountedSecret string
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
 	for {
@@ -251,7 +251,7 @@ func renderCertManagerOverlay(ctx context.Context, c *cluster.Cluster, dir strin
 		case u.GetKind() == "Deployment" && u.GetName() == "termgate-webhook":
 			containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
 			if len(containers) > 0 {
-				deployArgs, _, _ = unstructured.NestedSlice(containers[0].(map[string]any), "args")
+				deployArgs = ExpandedArgs(containers[0].(map[string]any))
 			}
 			volumes, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "volumes")
 			for _, v := range volumes {
@@ -282,7 +282,7 @@ func renderCertManagerOverlay(ctx context.Context, c *cluster.Cluster, dir strin
 	if o.secret != mountedSecret {
 		return nil, fmt.Errorf("overlay %s: Certificate %s writes Secret %q but the webhook mounts %q", dir, o.serving, o.secret, mountedSecret)
 	}
-	if !containsArg(deployArgs, "--certificate-name="+o.serving) || !containsArg(deployArgs, "--cert-mode=cert-manager") {
+	if !slices.Contains(deployArgs, "--certificate-name="+o.serving) || !slices.Contains(deployArgs, "--cert-mode=cert-manager") {
 		return nil, fmt.Errorf("overlay %s: the webhook Deployment's args %v lack --cert-mode=cert-manager --certificate-name=%s", dir, deployArgs, o.serving)
 	}
 	// The CA Issuer the serving Certificate uses names the CA's Secret;
@@ -333,13 +333,22 @@ func (c *WebhookConfigurations) services() []string {
 	return names
 }
 
-func containsArg(args []any, want string) bool {
-	for _, a := range args {
-		if a == want {
-			return true
+// ExpandedArgs returns a container's args with $(VAR) replaced from its
+// literal env values, as the kubelet expands them.
+func ExpandedArgs(container map[string]any) []string {
+	args, _, _ := unstructured.NestedStringSlice(container, "args")
+	env, _, _ := unstructured.NestedSlice(container, "env")
+	for i, a := range args {
+		for _, e := range env {
+			e, _ := e.(map[string]any)
+			name, _ := e["name"].(string)
+			if v, ok := e["value"].(string); ok && name != "" {
+				a = strings.ReplaceAll(a, "$("+name+")", v)
+			}
 		}
+		args[i] = a
 	}
-	return false
+	return args
 }
 
 // applyObject server-side applies one cert-manager.io object.

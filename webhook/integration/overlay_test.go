@@ -136,19 +136,10 @@ func agentUsernameFlag(t *testing.T, deployment *unstructured.Unstructured) stri
 		if c["name"] != "webhook" {
 			continue
 		}
-		args, _, _ := unstructured.NestedStringSlice(c, "args")
-		env, _, _ := unstructured.NestedSlice(c, "env")
-		for _, a := range args {
-			if !strings.HasPrefix(a, "--agent-username=") {
-				continue
+		for _, a := range localrun.ExpandedArgs(c) {
+			if strings.HasPrefix(a, "--agent-username=") {
+				return a
 			}
-			for _, e := range env {
-				e, _ := e.(map[string]any)
-				if v, ok := e["value"].(string); ok {
-					a = strings.ReplaceAll(a, "$("+e["name"].(string)+")", v)
-				}
-			}
-			return a
 		}
 	}
 	t.Fatal("the webhook container has no --agent-username argument")
