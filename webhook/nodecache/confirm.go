@@ -72,9 +72,9 @@ func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
 		result = ConfirmFailed
 		n.Unconfirmed = true
 	default:
-		if m, marked, _ := nodemark.Read(fresh.Annotations); marked {
-			n.Mark = m
-		}
+		// The node as stored now, mark or no mark (a malformed mark still
+		// carries its state, as in the cache).
+		n.Mark, _, _ = nodemark.Read(fresh.Annotations)
 		if n.Terminating() {
 			result = ConfirmCaught
 		}

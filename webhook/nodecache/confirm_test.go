@@ -82,14 +82,14 @@ func TestConfirmer(t *testing.T) {
 		node            string
 		api             *apiNodes
 		wantKnown       bool
-		wantTerminating bool
 		wantUnconfirmed bool
 		wantReads       int
 		wantResult      string
+		wantState       nodemark.State
 	}{
 		"A Spot node the API server has marked is terminating although the cache has not seen the mark.": {
 			node: "spot", api: &apiNodes{nodes: map[string]map[string]string{"spot": marked}},
-			wantKnown: true, wantTerminating: true, wantReads: 1, wantResult: ConfirmCaught,
+			wantKnown: true, wantState: nodemark.StateTerminating, wantReads: 1, wantResult: ConfirmCaught,
 		},
 		"A Spot node that is really not marked is not terminating, after one read.": {
 			node: "spot", api: &apiNodes{nodes: map[string]map[string]string{"spot": nil}},
@@ -97,14 +97,18 @@ func TestConfirmer(t *testing.T) {
 		},
 		"A node in the advance state is re-read whatever its labels.": {
 			node: "advance", api: &apiNodes{nodes: map[string]map[string]string{"advance": marked}},
-			wantKnown: true, wantTerminating: true, wantReads: 1, wantResult: ConfirmCaught,
+			wantKnown: true, wantState: nodemark.StateTerminating, wantReads: 1, wantResult: ConfirmCaught,
+		},
+		"An advance node whose mark is gone is answered as stored.": {
+			node: "advance", api: &apiNodes{nodes: map[string]map[string]string{"advance": nil}},
+			wantKnown: true, wantReads: 1, wantResult: ConfirmAgreed,
 		},
 		"An on-demand node is answered from the cache alone.": {
 			node: "on-demand", api: &apiNodes{nodes: map[string]map[string]string{"on-demand": marked}},
 			wantKnown: true,
 		},
 		"A node the cache already knows to be terminating is not re-read.": {
-			node: "known-dying", api: &apiNodes{}, wantKnown: true, wantTerminating: true,
+			node: "known-dying", api: &apiNodes{}, wantKnown: true, wantState: nodemark.StateTerminating,
 		},
 		"A node the cache does not know stays unknown, with no read.": {
 			node: "brand-new", api: &apiNodes{},
@@ -132,8 +136,8 @@ func TestConfirmer(t *testing.T) {
 			}
 			c := NewConfirmer(staleCache(t), tc.api, atRisk, timeout, metrics)
 			n, known := c.Lookup(context.Background(), tc.node)
-			if known != tc.wantKnown || n.Terminating() != tc.wantTerminating || n.Unconfirmed != tc.wantUnconfirmed {
-				t.Fatalf("got %+v known=%v, want known=%v terminating=%v unconfirmed=%v", n, known, tc.wantKnown, tc.wantTerminating, tc.wantUnconfirmed)
+			if known != tc.wantKnown || n.Mark.State != tc.wantState || n.Unconfirmed != tc.wantUnconfirmed {
+				t.Fatalf("got %+v known=%v, want known=%v state=%q unconfirmed=%v", n, known, tc.wantKnown, tc.wantState, tc.wantUnconfirmed)
 			}
 			if len(tc.api.reads) != tc.wantReads {
 				t.Fatalf("reads %v, want %d", tc.api.reads, tc.wantReads)
