@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"termgate.dev/termgate/nodemark"
 )
@@ -71,6 +72,9 @@ func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
 	case err != nil:
 		result = ConfirmFailed
 		n.Unconfirmed = true
+		// Counted in the metric; at -v=1 each one is logged too, since in an
+		// outage there can be one per bind.
+		log.FromContext(ctx).V(1).Info("Node re-read failed; answering from the cache", "node", name, "error", err.Error())
 	default:
 		// The node as stored now, mark or no mark (a malformed mark still
 		// carries its state, as in the cache).
