@@ -33,10 +33,10 @@ const (
 // Confirmer answers from the cache, except for nodes whose mark may land at
 // any moment: those re-read the node from the API server when the cache
 // says they are not terminating. A Spot VM is marked within milliseconds of
-// its 30 s notice, but an informer on a busy webhook can see the mark up to
-// a second later (0.08 to 0.94 s in `make bench-storm`), and the scheduler
-// binds many pods in that second. One read per bind onto such a node is the
-// price of never letting them through.
+// its 30 s notice, but an informer on a busy webhook delivers the mark
+// later: in `make bench-storm` it let through binds onto nodes already
+// marked, and the re-read catches 6 to 30 such binds a storm. One read per
+// bind onto such a node is the price of never letting them through.
 type Confirmer struct {
 	cache   Lookup
 	nodes   NodeGetter
