@@ -29,7 +29,9 @@ type Drainer struct {
 	rec    record.EventRecorder
 
 	// exitBy is when the process must be done (after SIGTERM); zero until
-	// Hurry. hurried is closed by the first Hurry to wake running drains.
+	// Hurry. hurried is closed by each Hurry that moves exitBy earlier, to
+	// wake running drains once, and replaced by a fresh channel: a closed
+	// channel left in place would wake every later wait at once.
 	mu      sync.Mutex
 	exitBy  time.Time
 	hurried chan struct{}
@@ -52,16 +54,17 @@ func (d *Drainer) Hurry(exitAt time.Time) {
 	if !d.exitBy.IsZero() && !exitAt.Before(d.exitBy) {
 		return
 	}
-	if d.exitBy.IsZero() {
-		close(d.hurried)
-	}
 	d.exitBy = exitAt
+	close(d.hurried)
+	d.hurried = make(chan struct{})
 }
 
-func (d *Drainer) exitTime() time.Time {
+// exitTime returns the exit time and the channel the next Hurry closes,
+// read together so that a Hurry after this read still wakes the caller.
+func (d *Drainer) exitTime() (time.Time, <-chan struct{}) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.exitBy
+	return d.exitBy, d.hurried
 }
 
 // Result summarises one Run for logs, metrics and the demo timeline.
@@ -149,7 +152,8 @@ func (r *run) loop(ctx context.Context, changes <-chan struct{}) (string, *pass,
 	}
 	for {
 		now := r.d.clk.Now()
-		r.sched = r.sched.within(r.d.exitTime(), r.d.cfg)
+		exitBy, hurried := r.d.exitTime()
+		r.sched = r.sched.within(exitBy, r.d.cfg)
 		p := classify(r.d.pods.List(), now, r.sched, r.d.cfg.TaintEffect)
 		if p.remaining() == 0 {
 			return outcomeComplete, p, nil
@@ -158,7 +162,7 @@ func (r *run) loop(ctx context.Context, changes <-chan struct{}) (string, *pass,
 			return outcomeDeadline, p, fmt.Errorf("%w: %d pods still on node %s", ErrDeadlinePassed, p.remaining(), r.d.cfg.NodeName)
 		}
 		wake := r.runSteps(ctx, p)
-		if !r.sleep(ctx, changes, wake.Sub(now)) {
+		if !r.sleep(ctx, changes, hurried, wake.Sub(now)) {
 			return outcomeCancelled, p, fmt.Errorf("drain of node %s stopped: %w", r.d.cfg.NodeName, context.Cause(ctx))
 		}
 	}
@@ -197,9 +201,9 @@ func (r *run) stopReason(ctx context.Context) string {
 	return outcomeDeadline
 }
 
-// sleep waits for a pod change, for d, or for cancellation; false means
-// cancelled.
-func (r *run) sleep(ctx context.Context, changes <-chan struct{}, d time.Duration) bool {
+// sleep waits for a pod change, for d, for a Hurry, or for cancellation;
+// false means cancelled.
+func (r *run) sleep(ctx context.Context, changes, hurried <-chan struct{}, d time.Duration) bool {
 	timer := r.d.clk.NewTimer(max(d, 0))
 	defer timer.Stop()
 	select {
@@ -207,7 +211,7 @@ func (r *run) sleep(ctx context.Context, changes <-chan struct{}, d time.Duratio
 		return false
 	case <-changes:
 	case <-timer.C():
-	case <-r.d.hurried:
+	case <-hurried:
 	}
 	return true
 }

@@ -431,3 +431,40 @@ func TestManyPodsAreEvictedInParallel(t *testing.T) {
 		}
 	}
 }
+
+// TestHurryWakesTheDrainOnceNotForever: a Hurry wakes a waiting drain so it
+// moves its cut-offs, and the drain then waits again. A wake channel left
+// closed would make every later wait return at once: the drain would spin
+// through the rest of the grace period on a node that is shutting down.
+func TestHurryWakesTheDrainOnceNotForever(t *testing.T) {
+	d := newKit(t).drainer(Config{})
+	isClosed := func(c <-chan struct{}) bool {
+		select {
+		case <-c:
+			return true
+		default:
+			return false
+		}
+	}
+	_, before := d.exitTime()
+	exit := notice.Add(20 * time.Second)
+	d.Hurry(exit)
+	if !isClosed(before) {
+		t.Fatal("a Hurry did not wake the drain")
+	}
+	got, next := d.exitTime()
+	if !got.Equal(exit) {
+		t.Fatalf("exit time %v, want %v", got, exit)
+	}
+	if isClosed(next) {
+		t.Fatal("after a Hurry the drain's next wait would return at once")
+	}
+	d.Hurry(exit.Add(time.Second))
+	if isClosed(next) {
+		t.Fatal("a later exit time woke the drain")
+	}
+	d.Hurry(exit.Add(-time.Second))
+	if !isClosed(next) {
+		t.Fatal("an earlier exit time did not wake the drain")
+	}
+}
