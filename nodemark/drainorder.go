@@ -14,6 +14,12 @@ import (
 // DefaultDrainOrder to the live pod.
 const AnnotationDrainOrder = "termgate.dev/drain-order"
 
+// PodAnnotationsRead are the only pod annotations the functions of this
+// file read (DrainOrderFor, IsMirrorPod). The agent's pod cache and the
+// webhook's pod decoder keep these and drop every other annotation, so a
+// rule here that reads another one must add its key to this list.
+var PodAnnotationsRead = []string{AnnotationDrainOrder, corev1.MirrorPodAnnotationKey}
+
 // AnnotationDefaultDrainOrder is the default order the webhook computed when
 // the pod was created, stamped so that owners see it. It is informational:
 // the agent ignores it and recomputes the default from the live pod, so a

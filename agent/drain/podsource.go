@@ -109,9 +109,6 @@ func (s *PodSource) notify() {
 	}
 }
 
-// keptAnnotations are the only annotations the drain reads.
-var keptAnnotations = []string{nodemark.AnnotationDrainOrder, corev1.MirrorPodAnnotationKey}
-
 // trimPod keeps only what the drain reads, before the pod enters the cache.
 // Tenants decide how large their pods are (annotations, environment,
 // volumes); the agent's memory must not follow: a node's pods could
@@ -140,7 +137,7 @@ func trimPod(obj any) (any, error) {
 		},
 		Status: corev1.PodStatus{Phase: pod.Status.Phase},
 	}
-	for _, k := range keptAnnotations {
+	for _, k := range nodemark.PodAnnotationsRead {
 		if v, ok := pod.Annotations[k]; ok {
 			if trimmed.Annotations == nil {
 				trimmed.Annotations = map[string]string{}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,9 +40,8 @@ type slimPod struct {
 }
 
 // DecodePod decodes the fields of raw that the drain-order policy and the
-// gates read. Of the annotations only those in readAnnotationKeys are kept
-// (pod.Annotations is non-nil whenever the pod has annotations at all): a
-// rule that reads another annotation must add its key there. namespace fills in an object that omits its own (a pod created
+// gates read. Of the annotations only nodemark.PodAnnotationsRead are kept
+// (pod.Annotations is non-nil whenever the pod has annotations at all). namespace fills in an object that omits its own (a pod created
 // through a namespaced URL may).
 func DecodePod(raw []byte, namespace string) (*corev1.Pod, error) {
 	if len(raw) == 0 {
@@ -78,13 +78,6 @@ func DecodePod(raw []byte, namespace string) (*corev1.Pod, error) {
 // in memory, so every other value is skipped as it is read.
 type readAnnotations struct{ kept map[string]string }
 
-// readAnnotationKeys are the annotations the gates and the drain-order
-// policy read.
-var readAnnotationKeys = map[string]bool{
-	nodemark.AnnotationDrainOrder: true,
-	corev1.MirrorPodAnnotationKey: true,
-}
-
 // UnmarshalJSON reads a JSON object of strings, or null.
 func (a *readAnnotations) UnmarshalJSON(data []byte) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -100,7 +93,7 @@ func (a *readAnnotations) UnmarshalJSON(data []byte) error {
 	}
 	// Non-nil even when nothing is kept: the drain-order patch needs to
 	// know whether the pod has annotations at all.
-	a.kept = make(map[string]string, len(readAnnotationKeys))
+	a.kept = make(map[string]string, len(nodemark.PodAnnotationsRead))
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
@@ -115,7 +108,7 @@ func (a *readAnnotations) UnmarshalJSON(data []byte) error {
 		if !ok {
 			return fmt.Errorf("annotation %q: want a string value, got %v", key, tok)
 		}
-		if readAnnotationKeys[key] {
+		if slices.Contains(nodemark.PodAnnotationsRead, key) {
 			a.kept[key] = value
 		}
 	}
