@@ -281,7 +281,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 		}
 	}
 	a.ensureDrain(ctx, *want)
-	return d.wake, a.ensureCondition(ctx, node, *want)
+	return d.wake, a.marker.EnsureCondition(ctx, node, *want)
 }
 
 func (a *Agent) currentNode() *corev1.Node {
@@ -293,7 +293,7 @@ func (a *Agent) currentNode() *corev1.Node {
 }
 
 // markNode writes the mark (annotations, taint, label) and records the
-// notice. The condition follows in ensureCondition, after the drain starts.
+// notice. The condition follows (Marker.EnsureCondition), after the drain starts.
 func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark, lateStart bool) error {
 	effect := a.cfg.TaintEffect
 	if !m.Terminating() {
@@ -322,15 +322,6 @@ func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark
 		a.event(corev1.EventTypeNormal, nodemark.EventMaintenanceScheduled, "maintenance window starts %s; drain starts %s before it", m.Deadline.UTC().Format(time.RFC3339), a.cfg.UpcomingLead)
 	}
 	return nil
-}
-
-// ensureCondition records the mark as the Node's condition unless the Node
-// already carries it.
-func (a *Agent) ensureCondition(ctx context.Context, node *corev1.Node, m nodemark.Mark) error {
-	if a.cfg.DryRun || mark.HasCondition(node, m) {
-		return nil
-	}
-	return a.marker.SetCondition(ctx, m)
 }
 
 func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark) error {

@@ -95,7 +95,7 @@ func bounded[T any](ctx context.Context, call func(context.Context) (T, error)) 
 }
 
 // Mark writes m's annotations, taint and label in one guarded patch (then
-// call SetCondition). current is the caller's latest
+// call EnsureCondition). current is the caller's latest
 // view of the Node (an informer's copy), saving a GET on the fast path.
 func (mk *Marker) Mark(ctx context.Context, current *corev1.Node, m nodemark.Mark, effect corev1.TaintEffect) error {
 	if mk.dryRun {
@@ -108,11 +108,19 @@ func (mk *Marker) Mark(ctx context.Context, current *corev1.Node, m nodemark.Mar
 	return nil
 }
 
-// SetCondition records m as the node's TerminationImminent condition. It is
-// a separate write, after Mark, because status is its own subresource; the
-// taint that steers the scheduler must not wait for it.
-func (mk *Marker) SetCondition(ctx context.Context, m nodemark.Mark) error {
+// EnsureCondition records m as the node's TerminationImminent condition
+// unless the Node already carries it. It is a separate write, after Mark,
+// because status is its own subresource; the taint that steers the
+// scheduler must not wait for it. current is the caller's view of the Node:
+// right after Mark it is often the copy from before the Marker's own
+// condition write, so the check uses the freshest copy the Marker knows
+// (base), or every reconcile until the informer caught up would write the
+// condition again.
+func (mk *Marker) EnsureCondition(ctx context.Context, current *corev1.Node, m nodemark.Mark) error {
 	if mk.dryRun {
+		return nil
+	}
+	if n := mk.base(current); n != nil && hasCondition(n, m) {
 		return nil
 	}
 	if err := mk.patchCondition(ctx, conditionFor(m, mk.clock.Now())); err != nil {
@@ -266,8 +274,8 @@ func withoutOurTaint(taints []corev1.Taint) []corev1.Taint {
 	return out
 }
 
-// HasCondition reports whether node already carries m's condition.
-func HasCondition(node *corev1.Node, m nodemark.Mark) bool {
+// hasCondition reports whether node already carries m's condition.
+func hasCondition(node *corev1.Node, m nodemark.Mark) bool {
 	want := conditionFor(m, time.Time{})
 	for _, c := range node.Status.Conditions {
 		if c.Type == want.Type {

@@ -8,6 +8,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"termgate.dev/termgate/nodemark"
 )
@@ -139,5 +141,62 @@ func TestLoadBalancerExclusionOnlyWhileTerminating(t *testing.T) {
 	users := mark(node(map[string]string{nodemark.LabelExcludeFromLB: "true"}, nil), advance)
 	if users.Labels[nodemark.LabelExcludeFromLB] != "true" {
 		t.Fatal("advance removed a label termgate did not add")
+	}
+}
+
+// TestTheConditionIsWrittenOnceWhileTheCallersCopyLags: right after a mark
+// the agent's informer still holds the Node from before the condition was
+// written; checking that copy would write the condition again on every
+// reconcile until the watch caught up, one more Node update for every
+// watcher each time.
+func TestTheConditionIsWrittenOnceWhileTheCallersCopyLags(t *testing.T) {
+	ctx := t.Context()
+	client := fake.NewClientset(node(nil, nil))
+	mk := New(client, clocktesting.NewFakeClock(time.Unix(1000, 0)), "n", false)
+	stale, err := client.CoreV1().Nodes().Get(ctx, "n", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mk.Mark(ctx, stale, preempted, corev1.TaintEffectNoSchedule); err != nil {
+		t.Fatal(err)
+	}
+	afterMark, err := client.CoreV1().Nodes().Get(ctx, "n", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	statusPatches := func() int {
+		n := 0
+		for _, a := range client.Actions() {
+			if a.GetVerb() == "patch" && a.GetSubresource() == "status" {
+				n++
+			}
+		}
+		return n
+	}
+	// The informer delivers the Node as the mark left it, twice, before
+	// it sees the condition.
+	for range 2 {
+		if err := mk.EnsureCondition(ctx, afterMark, preempted); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := statusPatches(); got != 1 {
+		t.Fatalf("%d condition writes, want 1", got)
+	}
+	withCondition, err := client.CoreV1().Nodes().Get(ctx, "n", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasCondition(withCondition, preempted) {
+		t.Fatalf("conditions %v: the mark's condition is missing", withCondition.Status.Conditions)
+	}
+	// A different mark (a moved deadline) is written.
+	moved := preempted
+	moved.Deadline = moved.Deadline.Add(time.Minute)
+	if err := mk.EnsureCondition(ctx, withCondition, moved); err != nil {
+		t.Fatal(err)
+	}
+	if got := statusPatches(); got != 2 {
+		t.Fatalf("%d condition writes after the deadline moved, want 2", got)
 	}
 }
