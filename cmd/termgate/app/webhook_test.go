@@ -64,7 +64,9 @@ func TestWebhookFlagsAreValidated(t *testing.T) {
 	}
 }
 
-func TestWebhookServerLimitFlagsReachTheServer(t *testing.T) {
+// TestWebhookServerLimitFlagsSetTheirOptions: each limit flag fills its own
+// field (serveWebhook hands o.Limits to the server as a whole).
+func TestWebhookServerLimitFlagsSetTheirOptions(t *testing.T) {
 	o, err := parseWebhookFlags(t, "--max-request-body-bytes=1048576", "--max-request-bytes-in-flight=8388608",
 		"--max-requests-in-flight=10", "--read-header-timeout=1s", "--http2-max-concurrent-streams=20", "--agent-username=system:serviceaccount:ops:agent")
 	if err != nil {
