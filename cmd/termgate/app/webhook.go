@@ -92,11 +92,9 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	if d.metadata, err = metadata.NewForConfig(cfg); err != nil {
 		return nil, fmt.Errorf("metadata client: %w", err)
 	}
-	confineCfg := rest.CopyConfig(cfg)
-	confineCfg.QPS, confineCfg.Burst = float32(o.ConfineQPS), o.ConfineBurst
-	confineCfg.UserAgent = "termgate-webhook-confine"
-	// One limiter for both clients, so the budget is the flags' and not
-	// twice it.
+	// The confinement's two clients share one limiter, so the budget is
+	// the flags' and not twice it.
+	confineCfg := withBudget(cfg, o.ConfineQPS, o.ConfineBurst, "termgate-webhook-confine")
 	confineCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(confineCfg.QPS, confineCfg.Burst)
 	if d.confineKube, err = kubernetes.NewForConfig(confineCfg); err != nil {
 		return nil, fmt.Errorf("confinement client: %w", err)
@@ -104,15 +102,10 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	if d.confineMetadata, err = metadata.NewForConfig(confineCfg); err != nil {
 		return nil, fmt.Errorf("confinement metadata client: %w", err)
 	}
-	confirmCfg := rest.CopyConfig(cfg)
-	confirmCfg.QPS, confirmCfg.Burst = float32(o.ConfirmQPS), o.ConfirmBurst
-	confirmCfg.UserAgent = "termgate-webhook-confirm"
-	if d.confirmMetadata, err = metadata.NewForConfig(confirmCfg); err != nil {
+	if d.confirmMetadata, err = metadata.NewForConfig(withBudget(cfg, o.ConfirmQPS, o.ConfirmBurst, "termgate-webhook-confirm")); err != nil {
 		return nil, fmt.Errorf("node confirmation client: %w", err)
 	}
-	leaseCfg := rest.CopyConfig(cfg)
-	leaseCfg.QPS, leaseCfg.Burst = float32(o.LeaseQPS), o.LeaseBurst
-	if d.lease, err = kubernetes.NewForConfig(leaseCfg); err != nil {
+	if d.lease, err = kubernetes.NewForConfig(withBudget(cfg, o.LeaseQPS, o.LeaseBurst, cfg.UserAgent)); err != nil {
 		return nil, fmt.Errorf("lease client: %w", err)
 	}
 	if o.CertMode == CertModeCertManager {
@@ -125,6 +118,14 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 		}
 	}
 	return d, nil
+}
+
+// withBudget copies cfg with a rate limit of its own: each of the webhook's
+// concerns gets its own budget, so none can starve another.
+func withBudget(cfg *rest.Config, qps float64, burst int, userAgent string) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.QPS, c.Burst, c.UserAgent = float32(qps), burst, userAgent
+	return c
 }
 
 // serveWebhook runs every component until ctx ends or one fails.

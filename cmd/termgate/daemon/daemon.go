@@ -67,9 +67,6 @@ type ClientOptions struct {
 	// QPS and Burst size the client's rate limiter.
 	QPS   float64
 	Burst int
-	// Timeout bounds every request that has no deadline of its own; zero
-	// means none (watches and hanging requests need none).
-	Timeout time.Duration
 }
 
 // Validate checks the rate limits.
@@ -81,7 +78,8 @@ func (o ClientOptions) Validate() error {
 }
 
 // Config loads the kubeconfig (or the in-cluster configuration) and applies
-// the rate limits, the timeout and userAgent.
+// the rate limits and userAgent. No client-wide timeout: watches and
+// hanging requests need none, and each call that must end sets its own.
 func (o ClientOptions) Config(userAgent string) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
@@ -93,7 +91,6 @@ func (o ClientOptions) Config(userAgent string) (*rest.Config, error) {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", o.Kubeconfig, err)
 	}
 	cfg.QPS, cfg.Burst = float32(o.QPS), o.Burst
-	cfg.Timeout = o.Timeout
 	cfg.UserAgent = userAgent
 	return cfg, nil
 }

@@ -38,12 +38,12 @@ current-context: x
 	if err := os.WriteFile(kubeconfig, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	o := ClientOptions{Kubeconfig: kubeconfig, QPS: 7, Burst: 9, Timeout: 3 * time.Second}
+	o := ClientOptions{Kubeconfig: kubeconfig, QPS: 7, Burst: 9}
 	cfg, err := o.Config("termgate-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.QPS != 7 || cfg.Burst != 9 || cfg.Timeout != 3*time.Second || cfg.UserAgent != "termgate-test" || cfg.Host != "https://127.0.0.1:6443" {
+	if cfg.QPS != 7 || cfg.Burst != 9 || cfg.UserAgent != "termgate-test" || cfg.Host != "https://127.0.0.1:6443" {
 		t.Fatalf("got %+v", cfg)
 	}
 	if _, err := (ClientOptions{Kubeconfig: filepath.Join(t.TempDir(), "missing")}).Config("x"); err == nil {
