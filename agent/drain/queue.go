@@ -170,8 +170,9 @@ func (q *evictionQueue) work(ctx context.Context, it *item) {
 	}
 }
 
-// callTimeout bounds one API call; client-go may wait out a Retry-After
-// (10 s while a budget is being recomputed) inside it.
+// callTimeout bounds one API call. The API server may hold an eviction for
+// up to 10 s while a disruption budget is being recomputed; client-go no
+// longer waits out a Retry-After inside the call (WithoutHiddenRetries).
 const callTimeout = 15 * time.Second
 
 // attempt makes one API call while holding a concurrency slot.
