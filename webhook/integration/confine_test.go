@@ -16,7 +16,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/testenv"
@@ -117,21 +116,7 @@ func TestATokenBoundToTheNodeObjectMayNotEvict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := env.Client.CoreV1().ServiceAccounts("termgate").CreateToken(ctx(t), "termgate-agent", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: ptr.To[int64](600),
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Node", APIVersion: "v1", Name: own, UID: node.UID},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("request a token bound to node %s: %v", own, err)
-	}
-	cfg := rest.AnonymousClientConfig(env.Config)
-	cfg.BearerToken = tr.Status.Token
-	nodeBound, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodeBound := agentTokenBoundTo(t, &authenticationv1.BoundObjectReference{Kind: "Node", APIVersion: "v1", Name: own, UID: node.UID})
 	err = evict(nodeBound, t, ns, "here")
 	if err == nil || !strings.Contains(err.Error(), "not bound to a pod") {
 		t.Fatalf("eviction with a Node-bound token: got %v, want a refusal", err)

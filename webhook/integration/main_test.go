@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,7 +72,35 @@ func run(m *testing.M) int {
 	if stop != nil {
 		stop()
 	}
+	if termgateBuild.dir != "" {
+		_ = os.RemoveAll(termgateBuild.dir)
+	}
 	return code
+}
+
+// termgateBuild is termgate's binary, built once for the tests that run it
+// as a process and removed when the package's tests end.
+var termgateBuild struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// termgateBinary builds cmd/termgate on first use and returns its path.
+func termgateBinary(t *testing.T) string {
+	t.Helper()
+	b := &termgateBuild
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "termgate-webhook-integration-"); b.err != nil {
+			return
+		}
+		b.path, b.err = localrun.Build(ctx(t), b.dir)
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
 }
 
 // runningWebhook is the webhook under test and what the tests steer.
@@ -246,6 +275,20 @@ func (w *runningWebhook) register(ctx context.Context, addr string, caPEM []byte
 	}
 	c.PointAt("https://"+addr, caPEM)
 	return c.Register(ctx, w.client)
+}
+
+// restoreRegistrationsAtEnd points the shipped registrations back at this
+// webhook when t ends and waits until the API server calls it again, for a
+// test that points them elsewhere or lets a process take them over.
+func (w *runningWebhook) restoreRegistrationsAtEnd(t *testing.T) {
+	t.Cleanup(func() {
+		if err := w.register(context.Background(), w.addr, w.caPEM); err != nil {
+			t.Errorf("re-register webhook: %v", err)
+		}
+		if err := w.waitStamping(context.Background()); err != nil {
+			t.Errorf("webhook not back: %v", err)
+		}
+	})
 }
 
 func installPolicy(ctx context.Context, client kubernetes.Interface) error {

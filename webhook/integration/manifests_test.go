@@ -11,12 +11,12 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/rand"
 
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/testenv"
 )
@@ -57,8 +57,7 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 	kubectl(t, "wait", "--for=condition=Established", "--timeout=30s",
 		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io")
 	// Namespaced objects need their namespace to exist for real.
-	_, err := env.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "termgate"}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := kit.EnsureNamespace(ctx(t), env.Client, "termgate"); err != nil {
 		t.Fatal(err)
 	}
 	for _, overlay := range []string{"self-managed", "cert-manager"} {

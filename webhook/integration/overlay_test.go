@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -176,13 +175,7 @@ func podBoundClient(t *testing.T, pod *corev1.Pod) kubernetes.Interface {
 	if err != nil {
 		t.Fatalf("token for pod %s: %v", pod.Name, err)
 	}
-	cfg := rest.AnonymousClientConfig(env.Config)
-	cfg.BearerToken = tr.Status.Token
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return tokenClient(t, tr.Status.Token)
 }
 
 func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
@@ -279,16 +272,12 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 
 	// Eviction confinement: the rendered webhook configurations (their
 	// matchCondition) and the rendered flag, served by termgate's binary.
-	binary, err := localrun.Build(ctx(t), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
 	configs := t.TempDir()
 	writeObjects(t, filepath.Join(configs, "webhook-configurations.yaml"),
 		findObject(t, objs, "ValidatingWebhookConfiguration", "termgate"+suffix),
 		findObject(t, objs, "MutatingWebhookConfiguration", "termgate"+suffix))
 	w, err := localrun.StartWebhook(ctx(t), localrun.WebhookSpec{
-		Binary: binary, Dir: t.TempDir(), Kubeconfig: env.Kubeconfig, Client: env.Client,
+		Binary: termgateBinary(t), Dir: t.TempDir(), Kubeconfig: env.Kubeconfig, Client: env.Client,
 		Manifests: configs, Namespace: ns, Flags: []string{agentUsernameFlag(t, findObject(t, objs, "Deployment", "termgate-webhook"+suffix))},
 	})
 	if err != nil {

@@ -77,7 +77,7 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 		if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, kit.Pod(ns, "probe"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
 			return false, err.Error(), nil
 		}
-		return decisions(t, registry, "drain-order") > 0, "no drain-order decision recorded", nil
+		return counterSum(t, registry, "termgate_webhook_decisions_total", map[string]string{"gate": "drain-order"}) > 0, "no drain-order decision recorded", nil
 	})
 
 	// Drift: someone overwrites the bundle; the leader puts it back.
@@ -124,27 +124,4 @@ func registerLimited(t *testing.T, name, addr, ns string) {
 		_ = adm.ValidatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = adm.MutatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-}
-
-// decisions sums termgate_webhook_decisions_total for gate in registry.
-func decisions(t *testing.T, registry *prometheus.Registry, gate string) float64 {
-	t.Helper()
-	families, err := registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != "termgate_webhook_decisions_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "gate" && l.GetValue() == gate {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
 }

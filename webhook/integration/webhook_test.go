@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"net"
 	"strings"
 	"testing"
@@ -14,7 +13,6 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -263,14 +261,7 @@ func TestWithTheWebhookUnreachablePodsStillScheduleAndCreate(t *testing.T) {
 	if err := wh.register(ctx(t), closed, wh.caPEM); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := wh.register(context.Background(), wh.addr, wh.caPEM); err != nil {
-			t.Errorf("re-register webhook: %v", err)
-		}
-		if err := wh.waitStamping(context.Background()); err != nil {
-			t.Errorf("webhook not back: %v", err)
-		}
-	})
+	wh.restoreRegistrationsAtEnd(t)
 	createPod(t, kit.Pod(ns, "scheduled"))
 	expectBound(t, ns, "scheduled", scheduleBudget)
 	// Even the pinned pod onto the marked node passes: failurePolicy Ignore.
@@ -303,12 +294,12 @@ func TestARotatedCertificateIsServedWithoutRestart(t *testing.T) {
 }
 
 // agentClient returns a client of the agent on node, authenticated as the
-// shipped DaemonSet's pods are: the shipped RBAC and a service-account
-// token bound to a stand-in agent pod on node (localrun.NewAgentIdentity).
+// shipped DaemonSet's pods are: the shipped RBAC and policy and a
+// service-account token bound to a stand-in agent pod on node
+// (localrun.NewAgentIdentity).
 func agentClient(t *testing.T, node string) kubernetes.Interface {
 	t.Helper()
-	id := agentIdentity(t, node)
-	client, err := kubernetes.NewForConfig(id.Config)
+	client, err := kubernetes.NewForConfig(agentIdentity(t, node).Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,55 +317,4 @@ func agentIdentity(t *testing.T, node string) *localrun.AgentIdentity {
 
 func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
 	return c.PolicyV1().Evictions(ns).Evict(ctx(t), &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
-}
-
-func TestTheAgentMayPatchOnlyTermgateMarksOnItsOwnNode(t *testing.T) {
-	names := nodeNames(t)
-	own, other := names[0], names[1]
-	agent := agentClient(t, own)
-	t.Cleanup(func() { unmarkNode(t, own) })
-	mark := func(node string, annotations map[string]string, labels map[string]string) error {
-		meta := map[string]any{}
-		if annotations != nil {
-			meta["annotations"] = annotations
-		}
-		if labels != nil {
-			meta["labels"] = labels
-		}
-		patch, _ := json.Marshal(map[string]any{"metadata": meta})
-		_, err := agent.CoreV1().Nodes().Patch(ctx(t), node, types.MergePatchType, patch, metav1.PatchOptions{})
-		return err
-	}
-	tests := map[string]struct {
-		node        string
-		annotations map[string]string
-		labels      map[string]string
-		wantErr     string
-	}{
-		"The agent marks its own node with termgate annotations and the LB-exclusion label.": {
-			node: own, annotations: map[string]string{nodemark.AnnotationState: "advance"}, labels: map[string]string{nodemark.LabelExcludeFromLB: "true"},
-		},
-		"The agent may not mark another node.": {
-			node: other, annotations: map[string]string{nodemark.AnnotationState: "advance"}, wantErr: "only the node its token is bound to",
-		},
-		"The agent may not set foreign annotations on its own node.": {
-			node: own, annotations: map[string]string{"example.com/x": "y"}, wantErr: "only termgate.dev/ annotations",
-		},
-		"The agent may not set foreign labels on its own node.": {
-			node: own, labels: map[string]string{"role": "x"}, wantErr: "exclude-from-external-load-balancers",
-		},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			err := mark(tc.node, tc.annotations, tc.labels)
-			if tc.wantErr == "" && err != nil {
-				t.Fatalf("refused: %v", err)
-			}
-			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
-				t.Fatalf("got %v, want a refusal containing %q", err, tc.wantErr)
-			}
-		})
-	}
-	// Leave the label off again (unmarkNode removes annotations and taint).
-	patchNode(t, own, func(n *corev1.Node) { delete(n.Labels, nodemark.LabelExcludeFromLB) })
 }
