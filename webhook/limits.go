@@ -3,10 +3,8 @@ package webhook
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -158,8 +156,11 @@ func (c *limitCalls) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer c.bytes.Add(-weight)
-	// An undeclared length is enforced while reading.
-	r.Body = http.MaxBytesReader(w, r.Body, c.limits.MaxBodyBytes)
+	// A declared length was checked above, and the server stops reading
+	// the body there; only an undeclared one is enforced while reading.
+	if r.ContentLength < 0 {
+		r.Body = http.MaxBytesReader(w, r.Body, c.limits.MaxBodyBytes)
+	}
 	c.next.ServeHTTP(w, r)
 }
 
@@ -167,50 +168,4 @@ func (c *limitCalls) refuse(w http.ResponseWriter, why string) {
 	c.metrics.Refused(RefusedTooMany)
 	w.Header().Set("Retry-After", "1")
 	http.Error(w, why, http.StatusTooManyRequests)
-}
-
-// limitListener holds at most max connections open: Accept waits for one
-// to close. Waiting, rather than closing new connections, leaves them in
-// the kernel's backlog, so the API server's connection succeeds as soon as
-// a slow caller's ends.
-type limitListener struct {
-	net.Listener
-	slots chan struct{}
-	done  chan struct{}
-	once  sync.Once
-}
-
-func newLimitListener(ln net.Listener, n int) *limitListener {
-	return &limitListener{Listener: ln, slots: make(chan struct{}, n), done: make(chan struct{})}
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
-	}
-	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
-}
-
-func (l *limitListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return l.Listener.Close()
-}
-
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }

@@ -1,11 +1,8 @@
 package webhook
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,10 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/utils/clock"
 
-	"termgate.dev/termgate/certs"
-	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/webhook/review"
 )
 
@@ -123,131 +117,6 @@ func TestAnUndeclaredBodyIsCutAtTheCap(t *testing.T) {
 	if !errors.As(readErr, &tooLarge) {
 		t.Fatalf("read error %v, want the body cut at 1000 bytes", readErr)
 	}
-}
-
-func TestConnectionsBeyondTheLimitWaitForAFreeSlot(t *testing.T) {
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := newLimitListener(inner, 1)
-	defer ln.Close()
-	accepted := make(chan net.Conn, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	dial := func() net.Conn {
-		c, err := net.Dial("tcp", inner.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	dial()
-	first := <-accepted
-	dial()
-	select {
-	case <-accepted:
-		t.Fatal("a second connection was accepted while the limit is 1")
-	case <-time.After(200 * time.Millisecond):
-	}
-	first.Close()
-	select {
-	case c := <-accepted:
-		c.Close()
-	case <-time.After(10 * time.Second):
-		t.Fatal("the waiting connection was not accepted after a slot freed")
-	}
-}
-
-// serveTLS runs a Server with limits on loopback and returns its address.
-func serveTLS(t *testing.T, limits Limits, h http.Handler) string {
-	t.Helper()
-	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := certs.WriteFiles(dir, pems.Cert, pems.Key); err != nil {
-		t.Fatal(err)
-	}
-	reloader := certs.NewReloader(dir, clock.RealClock{})
-	ctx, cancel := context.WithCancel(context.Background())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &Server{Handler: h, TLSConfig: certs.ServerConfig(reloader.GetCertificate), Clock: clock.RealClock{}, Limits: limits}
-	done := make(chan struct{}, 2)
-	go func() { _ = reloader.Start(ctx); done <- struct{}{} }()
-	go func() { _ = srv.Serve(ctx, ln); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	return ln.Addr().String()
-}
-
-func TestASilentConnectionIsClosedAfterTheHeaderTimeout(t *testing.T) {
-	addr := serveTLS(t, Limits{ReadHeaderTimeout: 300 * time.Millisecond}, http.NotFoundHandler())
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	// Send nothing, not even a TLS hello: the server must hang up.
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	start := time.Now()
-	_, err = conn.Read(make([]byte, 1))
-	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-		t.Fatal("the server kept a silent connection open for 10s")
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("closed after %v, want about 300ms", d)
-	}
-}
-
-func TestTheServerOffersHTTP2WithItsStreamCap(t *testing.T) {
-	addr := serveTLS(t, Limits{MaxConcurrentStreams: 7}, http.NotFoundHandler())
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}) //nolint:gosec // loopback test server
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
-		t.Fatalf("negotiated %q, want h2", p)
-	}
-	// Client preface, then read the server's SETTINGS frame.
-	if _, err := conn.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	header := make([]byte, 9)
-	if _, err := io.ReadFull(conn, header); err != nil {
-		t.Fatal(err)
-	}
-	if header[3] != 0x4 {
-		t.Fatalf("first frame type %d, want SETTINGS", header[3])
-	}
-	payload := make([]byte, int(header[0])<<16|int(header[1])<<8|int(header[2]))
-	if _, err := io.ReadFull(conn, payload); err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+6 <= len(payload); i += 6 {
-		id := int(payload[i])<<8 | int(payload[i+1])
-		val := int(payload[i+2])<<24 | int(payload[i+3])<<16 | int(payload[i+4])<<8 | int(payload[i+5])
-		if id == 0x3 { // SETTINGS_MAX_CONCURRENT_STREAMS
-			if val != 7 {
-				t.Fatalf("max concurrent streams %d, want 7", val)
-			}
-			return
-		}
-	}
-	t.Fatal("the server's SETTINGS carry no stream cap")
 }
 
 func TestLimitsAreValidated(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/net/netutil"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -70,7 +71,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog: slog.NewLogLogger(logr.ToSlogHandler(logger.V(1)), slog.LevelInfo),
 	}
 	errc := make(chan error, 1)
-	ln = newLimitListener(ln, limits.MaxConnections)
+	// Beyond MaxConnections, Accept waits for a connection to close rather
+	// than closing new ones: they stay in the kernel's backlog, so the API
+	// server's connection succeeds as soon as a slow caller's ends.
+	ln = netutil.LimitListener(ln, limits.MaxConnections)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	logger.Info("Serving admission webhook", "address", ln.Addr().String())
 

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -32,26 +33,21 @@ import (
 	"termgate.dev/termgate/webhook/review"
 )
 
-// fixture is a webhook served over HTTPS on 127.0.0.1:0 with n nodes in the
-// cache, every tenth of them terminating.
+// fixture is a webhook Server serving over HTTPS on 127.0.0.1:0.
 type fixture struct {
-	url    string
-	client *http.Client
-	server *webhook.Server
-	stop   func()
-	done   chan error
+	url       string
+	addr      string
+	tlsConfig *tls.Config // trusts the server's certificate
+	client    *http.Client
+	server    *webhook.Server
+	stop      func()
+	done      chan error
 }
 
+// startWebhook serves every gate with n nodes in the cache, every tenth of
+// them terminating.
 func startWebhook(tb testing.TB, nodes int, shutdownDelay time.Duration, clk clock.Clock) *fixture {
 	tb.Helper()
-	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dir := tb.TempDir()
-	if err := certs.WriteFiles(dir, pems.Cert, pems.Key); err != nil {
-		tb.Fatal(err)
-	}
 	store := nodecache.NewStore()
 	for i := range nodes {
 		var ann map[string]string
@@ -64,31 +60,50 @@ func startWebhook(tb testing.TB, nodes int, shutdownDelay time.Duration, clk clo
 	if err != nil {
 		tb.Fatal(err)
 	}
-	reloader := certs.NewReloader(dir, clk)
-	srv := &webhook.Server{
+	return startServer(tb, &webhook.Server{
 		Handler: webhook.Handler(webhook.Config{
 			Nodes: nodecache.NewFromStore(store), Pods: noPods{}, TaintEffect: corev1.TaintEffectNoSchedule,
 			Agent: confine.Options{Username: "agent"}, Metrics: metrics, Log: logr.Discard(), Clock: clk,
 		}),
-		TLSConfig:     certs.ServerConfig(reloader.GetCertificate),
 		ShutdownDelay: shutdownDelay,
 		Clock:         clk,
+	}, clk)
+}
+
+// startServer gives srv a fresh certificate, serves it on loopback and
+// returns once it answers over TLS; cleanup stops it.
+func startServer(tb testing.TB, srv *webhook.Server, clk clock.Clock) *fixture {
+	tb.Helper()
+	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
+	if err != nil {
+		tb.Fatal(err)
 	}
+	dir := tb.TempDir()
+	if err := certs.WriteFiles(dir, pems.Cert, pems.Key); err != nil {
+		tb.Fatal(err)
+	}
+	reloader := certs.NewReloader(dir, clk)
+	srv.TLSConfig = certs.ServerConfig(reloader.GetCertificate)
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = reloader.Start(ctx) }()
+	reloaded := make(chan struct{})
+	go func() { _ = reloader.Start(ctx); close(reloaded) }()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		cancel()
+		<-reloaded
 		tb.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pems.CA)
+	tlsConfig := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     tlsConfig.Clone(),
 		MaxIdleConnsPerHost: 64,
 	}, Timeout: 10 * time.Second}
-	f := &fixture{url: "https://" + ln.Addr().String(), client: client, server: srv, done: done}
+	addr := ln.Addr().String()
+	f := &fixture{url: "https://" + addr, addr: addr, tlsConfig: tlsConfig, client: client, server: srv, done: done}
 	var once sync.Once
 	f.stop = func() {
 		once.Do(func() {
@@ -96,6 +111,7 @@ func startWebhook(tb testing.TB, nodes int, shutdownDelay time.Duration, clk clo
 			if err := <-done; err != nil {
 				tb.Errorf("webhook server: %v", err)
 			}
+			<-reloaded
 			client.CloseIdleConnections()
 		})
 	}
@@ -104,7 +120,8 @@ func startWebhook(tb testing.TB, nodes int, shutdownDelay time.Duration, clk clo
 	return f
 }
 
-// waitServing polls until the certificate is loaded and a review succeeds.
+// waitServing polls until the certificate is loaded and the server answers
+// a review (with any status: the handler may not be a gate).
 func waitServing(tb testing.TB, f *fixture) {
 	tb.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -252,4 +269,105 @@ func TestReadinessListsWhatIsMissing(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestConnectionsBeyondTheLimitWaitForAFreeSlot(t *testing.T) {
+	f := startServer(t, &webhook.Server{Handler: http.NotFoundHandler(), Clock: clock.RealClock{}, Limits: webhook.Limits{MaxConnections: 1}}, clock.RealClock{})
+	// waitServing's keep-alive connection holds the only slot: let it go.
+	f.client.CloseIdleConnections()
+	type dialed struct {
+		conn *tls.Conn
+		err  error
+	}
+	// A TLS handshake completes only once the server has accepted the
+	// connection; the dialer's timeout bounds connect and handshake.
+	dial := func() <-chan dialed {
+		ch := make(chan dialed, 1)
+		go func() {
+			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", f.addr, f.tlsConfig)
+			ch <- dialed{c, err}
+		}()
+		return ch
+	}
+	first := <-dial()
+	if first.err != nil {
+		t.Fatalf("the first connection: %v", first.err)
+	}
+	defer first.conn.Close()
+	waiting := dial()
+	select {
+	case d := <-waiting:
+		if d.conn != nil {
+			d.conn.Close()
+		}
+		t.Fatalf("a second connection was served while the limit is 1 (handshake error: %v)", d.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.conn.Close()
+	d := <-waiting
+	if d.err != nil {
+		t.Fatalf("the waiting connection was not served after a slot freed: %v", d.err)
+	}
+	d.conn.Close()
+}
+
+func TestASilentConnectionIsClosedAfterTheHeaderTimeout(t *testing.T) {
+	f := startServer(t, &webhook.Server{Handler: http.NotFoundHandler(), Clock: clock.RealClock{}, Limits: webhook.Limits{ReadHeaderTimeout: 300 * time.Millisecond}}, clock.RealClock{})
+	conn, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Send nothing, not even a TLS hello: the server must hang up.
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	_, err = conn.Read(make([]byte, 1))
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		t.Fatal("the server kept a silent connection open for 10s")
+	}
+	// Well below the 5s default, so a lost setting fails.
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("closed after %v, want about 300ms", d)
+	}
+}
+
+func TestTheServerOffersHTTP2WithItsStreamCap(t *testing.T) {
+	f := startServer(t, &webhook.Server{Handler: http.NotFoundHandler(), Clock: clock.RealClock{}, Limits: webhook.Limits{MaxConcurrentStreams: 7}}, clock.RealClock{})
+	cfg := f.tlsConfig.Clone()
+	cfg.NextProtos = []string{"h2"}
+	conn, err := tls.Dial("tcp", f.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	// Client preface, then read the server's SETTINGS frame.
+	if _, err := conn.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	header := make([]byte, 9)
+	if _, err := io.ReadFull(conn, header); err != nil {
+		t.Fatal(err)
+	}
+	if header[3] != 0x4 {
+		t.Fatalf("first frame type %d, want SETTINGS", header[3])
+	}
+	payload := make([]byte, int(header[0])<<16|int(header[1])<<8|int(header[2]))
+	if _, err := io.ReadFull(conn, payload); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+6 <= len(payload); i += 6 {
+		id := int(payload[i])<<8 | int(payload[i+1])
+		val := int(payload[i+2])<<24 | int(payload[i+3])<<16 | int(payload[i+4])<<8 | int(payload[i+5])
+		if id == 0x3 { // SETTINGS_MAX_CONCURRENT_STREAMS
+			if val != 7 {
+				t.Fatalf("max concurrent streams %d, want 7", val)
+			}
+			return
+		}
+	}
+	t.Fatal("the server's SETTINGS carry no stream cap")
 }

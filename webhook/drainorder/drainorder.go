@@ -51,6 +51,12 @@ func New(effect corev1.TaintEffect) *Gate { return &Gate{effect: effect} }
 // Name implements review.Gate.
 func (g *Gate) Name() string { return Name }
 
+var _ review.APICaller = (*Gate)(nil)
+
+// CallsAPI implements review.APICaller: stamping reads only the review, so
+// the handler need not give it a deadline.
+func (g *Gate) CallsAPI() bool { return false }
+
 // Admit implements review.Gate.
 func (g *Gate) Admit(_ context.Context, req *review.Request) review.Response {
 	if req.Operation != review.OperationCreate || req.SubResource != "" {

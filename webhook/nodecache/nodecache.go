@@ -110,25 +110,26 @@ func (c *Cache) OnTerminatingChange(fn func(node string, terminating bool)) {
 		if !ok {
 			return
 		}
-		fn(meta.Name, isTerminating(meta) && !deleted)
+		fn(meta.Name, nodeFrom(meta).Terminating() && !deleted)
 	}
 	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { report(obj, false) },
 		UpdateFunc: func(old, obj any) {
 			o, _ := old.(*metav1.PartialObjectMetadata)
 			n, _ := obj.(*metav1.PartialObjectMetadata)
-			if o != nil && n != nil && isTerminating(o) == isTerminating(n) {
-				return // resyncs and unrelated changes
+			if o != nil && n != nil {
+				// Whether a node is terminating follows from its state
+				// annotation alone; resyncs and unrelated changes, most
+				// updates, keep it as it was and skip parsing the mark.
+				key := nodemark.AnnotationState
+				if o.Annotations[key] == n.Annotations[key] || nodeFrom(o).Terminating() == nodeFrom(n).Terminating() {
+					return
+				}
 			}
 			report(obj, false)
 		},
 		DeleteFunc: func(obj any) { report(obj, true) },
 	})
-}
-
-func isTerminating(meta *metav1.PartialObjectMetadata) bool {
-	m, _, _ := nodemark.Read(meta.Annotations)
-	return m.Terminating()
 }
 
 // Lookup returns the node named name from memory; known is false on a
@@ -147,11 +148,10 @@ func (c *Cache) Lookup(_ context.Context, name string) (n Node, known bool) {
 
 // nodeFrom reads a node's mark and labels from its metadata.
 func nodeFrom(meta *metav1.PartialObjectMetadata) Node {
-	n := Node{Labels: meta.Labels}
-	if m, marked, _ := nodemark.Read(meta.Annotations); marked {
-		n.Mark = m
-	}
-	return n
+	// An unmarked node reads as the zero Mark; a malformed one keeps its
+	// state (see Node.Mark).
+	m, _, _ := nodemark.Read(meta.Annotations)
+	return Node{Mark: m, Labels: meta.Labels}
 }
 
 const annotationPrefix = "termgate.dev/"

@@ -32,13 +32,10 @@ import (
 
 var podsResource = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
 
-// syncPoll is how often a lookup waiting for a node's first list checks
-// again; the first list of one node's pods takes a few milliseconds.
-const syncPoll = 2 * time.Millisecond
-
-// maxSyncWait bounds that wait, and it never takes more than half the
-// caller's remaining time: a list that is slow or refused must leave room
-// for the caller's own read.
+// maxSyncWait bounds a lookup's wait for a node's first list (which takes
+// a few milliseconds), and the wait never takes more than half the caller's
+// remaining time: a list that is slow or refused must leave room for the
+// caller's own read.
 const maxSyncWait = 500 * time.Millisecond
 
 // Cache holds the pods of the nodes it follows. The zero value is not
@@ -87,8 +84,8 @@ func (c *Cache) Start(ctx context.Context) error {
 	return nil
 }
 
-// Follow starts watching the pods of node (idempotent).
-func (c *Cache) Follow(node string) {
+// follow starts watching the pods of node (idempotent).
+func (c *Cache) follow(node string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ctx == nil {
@@ -102,8 +99,8 @@ func (c *Cache) Follow(node string) {
 	}
 }
 
-// Forget stops watching the pods of node (idempotent).
-func (c *Cache) Forget(node string) {
+// forget stops watching the pods of node (idempotent).
+func (c *Cache) forget(node string) {
 	c.mu.Lock()
 	np := c.nodes[node]
 	delete(c.nodes, node)
@@ -120,10 +117,10 @@ func (c *Cache) Forget(node string) {
 // terminating (marked for a drain).
 func (c *Cache) SetFollowed(node string, terminating bool) {
 	if terminating {
-		c.Follow(node)
+		c.follow(node)
 		return
 	}
-	c.Forget(node)
+	c.forget(node)
 }
 
 func (c *Cache) startLocked(node string) {
@@ -201,20 +198,15 @@ func waitSynced(ctx context.Context, inf cache.SharedIndexInformer) bool {
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)
 	}
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	t := time.NewTicker(syncPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return inf.HasSynced()
-		case <-t.C:
-			if inf.HasSynced() {
-				return true
-			}
-		}
+	capped := time.NewTimer(wait)
+	defer capped.Stop()
+	select {
+	case <-inf.HasSyncedChecker().Done():
+		return true
+	case <-ctx.Done():
+	case <-capped.C:
 	}
+	return inf.HasSynced()
 }
 
 // trim keeps what the key and the watch need: namespace, name, UID and

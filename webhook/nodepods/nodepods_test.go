@@ -36,7 +36,18 @@ func startCache(t *testing.T, objs ...runtime.Object) *Cache {
 	done := make(chan struct{})
 	go func() { _ = c.Start(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return c
+	// Until Start has run, a followed node only waits in pending.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.mu.RLock()
+		started := c.ctx != nil
+		c.mu.RUnlock()
+		if started {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cache did not start within 10s")
+		}
+	}
 }
 
 func expectListed(t *testing.T, c *Cache, node string) {
@@ -98,6 +109,17 @@ func TestAPodIsFoundOnAnotherFollowedNode(t *testing.T) {
 	expectListed(t, c, "node-b")
 	if where, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); !found || where != "node-b" {
 		t.Fatalf("got %q %v, want node-b", where, found)
+	}
+}
+
+func TestLocateWaitsForTheFirstListOfItsOwnNode(t *testing.T) {
+	c := startCache(t, podMeta("apps", "web-1"))
+	// An eviction right after the mark: the node's informer has only just
+	// started, and the lookup waits for its list (milliseconds against the
+	// fake) instead of sending the caller to the API.
+	c.SetFollowed("node-a", true)
+	if where, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); !found || where != "node-a" {
+		t.Fatalf("got %q %v, want node-a once its first list is in", where, found)
 	}
 }
 

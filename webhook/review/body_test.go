@@ -26,6 +26,11 @@ func (g *deadlineGate) Admit(ctx context.Context, _ *Request) Response {
 	return Allow("ok")
 }
 
+// localGate is a deadlineGate that says it never calls the API.
+type localGate struct{ deadlineGate }
+
+func (g *localGate) CallsAPI() bool { return false }
+
 // bigReview is a valid review whose object carries an annotation of n bytes.
 func bigReview(n int) string {
 	return `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","name":"p","namespace":"ns","operation":"CREATE",` +
@@ -105,19 +110,31 @@ func TestALargeReviewIsNotCopied(t *testing.T) {
 func TestTheGateAnswersBeforeTheAPIServerGivesUp(t *testing.T) {
 	tests := map[string]struct {
 		query    string
+		local    bool // the gate says it never calls the API
 		wantHas  bool
 		wantLeft time.Duration
 	}{
 		"The API server's 2s timeout leaves the gate 1.6s.":    {query: "?timeout=2s", wantHas: true, wantLeft: 1600 * time.Millisecond},
 		"A timeout above the API's maximum is bounded to 30s.": {query: "?timeout=1h", wantHas: true, wantLeft: 24 * time.Second},
+		"The timeout is found among other parameters.":         {query: "?dryRun=All&timeout=2s&x=1", wantHas: true, wantLeft: 1600 * time.Millisecond},
 		"Without a timeout the gate has no deadline of ours.":  {query: ""},
+		"Only the parameter named timeout counts.":             {query: "?xtimeout=2s&timeouts=2s"},
 		"A malformed timeout is ignored.":                      {query: "?timeout=soon"},
 		"A negative timeout is ignored.":                       {query: "?timeout=-2s"},
+		"A gate that never calls the API gets no deadline.":    {query: "?timeout=2s", local: true},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			g := &deadlineGate{}
-			h, _ := newTestHandler(t, g)
+			var g *deadlineGate
+			var h *Handler
+			if tc.local {
+				lg := &localGate{}
+				g = &lg.deadlineGate
+				h, _ = newTestHandler(t, lg)
+			} else {
+				g = &deadlineGate{}
+				h, _ = newTestHandler(t, g)
+			}
 			r := httptest.NewRequest(http.MethodPost, "/x"+tc.query, strings.NewReader(validReview))
 			r.Header.Set("Content-Type", "application/json")
 			h.ServeHTTP(httptest.NewRecorder(), r)

@@ -55,6 +55,16 @@ type scratch struct {
 	out  []byte
 }
 
+// APICaller is implemented by a gate that can tell whether it may wait on
+// the API server. Only such a wait needs the deadline the handler derives
+// from the call's timeout, so a gate that answers from the review alone
+// (the drain-order stamp) returns false and is spared a timer and a context
+// on every call. A gate that does not implement it is taken to call the
+// API: a new gate gets the deadline unless it says otherwise.
+type APICaller interface {
+	CallsAPI() bool
+}
+
 // Handler serves one gate over HTTP.
 type Handler struct {
 	gate    Gate
@@ -62,12 +72,18 @@ type Handler struct {
 	clock   clock.PassiveClock
 	metrics *GateMetrics
 	maxBody int64
-	pool    sync.Pool
+	// callsAPI says whether the gate gets a deadline before the API
+	// server's (see APICaller).
+	callsAPI bool
+	pool     sync.Pool
 }
 
 // NewHandler wraps gate. metrics may be nil (no metrics recorded).
 func NewHandler(gate Gate, log logr.Logger, clk clock.PassiveClock, metrics *Metrics) *Handler {
-	h := &Handler{gate: gate, log: log.WithValues("gate", gate.Name()), clock: clk, metrics: metrics.ForGate(gate.Name()), maxBody: MaxBodyBytes}
+	h := &Handler{gate: gate, log: log.WithValues("gate", gate.Name()), clock: clk, metrics: metrics.ForGate(gate.Name()), maxBody: MaxBodyBytes, callsAPI: true}
+	if c, ok := gate.(APICaller); ok {
+		h.callsAPI = c.CallsAPI()
+	}
 	h.pool.New = func() any { return new(scratch) }
 	return h
 }
@@ -96,10 +112,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	if d, ok := answerWithin(r.URL.Query().Get("timeout")); ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+	if h.callsAPI {
+		if d, ok := answerWithin(timeoutParam(r.URL.RawQuery)); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 	}
 	resp := h.gate.Admit(ctx, s.req)
 	s.out = appendReview(s.out[:0], s.req.UID, &resp)
@@ -139,6 +157,21 @@ func answerWithin(timeout string) (time.Duration, bool) {
 	}
 	d = min(d, maxCallTimeout)
 	return d - d/5, true
+}
+
+// timeoutParam returns the first "timeout" value of a raw query without
+// building the map r.URL.Query() would on every call. The value is not
+// unescaped: the API server sends a plain duration ("10s"), and an escaped
+// one fails to parse and is ignored like any malformed timeout.
+func timeoutParam(rawQuery string) string {
+	for rawQuery != "" {
+		var pair string
+		pair, rawQuery, _ = strings.Cut(rawQuery, "&")
+		if v, ok := strings.CutPrefix(pair, "timeout="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // pooledBodyMax is the largest body buffer kept for reuse; Binding and
