@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"termgate.dev/termgate/test/cluster"
@@ -410,9 +411,15 @@ func (w *CertManagerWebhook) readyz() string {
 // CertificateReady reads the Ready condition of a Certificate and the
 // revision cert-manager has issued.
 func (w *CertManagerWebhook) CertificateReady(ctx context.Context, name string) (ready bool, revision int64, err error) {
-	u, err := w.dyn.Resource(CertificateGVR).Namespace(w.Namespace).Get(ctx, name, metav1.GetOptions{})
+	return CertificateReady(ctx, w.dyn, w.Namespace, name)
+}
+
+// CertificateReady reads the Ready condition of cert-manager's Certificate
+// namespace/name and the revision cert-manager has issued.
+func CertificateReady(ctx context.Context, dyn dynamic.Interface, namespace, name string) (ready bool, revision int64, err error) {
+	u, err := dyn.Resource(CertificateGVR).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return false, 0, fmt.Errorf("read Certificate %s: %w", name, err)
+		return false, 0, fmt.Errorf("read Certificate %s/%s: %w", namespace, name, err)
 	}
 	revision, _, _ = unstructured.NestedInt64(u.Object, "status", "revision")
 	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
@@ -473,16 +480,27 @@ func (w *CertManagerWebhook) ServedCertificate(ctx context.Context) (*x509.Certi
 	if err != nil {
 		return nil, err
 	}
+	return ServedCertificate(ctx, w.Addr, "127.0.0.1", bundle)
+}
+
+// ServedCertificate dials a webhook at addr the way the API server does:
+// TLS verified for serverName (what the webhook configuration names: the
+// Service's DNS name, or an address) with bundle, the injected caBundle, as
+// the only root. It returns the served leaf.
+func ServedCertificate(ctx context.Context, addr, serverName string, bundle []byte) (*x509.Certificate, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(bundle) {
 		return nil, errors.New("injected CA bundle holds no certificate")
 	}
-	d := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}}
-	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	d := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}}
+	// A handshake with a serving webhook takes milliseconds, on loopback
+	// or to a pod on the real node; 5 s bounds one that hangs on the
+	// shared 2-core machine without masking it.
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := d.DialContext(dctx, "tcp", w.Addr)
+	conn, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("TLS to the webhook with the injected bundle: %w", err)
+		return nil, fmt.Errorf("TLS to the webhook at %s as %s, verified with the injected bundle: %w", addr, serverName, err)
 	}
 	defer conn.Close()
 	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
@@ -491,20 +509,30 @@ func (w *CertManagerWebhook) ServedCertificate(ctx context.Context) (*x509.Certi
 // InjectedBundle returns the CA bundle of every webhook of both
 // configurations, failing when one is empty or they differ.
 func (w *CertManagerWebhook) InjectedBundle(ctx context.Context) ([]byte, error) {
+	return InjectedBundle(ctx, w.client, w.ConfigName)
+}
+
+// InjectedBundle returns the CA bundle of every webhook of the Validating-
+// and MutatingWebhookConfiguration called configName, failing when one is
+// empty or they differ: the API server trusts one CA for all of them.
+func InjectedBundle(ctx context.Context, client kubernetes.Interface, configName string) ([]byte, error) {
 	var bundles [][]byte
-	v, err := w.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, w.ConfigName, metav1.GetOptions{})
+	v, err := client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, configName, metav1.GetOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("read ValidatingWebhookConfiguration: %w", err)
+		return nil, fmt.Errorf("read ValidatingWebhookConfiguration %s: %w", configName, err)
 	}
 	for _, h := range v.Webhooks {
 		bundles = append(bundles, h.ClientConfig.CABundle)
 	}
-	m, err := w.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, w.ConfigName, metav1.GetOptions{})
+	m, err := client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, configName, metav1.GetOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("read MutatingWebhookConfiguration: %w", err)
+		return nil, fmt.Errorf("read MutatingWebhookConfiguration %s: %w", configName, err)
 	}
 	for _, h := range m.Webhooks {
 		bundles = append(bundles, h.ClientConfig.CABundle)
+	}
+	if len(bundles) == 0 {
+		return nil, fmt.Errorf("configurations %s hold no webhook", configName)
 	}
 	for _, b := range bundles {
 		if len(b) == 0 {

@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -53,12 +52,9 @@ var (
 const markedNode = "spot-0"
 
 func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		os.Exit(m.Run()) // every test skips without the environment
-	}
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), CertManager: true}
-	code := testenv.RunWithCluster(m, opts, &shared, func(dir string) error {
+	// Under -short every test runs and skips through testenv.NeedCluster.
+	code := testenv.RunUnitsAndCluster(m, opts, &shared, func(dir string) error {
 		var err error
 		binary, err = localrun.Build(context.Background(), dir)
 		return err
@@ -74,9 +70,7 @@ func TestMain(m *testing.M) {
 // shipped overlay, so none runs in parallel).
 func started(t *testing.T) *localrun.CertManagerWebhook {
 	t.Helper()
-	if shared == nil {
-		t.Skip("no local cluster (-short)")
-	}
+	testenv.NeedCluster(t, shared)
 	startOnce.Do(func() {
 		webhook, startErr = localrun.StartCertManagerWebhook(context.Background(), localrun.CertManagerWebhookSpec{
 			Binary: binary, Cluster: shared,
@@ -416,9 +410,7 @@ func serials(pemBytes []byte) string {
 // with a message naming them: configurations injecting from different
 // Certificates, and a serving Certificate that does not name the Service.
 func TestCertManagerOverlayMistakesAreNamed(t *testing.T) {
-	if shared == nil {
-		t.Skip("no local cluster (-short)")
-	}
+	testenv.NeedCluster(t, shared)
 	root, err := cluster.RepoRoot()
 	if err != nil {
 		t.Fatal(err)

@@ -1,12 +1,8 @@
 package certmanager_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -194,40 +190,24 @@ func checkRefused(ctx context.Context, ns, node string) string {
 	}
 }
 
-// failOpenCount sums the API server's apiserver_admission_webhook_fail_open_count
-// for termgate's webhooks: every call it could not complete and let through.
+// failOpenCount reads kit.FailOpenCount, failing the test when the API
+// server's metrics cannot be read.
 func failOpenCount(t *testing.T) int {
 	t.Helper()
-	body, err := shared.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
+	n, err := kit.FailOpenCount(context.Background(), shared.Client)
 	if err != nil {
-		t.Fatalf("read API server metrics: %v", err)
+		t.Fatal(err)
 	}
-	total := 0
-	sc := bufio.NewScanner(bytes.NewReader(body))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "apiserver_admission_webhook_fail_open_count{") || !strings.Contains(line, `termgate.dev"`) {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			t.Fatalf("parse metric line %q: %v", line, err)
-		}
-		total += int(v)
-	}
-	return total
+	return n
 }
 
+// parseLeaf reads the first certificate of PEM data, failing the test when
+// there is none.
 func parseLeaf(t *testing.T, pemBytes []byte) *x509.Certificate {
 	t.Helper()
-	block, _ := pem.Decode(pemBytes)
-	if block == nil {
-		t.Fatal("no PEM certificate")
-	}
-	c, err := x509.ParseCertificate(block.Bytes)
+	c, err := kit.ParseLeafPEM(pemBytes)
 	if err != nil {
-		t.Fatalf("parse certificate: %v", err)
+		t.Fatal(err)
 	}
 	return c
 }

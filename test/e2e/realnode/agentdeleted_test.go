@@ -8,12 +8,12 @@ import (
 	"testing"
 	"time"
 
-	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -36,11 +36,7 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	const delay, grace = 3 * time.Second, int64(10)
 	work := workDeployment(ns, "work", 4, record, delay, grace)
 	before := startWorkOnRealNode(t, work)
-	none := intstr.FromInt32(0)
-	pdb := &policyv1.PodDisruptionBudget{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "work"},
-		Spec:       policyv1.PodDisruptionBudgetSpec{MaxUnavailable: &none, Selector: work.Spec.Selector},
-	}
+	pdb := kit.PDB(ns, work.Name, 0) // selects app=work, the Deployment's pods
 	if _, err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Create(ctx, pdb, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create PDB: %v", err)
 	}
@@ -95,8 +91,11 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	}
 	testenv.Eventually(t, 5*time.Second, "the agent's pod deleted by its DaemonSet", func(ctx context.Context) (bool, string, error) {
 		p, err := shared.Client.CoreV1().Pods(termgateNS).Get(ctx, agent.Name, metav1.GetOptions{})
-		if err != nil {
+		if apierrors.IsNotFound(err) {
 			return true, "", nil // already gone: it did not wait for the drain
+		}
+		if err != nil {
+			return false, err.Error(), nil // another error proves nothing: read again
 		}
 		return p.DeletionTimestamp != nil, "not deleted yet", nil
 	})

@@ -10,7 +10,6 @@ package realnode_test
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -40,7 +39,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(3), RealNode: true}
 	code := testenv.RunUnitsAndCluster(m, opts, &shared, func(dir string) error {
 		return install(context.Background(), dir)

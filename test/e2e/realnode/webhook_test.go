@@ -32,6 +32,14 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("list webhook pods: %d, %v", len(pods.Items), err)
 	}
+	// The API server's count of calls to termgate that failed open: only a
+	// rise proves the pods below went through while no webhook answered.
+	// Without it this test would pass with failurePolicy Fail too, since
+	// the scheduler retries a refused bind until the webhook is back.
+	failOpenBefore, err := kit.FailOpenCount(ctx, shared.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
 	zero := int64(0)
 	for _, p := range pods.Items {
 		if err := shared.Client.CoreV1().Pods(termgateNS).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
@@ -42,6 +50,10 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 
 	// Three binds and creations through the admission chain while no
 	// webhook pod serves: each call fails open within its 2 s timeout.
+	// They are sent right after the kill: a force-deleted pod leaves the
+	// Service's endpoints at once, while its replacements need a container
+	// start, their caches and a readiness probe (period 2 s) before they
+	// serve, so the creations and binds meet no webhook.
 	d := kit.Deployment(ns, "meanwhile", 3)
 	if _, err := shared.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create deployment: %v", err)
@@ -51,6 +63,16 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 		return len(ready) == 3, fmt.Sprintf("%d Ready", len(ready)), nil
 	})
 	t.Logf("3 pods scheduled and Ready %s after every webhook pod was killed", time.Since(killed).Round(time.Millisecond))
+	failOpenAfter, err := kit.FailOpenCount(ctx, shared.Client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failOpenAfter <= failOpenBefore {
+		t.Errorf("the API server counted no call to termgate's webhooks failing open (%d before the kill, %d after): "+
+			"the pods were admitted and bound by a webhook that answered, not while it was down", failOpenBefore, failOpenAfter)
+	} else {
+		t.Logf("%d calls to termgate's webhooks failed open while it was down", failOpenAfter-failOpenBefore)
+	}
 
 	if err := waitInstalled(ctx); err != nil {
 		t.Fatalf("webhook did not come back: %v", err)

@@ -3,9 +3,6 @@ package realnodecm_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"strconv"
@@ -13,11 +10,9 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 
 	"termgate.dev/termgate/test/kit"
@@ -62,11 +57,15 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 	var certReady, injected, podsReady time.Duration
 	err = kit.Poll(ctx, installBudget, func(ctx context.Context) (bool, string, error) {
 		since := time.Since(applied)
-		if certReady == 0 && certificateReady(ctx, dyn) {
-			certReady = since
+		if certReady == 0 {
+			if ok, _, err := localrun.CertificateReady(ctx, dyn, realnodeinstall.Namespace, servingCertificate); err == nil && ok {
+				certReady = since
+			}
 		}
-		if injected == 0 && bundleInjected(ctx) {
-			injected = since
+		if injected == 0 {
+			if _, err := localrun.InjectedBundle(ctx, shared.Client, webhookConfig); err == nil {
+				injected = since
+			}
 		}
 		ready := webhookPodsReadyOnTheRealNode(ctx)
 		if podsReady == 0 && ready > 0 && realnodeinstall.WebhookAvailable(ctx, shared.Client) {
@@ -107,22 +106,25 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 	if err != nil {
 		t.Fatalf("read Secret %s: %v", servingSecret, err)
 	}
-	bundles, err := injectedBundles(ctx)
+	// InjectedBundle fails unless every webhook of both configurations
+	// carries the same bundle.
+	bundle, err := localrun.InjectedBundle(ctx, shared.Client, webhookConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, b := range bundles {
-		if !bytes.Equal(b, secret.Data["ca.crt"]) {
-			t.Errorf("an injected caBundle is not the ca.crt of Secret %s", servingSecret)
-		}
+	if !bytes.Equal(bundle, secret.Data["ca.crt"]) {
+		t.Errorf("the injected caBundle is not the ca.crt of Secret %s", servingSecret)
 	}
-	issued := parseCert(t, secret.Data[corev1.TLSCertKey])
+	issued, err := kit.ParseLeafPEM(secret.Data[corev1.TLSCertKey])
+	if err != nil {
+		t.Fatalf("Secret %s: %v", servingSecret, err)
+	}
 	endpoints := serviceEndpoints(t, ctx)
 	if len(endpoints) != len(pods.Items) {
 		t.Errorf("Service %s has %d ready endpoints %v, want one per webhook pod (%d)", webhookService, len(endpoints), endpoints, len(pods.Items))
 	}
 	for _, addr := range endpoints {
-		served, err := servedCertificate(ctx, addr, secret.Data["ca.crt"])
+		served, err := localrun.ServedCertificate(ctx, addr, webhookService+"."+realnodeinstall.Namespace+".svc", bundle)
 		if err != nil {
 			t.Errorf("endpoint %s: %v", addr, err)
 			continue
@@ -151,57 +153,6 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 		msg := err.Error()
 		return strings.Contains(msg, "pinned-pod.termgate.dev") && strings.Contains(msg, "is terminating"), msg, nil
 	})
-}
-
-func certificateReady(ctx context.Context, dyn dynamic.Interface) bool {
-	u, err := dyn.Resource(localrun.CertificateGVR).Namespace(realnodeinstall.Namespace).Get(ctx, servingCertificate, metav1.GetOptions{})
-	if err != nil {
-		return false
-	}
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if m["type"] == "Ready" {
-			return m["status"] == "True"
-		}
-	}
-	return false
-}
-
-// injectedBundles returns the caBundle of every webhook in termgate's
-// Validating- and MutatingWebhookConfiguration.
-func injectedBundles(ctx context.Context) ([][]byte, error) {
-	adm := shared.Client.AdmissionregistrationV1()
-	vwc, err := adm.ValidatingWebhookConfigurations().Get(ctx, webhookConfig, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("read ValidatingWebhookConfiguration %s: %w", webhookConfig, err)
-	}
-	mwc, err := adm.MutatingWebhookConfigurations().Get(ctx, webhookConfig, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("read MutatingWebhookConfiguration %s: %w", webhookConfig, err)
-	}
-	var out [][]byte
-	add := func(c admissionregistrationv1.WebhookClientConfig) { out = append(out, c.CABundle) }
-	for _, w := range vwc.Webhooks {
-		add(w.ClientConfig)
-	}
-	for _, w := range mwc.Webhooks {
-		add(w.ClientConfig)
-	}
-	return out, nil
-}
-
-func bundleInjected(ctx context.Context) bool {
-	bundles, err := injectedBundles(ctx)
-	if err != nil || len(bundles) == 0 {
-		return false
-	}
-	for _, b := range bundles {
-		if len(b) == 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // webhookPodsReadyOnTheRealNode counts the webhook's Ready pods on the
@@ -269,35 +220,4 @@ func serviceEndpoints(t *testing.T, ctx context.Context) []string {
 		}
 	}
 	return out
-}
-
-// servedCertificate dials addr as the API server does (the Service's DNS
-// name, the injected bundle as the only root) and returns the leaf served.
-func servedCertificate(ctx context.Context, addr string, bundle []byte) (*x509.Certificate, error) {
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(bundle) {
-		return nil, fmt.Errorf("no certificate in the injected bundle")
-	}
-	d := tls.Dialer{Config: &tls.Config{RootCAs: roots, ServerName: webhookService + "." + realnodeinstall.Namespace + ".svc"}}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("TLS to the webhook, verified against the injected bundle: %w", err)
-	}
-	defer conn.Close()
-	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
-}
-
-func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
-	t.Helper()
-	b, _ := pem.Decode(pemBytes)
-	if b == nil {
-		t.Fatal("no PEM block in the Secret's certificate")
-	}
-	c, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatalf("parse certificate: %v", err)
-	}
-	return c
 }

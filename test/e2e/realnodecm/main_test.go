@@ -11,7 +11,6 @@ package realnodecm_test
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -35,7 +34,6 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	flag.Parse()
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), RealNode: true, CertManager: true}
 	code := testenv.RunWithCluster(m, opts, &shared, func(dir string) error {
 		return prepare(context.Background(), dir)
