@@ -112,11 +112,7 @@ func (c *Cluster) WaitNodeReady(ctx context.Context, name string) error {
 		if err := c.Healthy(); err != nil {
 			return false, err
 		}
-		n, err := c.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		return isReady(n) && !hasLifecycleTaint(n), nil
+		return c.nodeReadyAndSchedulable(ctx, name), nil
 	})
 	if err != nil {
 		return fmt.Errorf("node %s not Ready and schedulable (kwok log: %s): %w", name, c.LogPath("kwok"), err)

@@ -19,13 +19,18 @@ func (c *Cluster) nodeReadyAndSchedulable(ctx context.Context, name string) bool
 // path the three would otherwise take from their machine-wide defaults
 // (/var/lib/..., /run/..., /etc/cni, /var/log/pods) points into n.Dir.
 func (n *RealNode) writeConfigs(c *Cluster, subnet *net.IPNet) error {
+	// Both kubelet ports reserved together, so they cannot be the same.
+	kubeletPorts, err := freePortsAny(2)
+	if err != nil {
+		return fmt.Errorf("kubelet ports: %w", err)
+	}
 	files := map[string]string{
 		"net.d/10-termgate.conflist": fmt.Sprintf(cniConfig, n.id, n.bridge, subnet, n.IP, filepath.Join(n.Dir, "ipam")),
 		"containerd.toml": fmt.Sprintf(containerdConfig,
 			filepath.Join(n.Dir, "containerd/root"), filepath.Join(n.Dir, "containerd/state"), n.socket,
 			PauseImage, n.bins.runc, filepath.Join(n.Dir, "containerd/state/runc"), n.bins.dir, filepath.Join(n.Dir, "net.d")),
 		"kubelet.yaml": fmt.Sprintf(kubeletConfig,
-			n.IP, freePortOr(10250), freePortOr(10248), "unix://"+n.socket, "/"+n.cgroupDir,
+			n.IP, kubeletPorts[0], kubeletPorts[1], "unix://"+n.socket, "/"+n.cgroupDir,
 			filepath.Join(n.Dir, "pod-logs"), filepath.Join(n.Dir, "volume-plugins"),
 			RealNodeTaint, "gce://local-project/us-central1-a/"+n.Name),
 	}
@@ -35,14 +40,6 @@ func (n *RealNode) writeConfigs(c *Cluster, subnet *net.IPNet) error {
 		}
 	}
 	return nil
-}
-
-func freePortOr(def int) int {
-	ports, err := freePortsAny(1)
-	if err != nil {
-		return def
-	}
-	return ports[0]
 }
 
 // freePortsAny reserves a port free on every address: the kubelet's server

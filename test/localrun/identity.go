@@ -59,30 +59,39 @@ type IdentitySpec struct {
 	Manifests string
 }
 
-// NewAgentIdentity installs the shipped agent RBAC and Node policy
-// (manifests/base/agent-rbac.yaml and webhook-agent-policy.yaml, applied as
-// they are), creates a stand-in agent pod on the node
-// and writes a kubeconfig with a one-hour token bound to that pod.
+// NewAgentIdentity installs the shipped agent permissions
+// (InstallAgentPermissions) and makes the identity of the agent on s.Node
+// (AgentIdentityOn). Callers making many nodes' identities install once and
+// call AgentIdentityOn for each.
 func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, error) {
-	if s.Manifests == "" {
-		root, err := cluster.RepoRoot()
-		if err != nil {
-			return nil, err
-		}
-		s.Manifests = filepath.Join(root, "manifests", "base")
-	}
-	if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, "namespace.yaml")); err != nil {
+	if err := InstallAgentPermissions(ctx, s); err != nil {
 		return nil, err
 	}
-	// The RBAC, the quota that admits the agent's PriorityClass outside
-	// kube-system, the FlowSchema that keeps its Node marks ahead of its
-	// evictions, and the ValidatingAdmissionPolicy confining Node patches
-	// are what a user installs with the agent; all apply as shipped.
-	for _, f := range []string{"agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml", "webhook-agent-policy.yaml"} {
-		if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
-			return nil, err
+	return AgentIdentityOn(ctx, s)
+}
+
+// InstallAgentPermissions applies, as shipped, what every agent of the
+// cluster shares: its namespace, RBAC, the quota that admits its
+// PriorityClass outside kube-system, the FlowSchema that keeps its Node
+// marks ahead of its evictions, and the ValidatingAdmissionPolicy
+// confining its Node patches (manifests/base). s.Node is not used.
+func InstallAgentPermissions(ctx context.Context, s IdentitySpec) error {
+	manifests, err := manifestsOr(s.Manifests)
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{"namespace.yaml", "agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml", "webhook-agent-policy.yaml"} {
+		if err := applyFile(ctx, s.AdminConfig, filepath.Join(manifests, f)); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// AgentIdentityOn creates a stand-in agent pod on s.Node and writes a
+// kubeconfig with a one-hour token bound to that pod. The permissions must
+// be installed (InstallAgentPermissions).
+func AgentIdentityOn(ctx context.Context, s IdentitySpec) (*AgentIdentity, error) {
 	pod, err := ensureAgentPod(ctx, s.Admin, s.Node)
 	if err != nil {
 		return nil, err
@@ -103,6 +112,19 @@ func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, erro
 		return nil, err
 	}
 	return &AgentIdentity{Kubeconfig: path, Config: cfg, Pod: pod}, nil
+}
+
+// manifestsOr returns dir, or the repository's manifests/base when it is
+// empty.
+func manifestsOr(dir string) (string, error) {
+	if dir != "" {
+		return dir, nil
+	}
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(root, "manifests", "base"), nil
 }
 
 // The webhook's account as the shipped manifests define it.
@@ -135,12 +157,8 @@ func NewWebhookIdentity(ctx context.Context, s IdentitySpec, certSource string) 
 	if !ok {
 		return "", fmt.Errorf("certificate source %q: want %s or %s", certSource, CertSourceSelfManaged, CertSourceCertManager)
 	}
-	if s.Manifests == "" {
-		root, err := cluster.RepoRoot()
-		if err != nil {
-			return "", err
-		}
-		s.Manifests = filepath.Join(root, "manifests", "base")
+	if s.Manifests, err = manifestsOr(s.Manifests); err != nil {
+		return "", err
 	}
 	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-flowschema.yaml", "webhook-ca-bundle-policy.yaml",
 		filepath.Join("..", "overlays", certSource, rbac)} {

@@ -51,6 +51,9 @@ type AgentSpec struct {
 	Node         string
 	MetadataHost string   // the fake metadata server of this node
 	Flags        []string // extra flags, e.g. --preemption-notice=10s
+	// Env is added to the process's environment, e.g. MEMORY_LIMIT as the
+	// DaemonSet sets it from the container's limit.
+	Env []string
 	// Pod is the agent's own pod (POD_NAME and POD_NAMESPACE), whose grace
 	// period bounds a drain after SIGTERM; see NewAgentIdentity.
 	Pod *corev1.Pod
@@ -73,6 +76,7 @@ func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
 	if s.Pod != nil {
 		env = append(env, "POD_NAME="+s.Pod.Name, "POD_NAMESPACE="+s.Pod.Namespace)
 	}
+	env = append(env, s.Env...)
 	p, err := proc.Start(s.Dir, "agent-"+s.Node, env, s.Binary, args...)
 	if err != nil {
 		return nil, err

@@ -53,6 +53,8 @@ type Webhook struct {
 	Addr string
 	// HealthAddr serves /healthz and /readyz.
 	HealthAddr string
+	// MetricsAddr serves Prometheus /metrics.
+	MetricsAddr string
 	// ConfigName names the Validating- and MutatingWebhookConfiguration.
 	ConfigName string
 
@@ -85,7 +87,7 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	}
 	w := &Webhook{
 		Addr: "127.0.0.1:" + strconv.Itoa(ports[0]), HealthAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
-		ConfigName: configs.Name, client: s.Client,
+		MetricsAddr: "127.0.0.1:" + strconv.Itoa(ports[2]), ConfigName: configs.Name, client: s.Client,
 	}
 	if err := kit.EnsureNamespace(ctx, s.Client, s.Namespace); err != nil {
 		return nil, err
@@ -98,7 +100,7 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 		"--kubeconfig=" + s.Kubeconfig,
 		"--bind-address=" + w.Addr,
 		"--health-probe-bind-address=" + w.HealthAddr,
-		"--metrics-bind-address=127.0.0.1:" + strconv.Itoa(ports[2]),
+		"--metrics-bind-address=" + w.MetricsAddr,
 		"--namespace=" + s.Namespace,
 		"--cert-mode=self-managed",
 		"--cert-dir=" + filepath.Join(s.Dir, "webhook-certs"),
@@ -117,6 +119,30 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	if err := w.waitReady(ctx); err != nil {
 		w.Stop()
 		return nil, err
+	}
+	return w, nil
+}
+
+// StartWebhookWithOwnIdentity starts the webhook as a replica of the
+// self-managed install runs: with its own service account's token under the
+// shipped RBAC, CA-bundle policy and FlowSchema (NewWebhookIdentity), since
+// an admin's requests would skip API priority and fairness and the policy.
+// It sets s.Kubeconfig; s.Dir and s.Client default to c's.
+func StartWebhookWithOwnIdentity(ctx context.Context, c *cluster.Cluster, s WebhookSpec) (*Webhook, error) {
+	if s.Dir == "" {
+		s.Dir = c.Dir
+	}
+	if s.Client == nil {
+		s.Client = c.Client
+	}
+	kubeconfig, err := NewWebhookIdentity(ctx, IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: s.Dir, Manifests: s.Manifests}, CertSourceSelfManaged)
+	if err != nil {
+		return nil, fmt.Errorf("the webhook's identity: %w", err)
+	}
+	s.Kubeconfig = kubeconfig
+	w, err := StartWebhook(ctx, s)
+	if err != nil {
+		return nil, fmt.Errorf("start webhook: %w", err)
 	}
 	return w, nil
 }

@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -102,17 +101,11 @@ patches:
 	return out, nil
 }
 
-// Apply runs `kubectl apply -k overlay` with the cached kubectl, as a user
+// Apply runs `kubectl apply -k overlay` against the cluster, as a user
 // installs (or re-installs) termgate.
 func Apply(ctx context.Context, c *cluster.Cluster, overlay string) error {
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return err
-	}
-	kubectl := filepath.Join(root, "bin", "kubectl")
-	out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", c.Kubeconfig, "apply", "-k", overlay).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("kubectl apply -k %s: %w\n%s", overlay, err, out)
+	if _, err := c.Kubectl(ctx, "apply", "-k", overlay); err != nil {
+		return fmt.Errorf("install termgate: %w", err)
 	}
 	return nil
 }
@@ -181,17 +174,14 @@ func PodReady(p *corev1.Pod) bool {
 // last lines of its containers' logs and of the kubelet's), before the
 // cluster and its logs are removed. prefix starts every line it prints.
 func Diagnose(ctx context.Context, c *cluster.Cluster, node *cluster.RealNode, prefix string) {
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		fmt.Printf("%s: %v\n", prefix, err)
-		return
-	}
-	kubectl := filepath.Join(root, "bin", "kubectl")
 	for _, args := range [][]string{
 		{"get", "pods", "-A", "-o", "wide"},
 		{"get", "events", "-n", Namespace, "--sort-by=.lastTimestamp"},
 	} {
-		out, _ := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", c.Kubeconfig}, args...)...).CombinedOutput()
+		out, err := c.Kubectl(ctx, args...)
+		if err != nil {
+			out = []byte(err.Error())
+		}
 		fmt.Printf("%s: kubectl %s:\n%s\n", prefix, strings.Join(args, " "), out)
 	}
 	logs, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", Namespace+"_*", "*", "*.log"))

@@ -119,13 +119,7 @@ func StartEnv(ctx context.Context, o EnvOptions) (_ *Env, err error) {
 	case "", CertsSelfManaged:
 		// The webhook's own account, under the shipped RBAC, CA-bundle
 		// policy and FlowSchema, as a replica in the cluster runs.
-		var kubeconfig string
-		kubeconfig, e.WebhookErr = localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: o.Cluster.Client, AdminConfig: o.Cluster.Config, Dir: o.Cluster.Dir}, localrun.CertSourceSelfManaged)
-		if e.WebhookErr == nil {
-			e.Webhook, e.WebhookErr = localrun.StartWebhook(ctx, localrun.WebhookSpec{
-				Binary: o.Binary, Dir: o.Cluster.Dir, Kubeconfig: kubeconfig, Client: o.Cluster.Client,
-			})
-		}
+		e.Webhook, e.WebhookErr = localrun.StartWebhookWithOwnIdentity(ctx, o.Cluster, localrun.WebhookSpec{Binary: o.Binary})
 		if e.WebhookErr == nil {
 			o.Say("webhook serving on %s with its own service account's token, self-managed CA injected, configurations registered (%s)", e.Webhook.Addr, since(began))
 		}

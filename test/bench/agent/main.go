@@ -94,7 +94,7 @@ type bench struct {
 	shipped asdeployed.Container
 	extra   []string
 	fleet   *gcefake.Fleet
-	webhook *asdeployed.Webhook
+	webhook *localrun.Webhook
 	// registration removes and restores the webhook configurations
 	// between the as-deployed and the other drains.
 	registration *registration
@@ -329,8 +329,6 @@ func ratio(a, b float64) float64 {
 // startAgent starts an agent with the DaemonSet's arguments and environment,
 // with its own identity, or admin credentials when id is nil.
 func (b *bench) startAgent(ctx context.Context, node string, md *gcefake.Server, id *localrun.AgentIdentity) (*localrun.Agent, error) {
-	restore := asdeployed.ChildEnv(b.shipped.Env)
-	defer restore()
 	return asdeployed.StartAgent(ctx, asdeployed.AgentSpec{
 		Cluster: b.c, Binary: b.bin, Node: node, MetadataHost: md.Host(), Identity: id, Shipped: b.shipped, Extra: b.extra,
 	})

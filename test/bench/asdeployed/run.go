@@ -2,10 +2,8 @@ package asdeployed
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"os"
 	"slices"
@@ -27,7 +25,7 @@ type AgentSpec struct {
 	// Identity is the agent's own (Identity); nil runs the agent with the
 	// cluster's admin credentials, for the comparison figure.
 	Identity *localrun.AgentIdentity
-	// Shipped holds the DaemonSet's arguments (ShippedAgent).
+	// Shipped holds the DaemonSet's arguments and environment (ShippedAgent).
 	Shipped Container
 	// Extra flags come after the shipped ones, so they win.
 	Extra []string
@@ -43,12 +41,12 @@ func Identity(ctx context.Context, c *cluster.Cluster, node string) (*localrun.A
 	return id, nil
 }
 
-// StartAgent starts the agent with the DaemonSet's arguments. The caller
-// sets the DaemonSet's environment with ChildEnv(Shipped.Env).
+// StartAgent starts the agent with the DaemonSet's arguments and
+// environment.
 func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 	spec := localrun.AgentSpec{
 		Binary: s.Binary, Dir: s.Cluster.Dir, Kubeconfig: s.Cluster.Kubeconfig, Node: s.Node, MetadataHost: s.MetadataHost,
-		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...),
+		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...), Env: s.Shipped.Environ(),
 	}
 	if s.Identity != nil {
 		spec.Kubeconfig, spec.Pod = s.Identity.Kubeconfig, s.Identity.Pod
@@ -56,50 +54,14 @@ func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 	return localrun.StartAgent(ctx, spec)
 }
 
-// Webhook is the webhook process localrun started, with its metrics
-// address, which localrun does not expose.
-type Webhook struct {
-	*localrun.Webhook
-	MetricsAddr string
-}
-
 // StartWebhook starts the webhook as `make demo` does, with the shipped
 // Deployment's environment and its own service account's token.
-func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*Webhook, error) {
+func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*localrun.Webhook, error) {
 	shipped, err := ShippedWebhook()
 	if err != nil {
 		return nil, err
 	}
-	var env []string
-	for _, k := range slices.Sorted(maps.Keys(shipped.Env)) {
-		env = append(env, k+"="+shipped.Env[k])
-	}
-	// Its own service account's token, under the shipped RBAC and
-	// FlowSchema: an admin's requests would skip API priority and fairness.
-	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir}, localrun.CertSourceSelfManaged)
-	if err != nil {
-		return nil, fmt.Errorf("the webhook's identity: %w", err)
-	}
-	w, err := localrun.StartWebhook(ctx, localrun.WebhookSpec{Binary: binary, Dir: c.Dir, Kubeconfig: kubeconfig, Client: c.Client, Env: env})
-	if err != nil {
-		return nil, fmt.Errorf("start webhook: %w", err)
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", w.PID()))
-	if err != nil {
-		w.Stop()
-		return nil, fmt.Errorf("read the webhook's arguments: %w", err)
-	}
-	out := &Webhook{Webhook: w}
-	for _, a := range strings.Split(string(cmdline), "\x00") {
-		if addr, ok := strings.CutPrefix(a, "--metrics-bind-address="); ok {
-			out.MetricsAddr = addr
-		}
-	}
-	if out.MetricsAddr == "" {
-		w.Stop()
-		return nil, errors.New("the webhook runs without --metrics-bind-address")
-	}
-	return out, nil
+	return localrun.StartWebhookWithOwnIdentity(ctx, c, localrun.WebhookSpec{Binary: binary, Env: shipped.Environ()})
 }
 
 // Counters scrapes a Prometheus endpoint and returns the samples of the

@@ -8,12 +8,12 @@ package asdeployed
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +32,16 @@ type Container struct {
 	Env map[string]string
 	// MemoryLimit is limits.memory in bytes (0 when unset).
 	MemoryLimit int64
+}
+
+// Environ returns Env as NAME=value pairs, sorted by name, for a process's
+// environment.
+func (c Container) Environ() []string {
+	var env []string
+	for _, k := range slices.Sorted(maps.Keys(c.Env)) {
+		env = append(env, k+"="+c.Env[k])
+	}
+	return env
 }
 
 // ShippedAgent reads the agent container of manifests/base/agent-daemonset.yaml.
@@ -97,39 +107,4 @@ func container(spec corev1.PodSpec, sub string) (Container, error) {
 		return out, nil
 	}
 	return Container{}, fmt.Errorf("no container running %q in the shipped manifest", sub)
-}
-
-// envMu serialises changes to the environment children inherit.
-var envMu sync.Mutex
-
-// ChildEnv sets variables in this process's environment, which every child
-// started afterwards inherits (localrun's processes take os.Environ plus
-// their own few variables), and returns a function that restores the old
-// values. localrun.AgentSpec has no environment of its own, so this is how
-// the DaemonSet's MEMORY_LIMIT reaches the agents. Children started while
-// it is in force must all want the same values: the benchmarks use it only
-// around starting agents.
-func ChildEnv(vars map[string]string) (restore func()) {
-	envMu.Lock()
-	defer envMu.Unlock()
-	old := map[string]*string{}
-	for k, v := range vars {
-		if prev, ok := os.LookupEnv(k); ok {
-			old[k] = &prev
-		} else {
-			old[k] = nil
-		}
-		_ = os.Setenv(k, v)
-	}
-	return func() {
-		envMu.Lock()
-		defer envMu.Unlock()
-		for k, v := range old {
-			if v == nil {
-				_ = os.Unsetenv(k)
-			} else {
-				_ = os.Setenv(k, *v)
-			}
-		}
-	}
 }

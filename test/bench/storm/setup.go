@@ -26,7 +26,7 @@ type env struct {
 	c            *cluster.Cluster
 	bin, state   string
 	fleet        *gcefake.Fleet
-	webhook      *asdeployed.Webhook
+	webhook      *localrun.Webhook
 	webhookLimit int64
 	// spot are the nodes that get preempted, each with an agent.
 	spot   []string
@@ -79,7 +79,7 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	if err != nil {
 		return e, err
 	}
-	say("%d agent identities: shipped RBAC and ValidatingAdmissionPolicy, a stand-in pod and a bound token each (%s)", len(ids), since(began))
+	say("%d agent identities: shipped RBAC and ValidatingAdmissionPolicy once, a stand-in pod and a bound token each (%s)", len(ids), since(began))
 
 	began = time.Now()
 	if err := e.workload(ctx, o); err != nil {
@@ -97,24 +97,27 @@ func setUp(ctx context.Context, o options) (*env, error) {
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }
 
-// identities makes each Spot node's agent identity. The first installs the
-// shared RBAC and policy alone; the rest run a few at a time.
+// identities installs the shipped agent permissions once, then makes each
+// Spot node's agent identity (its stand-in pod and bound token), a few at a
+// time.
 func (e *env) identities(ctx context.Context) (map[string]*localrun.AgentIdentity, error) {
+	spec := localrun.IdentitySpec{Admin: e.c.Client, AdminConfig: e.c.Config, Dir: e.c.Dir}
+	if err := localrun.InstallAgentPermissions(ctx, spec); err != nil {
+		return nil, fmt.Errorf("agent permissions: %w", err)
+	}
 	ids := map[string]*localrun.AgentIdentity{}
 	var mu sync.Mutex
-	first, err := asdeployed.Identity(ctx, e.c, e.spot[0])
-	if err != nil {
-		return nil, err
-	}
-	ids[e.spot[0]] = first
-	err = inParallel(e.spot[1:], 8, func(node string) error {
-		id, err := asdeployed.Identity(ctx, e.c, node)
-		if err == nil {
-			mu.Lock()
-			ids[node] = id
-			mu.Unlock()
+	err := inParallel(e.spot, 8, func(node string) error {
+		s := spec
+		s.Node = node
+		id, err := localrun.AgentIdentityOn(ctx, s)
+		if err != nil {
+			return fmt.Errorf("agent identity for %s: %w", node, err)
 		}
-		return err
+		mu.Lock()
+		ids[node] = id
+		mu.Unlock()
+		return nil
 	})
 	return ids, err
 }
@@ -211,14 +214,9 @@ func (e *env) startAgents(ctx context.Context, ids map[string]*localrun.AgentIde
 	if err != nil {
 		return err
 	}
-	restore := asdeployed.ChildEnv(shipped.Env)
-	defer restore()
 	var mu sync.Mutex
 	return inParallel(slices.Sorted(maps.Keys(ids)), 5, func(node string) error {
-		in := gcefake.Instance{Name: node, Preemptible: true}
-		mu.Lock()
-		md, err := e.fleet.Add(in)
-		mu.Unlock()
+		md, err := e.fleet.Add(gcefake.Instance{Name: node, Preemptible: true})
 		if err != nil {
 			return fmt.Errorf("metadata server for %s: %w", node, err)
 		}

@@ -37,7 +37,6 @@ type nodeState struct {
 	// node marked terminating: etcd's revision, which orders it against
 	// every bind.
 	markRV   uint64
-	markSeen time.Time
 	deadline time.Time
 	marked   chan struct{}
 	// At the deadline: evictable pods still on the node, and how many of
@@ -50,7 +49,6 @@ type nodeState struct {
 type bindRecord struct {
 	pod, node string
 	rv        uint64
-	seen      time.Time
 }
 
 // observer follows nodes and the Deployment's pods through watches that
@@ -144,13 +142,13 @@ func (obs *observer) node(o any, now time.Time) {
 	}
 	if st.markRV == 0 {
 		if m, marked, err := nodemark.Read(n.Annotations); marked && err == nil && m.Terminating() {
-			st.markRV, st.markSeen, st.deadline = revision(n.ResourceVersion), now, m.Deadline
+			st.markRV, st.deadline = revision(n.ResourceVersion), m.Deadline
 			close(st.marked)
 		}
 	}
 }
 
-func (obs *observer) pod(o any, now time.Time) {
+func (obs *observer) pod(o any, _ time.Time) {
 	p, ok := o.(*corev1.Pod)
 	if !ok || p.Spec.NodeName == "" {
 		return
@@ -158,7 +156,7 @@ func (obs *observer) pod(o any, now time.Time) {
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
 	if _, seen := obs.binds[p.UID]; !seen {
-		obs.binds[p.UID] = bindRecord{pod: p.Name, node: p.Spec.NodeName, rv: revision(p.ResourceVersion), seen: now}
+		obs.binds[p.UID] = bindRecord{pod: p.Name, node: p.Spec.NodeName, rv: revision(p.ResourceVersion)}
 	}
 }
 
@@ -202,15 +200,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 	}
 	defer obs.close()
 	logPath := e.c.LogPath("kube-apiserver")
-	logStart, err := fileSize(logPath)
-	if err != nil {
-		return result{}, err
-	}
-	before, err := admissionCounters(ctx, e)
-	if err != nil {
-		return result{}, err
-	}
-	hooksBefore, err := asdeployed.Counters(ctx, e.webhook.MetricsAddr, webhookCounters...)
+	before, err := e.snapshot(ctx, logPath)
 	if err != nil {
 		return result{}, err
 	}
@@ -252,15 +242,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 	if err := errors.Join(errs...); err != nil {
 		return result{}, err
 	}
-	logEnd, err := fileSize(logPath)
-	if err != nil {
-		return result{}, err
-	}
-	after, err := admissionCounters(ctx, e)
-	if err != nil {
-		return result{}, err
-	}
-	hooksAfter, err := asdeployed.Counters(ctx, e.webhook.MetricsAddr, webhookCounters...)
+	after, err := e.snapshot(ctx, logPath)
 	if err != nil {
 		return result{}, err
 	}
@@ -296,7 +278,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 		return result{}, err
 	}
 	res.webhookPeak = mem.Peak
-	byHook, err := failOpenLines(logPath, logStart, logEnd)
+	byHook, err := failOpenLines(logPath, before.logSize, after.logSize)
 	if err != nil {
 		return result{}, err
 	}
@@ -305,9 +287,9 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 			res.failOpen += n
 		}
 	}
-	res.failOpenNote = fmt.Sprintf("log lines by webhook %v; the API server's fail-open counter rose by %v", byHook, asdeployed.Rise(before.failOpen, after.failOpen))
-	fmt.Printf("the API server's refusals during the storm, by webhook: %v\n", asdeployed.Rise(before.rejected, after.rejected))
-	lat := asdeployed.Rise(before.latency, after.latency)
+	res.failOpenNote = fmt.Sprintf("log lines by webhook %v; the API server's fail-open counter rose by %v", byHook, asdeployed.Rise(before.api.failOpen, after.api.failOpen))
+	fmt.Printf("the API server's refusals during the storm, by webhook: %v\n", asdeployed.Rise(before.api.rejected, after.api.rejected))
+	lat := asdeployed.Rise(before.api.latency, after.api.latency)
 	const apfWait = "apiserver_flowcontrol_request_wait_duration_seconds_count{"
 	for _, k := range slices.Sorted(maps.Keys(lat)) {
 		if flow, ok := strings.CutPrefix(k, apfWait); ok && lat[k] > 0 {
@@ -324,7 +306,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 		}
 	}
 	fmt.Println("the webhook's own counters during the storm:")
-	rise := asdeployed.Rise(hooksBefore, hooksAfter)
+	rise := asdeployed.Rise(before.webhook, after.webhook)
 	unchecked := map[string]float64{}
 	for _, k := range slices.Sorted(maps.Keys(rise)) {
 		fmt.Printf("  %s %v\n", k, rise[k])
@@ -537,6 +519,30 @@ type counters struct {
 	// histograms that explain the mark time: Node patches and the
 	// ValidatingAdmissionPolicy's checks.
 	latency map[string]float64
+}
+
+// snapshot is what the storm's figures compare before and after it: the
+// API server log's size (its fail-open lines come after), its counters and
+// the webhook's.
+type snapshot struct {
+	logSize int64
+	api     counters
+	webhook map[string]float64
+}
+
+func (e *env) snapshot(ctx context.Context, apiserverLog string) (snapshot, error) {
+	var s snapshot
+	var err error
+	if s.logSize, err = fileSize(apiserverLog); err != nil {
+		return snapshot{}, err
+	}
+	if s.api, err = admissionCounters(ctx, e); err != nil {
+		return snapshot{}, err
+	}
+	if s.webhook, err = asdeployed.Counters(ctx, e.webhook.MetricsAddr, webhookCounters...); err != nil {
+		return snapshot{}, err
+	}
+	return s, nil
 }
 
 func admissionCounters(ctx context.Context, e *env) (counters, error) {

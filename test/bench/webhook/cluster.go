@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,11 +9,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/bench/asdeployed"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
@@ -67,11 +66,7 @@ func measureDeployed(ctx context.Context, c *cluster.Cluster, ns string) (onDema
 	if err != nil {
 		return 0, 0, err
 	}
-	kubeconfig, err := localrun.NewWebhookIdentity(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir}, localrun.CertSourceSelfManaged)
-	if err != nil {
-		return 0, 0, err
-	}
-	w, err := localrun.StartWebhook(ctx, localrun.WebhookSpec{Binary: bin, Dir: c.Dir, Kubeconfig: kubeconfig, Client: c.Client})
+	w, err := asdeployed.StartWebhook(ctx, c, bin)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -80,12 +75,8 @@ func measureDeployed(ctx context.Context, c *cluster.Cluster, ns string) (onDema
 	// server calls the new webhook.
 	now := time.Now()
 	mark := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(time.Hour), BootID: "bench"}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": mark.Annotations()}})
-	if err != nil {
+	if err := kit.MarkNode(ctx, c.Client, "node-0", mark); err != nil {
 		return 0, 0, err
-	}
-	if _, err := c.Client.CoreV1().Nodes().Patch(ctx, "node-0", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return 0, 0, fmt.Errorf("mark node-0: %w", err)
 	}
 	if err := waitWebhookActive(ctx, c.Client, ns); err != nil {
 		return 0, 0, err
