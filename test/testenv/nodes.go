@@ -2,51 +2,32 @@ package testenv
 
 import (
 	"context"
-	"encoding/json"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/kit"
 )
 
 // MarkByHand writes a terminating mark onto a node as the agent would (the
-// annotations, with an hour to the deadline), for tests of the webhook
-// without an agent, and removes it when the test ends. It merge-patches the
-// annotations alone, so the kubelet's (or kwok's) status writes meanwhile do
-// not conflict.
+// annotations, with an hour to the deadline; kit.MarkNode), for tests of
+// the webhook without an agent, and removes it when the test ends.
 func MarkByHand(t testing.TB, client kubernetes.Interface, node string) nodemark.Mark {
 	t.Helper()
 	now := time.Now()
 	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(time.Hour)}
-	set := map[string]any{}
-	for k, v := range m.Annotations() {
-		set[k] = v
+	if err := kit.MarkNode(context.Background(), client, node, m); err != nil {
+		t.Fatal(err)
 	}
-	patchAnnotations(t, client, node, set, t.Fatalf)
 	t.Cleanup(func() {
-		unset := map[string]any{}
-		for k := range m.Annotations() {
-			unset[k] = nil
+		if err := kit.UnmarkNode(context.Background(), client, node, m); err != nil {
+			t.Error(err)
 		}
-		patchAnnotations(t, client, node, unset, t.Errorf)
 	})
 	return m
-}
-
-func patchAnnotations(t testing.TB, client kubernetes.Interface, node string, annotations map[string]any, fail func(string, ...any)) {
-	t.Helper()
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
-	if err != nil {
-		fail("encode the mark for %s: %v", node, err)
-		return
-	}
-	if _, err := client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		fail("patch the mark on %s: %v", node, err)
-	}
 }
 
 // OtherNode returns the name of a node that is not except.
