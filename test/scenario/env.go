@@ -171,17 +171,22 @@ func (e *Env) startMetadata() error {
 // pod-bound identity: each waits for its own cache sync and first metadata
 // reads.
 func (e *Env) startAgents(ctx context.Context, binary string) error {
+	// Each agent runs as its DaemonSet pod would: with a token bound to a
+	// pod on its node, under the shipped RBAC and Node policy, installed
+	// once for all of them.
+	spec := localrun.IdentitySpec{Admin: e.Cluster.Client, AdminConfig: e.Cluster.Config, Dir: e.Cluster.Dir}
+	if err := localrun.InstallAgentPermissions(ctx, spec); err != nil {
+		return err
+	}
 	agents := make([]*localrun.Agent, len(e.Nodes))
 	errs := make([]error, len(e.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range e.Nodes {
 		md, _ := e.Fleet.Get(n.Name)
 		wg.Go(func() {
-			// Each agent runs as its DaemonSet pod would: with a token bound
-			// to a pod on its node, under the shipped RBAC and Node policy.
-			id, err := localrun.NewAgentIdentity(ctx, localrun.IdentitySpec{
-				Admin: e.Cluster.Client, AdminConfig: e.Cluster.Config, Dir: e.Cluster.Dir, Node: n.Name,
-			})
+			s := spec
+			s.Node = n.Name
+			id, err := localrun.AgentIdentityOn(ctx, s)
 			if err != nil {
 				errs[i] = err
 				return
