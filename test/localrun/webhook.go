@@ -229,8 +229,7 @@ func (w *Webhook) Stop() {
 func (w *Webhook) unregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = w.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(ctx, w.ConfigName, metav1.DeleteOptions{})
-	_ = w.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, w.ConfigName, metav1.DeleteOptions{})
+	_ = (&WebhookConfigurations{Name: w.ConfigName}).Unregister(ctx, w.client)
 }
 
 // Exited returns an error if the webhook process has ended.
@@ -329,6 +328,19 @@ func (c *WebhookConfigurations) PointAt(base string, caBundle []byte) {
 			url(&c.Mutating.Webhooks[i].ClientConfig)
 		}
 	}
+}
+
+// Unregister deletes both configurations of c.Name; missing ones are not
+// an error.
+func (c *WebhookConfigurations) Unregister(ctx context.Context, client kubernetes.Interface) error {
+	api := client.AdmissionregistrationV1()
+	if err := api.ValidatingWebhookConfigurations().Delete(ctx, c.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove ValidatingWebhookConfiguration %s: %w", c.Name, err)
+	}
+	if err := api.MutatingWebhookConfigurations().Delete(ctx, c.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove MutatingWebhookConfiguration %s: %w", c.Name, err)
+	}
+	return nil
 }
 
 // Register creates the configurations, or updates those of the same name
