@@ -45,6 +45,18 @@ const (
 	// EventEvictionBlocked is recorded on a Pod the first time a
 	// PodDisruptionBudget refuses its eviction.
 	EventEvictionBlocked = "EvictionBlocked"
+	// EventEvictionsThrottled is recorded on the Node, once per drain, when
+	// the API server throttles the agent's evictions (429 without a
+	// disruption budget's cause: API priority and fairness shedding load).
+	EventEvictionsThrottled = "EvictionsThrottled"
+	// EventDrainOrderOverridden is recorded on a Pod, once per drain, when
+	// its owner's termgate.dev/drain-order annotation decides its wave
+	// instead of the default policy.
+	EventDrainOrderOverridden = "DrainOrderOverridden"
+	// EventMarkRefused: the Node patch that marks the node failed (refused
+	// by admission, or timed out); the drain runs from the mark computed in
+	// memory while the write is retried.
+	EventMarkRefused = "MarkRefused"
 )
 
 // EventAnnotationStepTime on a drain-step event (EventDrainWaveStarted,

@@ -77,9 +77,12 @@ type Result struct {
 	// Gone counts requests answered 404, or 409 for a pod replaced under
 	// the same name: the pod had already left.
 	Gone int
-	// Retried429 counts refusals by a PodDisruptionBudget; RetriedErr counts
-	// other failed requests (5xx, network). Both were retried.
+	// Retried429 counts refusals by a PodDisruptionBudget (a 429, or a 403
+	// carrying the budget's cause); Throttled counts 429s by which the API
+	// server shed load; RetriedErr counts other failed requests (5xx,
+	// network, refusals by admission). All were retried.
 	Retried429 int
+	Throttled  int
 	RetriedErr int
 	// Remaining counts pods the policy evicts that were still on the node
 	// (possibly terminating) when Run returned.
@@ -115,10 +118,11 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 	defer unsubscribe()
 
 	r := &run{
-		d:       d,
-		sched:   newSchedule(mark, d.cfg),
-		queue:   newEvictionQueue(d.client, d.clk, d.cfg, mark.Deadline, d.rec),
-		started: map[Step]time.Duration{},
+		d:         d,
+		sched:     newSchedule(mark, d.cfg),
+		queue:     newEvictionQueue(d.client, d.clk, d.cfg, mark.Deadline, d.rec),
+		started:   map[Step]time.Duration{},
+		overrides: newOverrideNotes(),
 	}
 	r.steps = r.plan()
 	// The queue's items live in the loop's context: when the loop ends,
@@ -137,11 +141,12 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 
 // run is the state of one Run.
 type run struct {
-	d       *Drainer
-	sched   schedule
-	queue   *evictionQueue
-	steps   []step
-	started map[Step]time.Duration
+	d         *Drainer
+	sched     schedule
+	queue     *evictionQueue
+	steps     []step
+	started   map[Step]time.Duration
+	overrides *overrideNotes
 }
 
 // loop runs the steps on each change of the node's pods and at each instant
@@ -154,7 +159,9 @@ func (r *run) loop(ctx context.Context, changes <-chan struct{}) (string, *pass,
 		now := r.d.clk.Now()
 		exitBy, hurried := r.d.exitTime()
 		r.sched = r.sched.within(exitBy, r.d.cfg)
-		p := classify(r.d.pods.List(), now, r.sched, r.d.cfg.TaintEffect)
+		pods := r.d.pods.List()
+		r.overrides.note(r.d, pods)
+		p := classify(pods, now, r.sched, r.d.cfg.TaintEffect)
 		if p.remaining() == 0 {
 			return outcomeComplete, p, nil
 		}
@@ -223,6 +230,7 @@ func (r *run) result(last *pass) Result {
 		Deleted:    s.Deleted,
 		Gone:       s.Gone,
 		Retried429: s.Retried429,
+		Throttled:  s.Throttled,
 		RetriedErr: s.RetriedErr,
 		Remaining:  last.remaining(),
 		Kept:       last.kept,
@@ -235,7 +243,7 @@ func (r *run) result(last *pass) Result {
 func (r *run) finish(ctx context.Context, outcome string, res Result) {
 	logger := log.FromContext(ctx)
 	logger.Info("drain ended", "outcome", outcome, "evicted", res.Evicted, "deleted", res.Deleted,
-		"gone", res.Gone, "retried429", res.Retried429, "retriedErr", res.RetriedErr,
+		"gone", res.Gone, "retried429", res.Retried429, "throttled", res.Throttled, "retriedErr", res.RetriedErr,
 		"remaining", res.Remaining, "kept", res.Kept, "skipped", res.Skipped, "duration", res.Duration)
 	if r.d.rec == nil {
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sort"
 	"strings"
 	"sync"
@@ -378,8 +379,19 @@ func hasEvent(events []string, reason string) bool {
 	return false
 }
 
+// pdbRefusal is the API server's answer when a PodDisruptionBudget allows
+// no disruption: a 429 whose status names the budget as its cause.
 func pdbRefusal() error {
-	return apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+	err := apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+	err.ErrStatus.Details.Causes = append(err.ErrStatus.Details.Causes,
+		metav1.StatusCause{Type: policyv1.DisruptionBudgetCause, Message: "The disruption budget web needs 1 healthy pods and has 1 currently"})
+	return err
+}
+
+// throttled is API priority and fairness turning a request away: a 429 in
+// plain text, which client-go turns into a status with no cause.
+func throttled() error {
+	return apierrors.NewGenericServerResponse(http.StatusTooManyRequests, "POST", podsGVR.GroupResource(), "", "Too many requests, please try again later.", 0, true)
 }
 
 func fail(err error) hook { return func(*corev1.Pod) error { return err } }

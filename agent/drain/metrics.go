@@ -28,7 +28,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "termgate", Subsystem: "drain", Name: "evictions_total",
-			Help: "Eviction requests by result: accepted, gone (404 or pod replaced), blocked (429), server_error (5xx), error.",
+			Help: "Eviction requests by result: accepted, gone (404 or pod replaced), blocked (a PodDisruptionBudget refused it), throttled (429 from the API server's own load shedding), server_error (5xx), error.",
 		}, []string{"result"}),
 		escalations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "termgate", Subsystem: "drain", Name: "pods_escalated_total",

@@ -46,7 +46,8 @@ const (
 	outcomeAccepted    outcome = "accepted"     // the API server took it
 	outcomeSkipped     outcome = "skipped"      // a delete that would not shorten the pod's end: not sent
 	outcomeGone        outcome = "gone"         // 404, or 409 because the pod (this UID) is gone
-	outcomeBlocked     outcome = "blocked"      // 429: a PodDisruptionBudget refuses it for now
+	outcomeBlocked     outcome = "blocked"      // a PodDisruptionBudget refuses it for now (429, or 403 with its cause)
+	outcomeThrottled   outcome = "throttled"    // 429 without a budget's cause: the API server sheds load (priority and fairness)
 	outcomeServerError outcome = "server_error" // 5xx: retried
 	outcomeError       outcome = "error"        // anything else: retried until the wave escalates
 )
@@ -65,6 +66,7 @@ type queueStats struct {
 	Deleted    int
 	Gone       int
 	Retried429 int
+	Throttled  int
 	RetriedErr int
 }
 
@@ -78,12 +80,15 @@ type evictionQueue struct {
 	cfg      Config
 	deadline time.Time
 	rec      record.EventRecorder
-	sem      chan struct{}
+	slots    *fairSlots
 	wg       sync.WaitGroup
 
 	mu    sync.Mutex
 	items map[types.UID]*item
 	stats queueStats
+	// throttleReported is set once the node's EvictionsThrottled event is
+	// recorded: one per drain is enough to tell the operator.
+	throttleReported bool
 }
 
 func newEvictionQueue(client kubernetes.Interface, clk clock.WithTicker, cfg Config, deadline time.Time, rec record.EventRecorder) *evictionQueue {
@@ -93,7 +98,7 @@ func newEvictionQueue(client kubernetes.Interface, clk clock.WithTicker, cfg Con
 		cfg:      cfg,
 		deadline: deadline,
 		rec:      rec,
-		sem:      make(chan struct{}, cfg.Concurrency),
+		slots:    newFairSlots(cfg.Concurrency),
 		items:    map[types.UID]*item{},
 	}
 }
@@ -148,26 +153,56 @@ func (q *evictionQueue) work(ctx context.Context, it *item) {
 	defer it.cancel()
 	logger := log.FromContext(ctx).WithValues("pod", klog.KObj(it.pod), "action", it.act.String())
 	for attempt := 0; ; attempt++ {
-		out, err := q.attempt(ctx, it)
+		ans := q.attempt(ctx, it)
 		// An answer that arrived is counted even if the item was cancelled
 		// meanwhile; a call cut short by the cancellation is not.
-		if ctx.Err() != nil && out != outcomeAccepted && out != outcomeGone && out != outcomeSkipped {
+		if ctx.Err() != nil && !ans.final() {
 			return
 		}
-		q.record(it, out, attempt)
-		switch out {
+		q.record(it, ans, attempt)
+		switch ans.out {
 		case outcomeAccepted, outcomeGone, outcomeSkipped:
-			logger.V(1).Info("done", "outcome", out, "attempts", attempt+1)
+			logger.V(1).Info("done", "outcome", ans.out, "attempts", attempt+1)
 			return
 		case outcomeBlocked:
 			logger.V(1).Info("blocked by a disruption budget, will retry", "attempt", attempt+1)
+		case outcomeThrottled:
+			logger.V(1).Info("throttled by the API server, will retry", "attempt", attempt+1, "retryAfter", ans.retryAfter)
 		default:
-			logger.Info("request failed, will retry", "attempt", attempt+1, "error", err.Error())
+			logger.Info("request failed, will retry", "attempt", attempt+1, "error", ans.err.Error())
 		}
-		if !retry.Sleep(ctx, q.clk, retry.Delay(q.cfg.BackoffBase, q.cfg.BackoffCap, attempt)) {
+		if !retry.Sleep(ctx, q.clk, q.retryDelay(ans, attempt)) {
 			return
 		}
 	}
+}
+
+// answer is what one API call came back with.
+type answer struct {
+	out outcome
+	err error
+	// retryAfter is the wait the API server asked for (Retry-After), zero
+	// if none.
+	retryAfter time.Duration
+}
+
+// final reports whether the item is done after this answer.
+func (a answer) final() bool {
+	return a.out == outcomeAccepted || a.out == outcomeGone || a.out == outcomeSkipped
+}
+
+// retryDelay is the wait before the next try. A budget's refusal is
+// retried on the queue's own backoff: the API server's suggestion for it
+// (10 s when the budget is being recomputed) would waste a third of a
+// Spot notice. Throttling is the API server protecting itself: the agent
+// waits at least what it asked for, jittered upwards so that hundreds of
+// agents throttled together do not come back together.
+func (q *evictionQueue) retryDelay(a answer, attempt int) time.Duration {
+	d := retry.Delay(q.cfg.BackoffBase, q.cfg.BackoffCap, attempt)
+	if a.out == outcomeThrottled && a.retryAfter > 0 {
+		d = max(d, retry.Delay(a.retryAfter*2, a.retryAfter*2, 0))
+	}
+	return d
 }
 
 // callTimeout bounds one API call. The API server may hold an eviction for
@@ -175,18 +210,18 @@ func (q *evictionQueue) work(ctx context.Context, it *item) {
 // longer waits out a Retry-After inside the call (WithoutHiddenRetries).
 const callTimeout = 15 * time.Second
 
-// attempt makes one API call while holding a concurrency slot.
-func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) {
-	select {
-	case q.sem <- struct{}{}:
-	case <-ctx.Done():
-		return outcomeError, ctx.Err()
+// attempt makes one API call while holding a concurrency slot of the
+// pod's namespace.
+func (q *evictionQueue) attempt(ctx context.Context, it *item) answer {
+	ns := it.pod.Namespace
+	if err := q.slots.acquire(ctx, ns); err != nil {
+		return answer{out: outcomeError, err: err}
 	}
-	defer func() { <-q.sem }()
-	// Both cases above can be ready at once, and select picks at random: a
-	// drain stopped because its notice was withdrawn must send nothing more.
+	defer q.slots.release(ns)
+	// A slot can be granted just as the item is cancelled: a drain stopped
+	// because its notice was withdrawn must send nothing more.
 	if err := ctx.Err(); err != nil {
-		return outcomeError, err
+		return answer{out: outcomeError, err: err}
 	}
 	// A call under way is never cut short, even when the item is cancelled
 	// (superseded by a delete, drain stopped): the API server records an
@@ -195,19 +230,24 @@ func (q *evictionQueue) attempt(ctx context.Context, it *item) (outcome, error) 
 	// pod as disrupted for minutes. Each call gets its own bounded context.
 	callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
 	defer cancel()
+	callCtx, asked := withRetryAfterNote(callCtx)
 	var err error
 	if it.act == actDelete {
 		var sent bool
 		if sent, err = q.callDelete(callCtx, it.pod); !sent {
-			return outcomeSkipped, nil
+			return answer{out: outcomeSkipped}
 		}
 	} else {
 		err = q.callEvict(callCtx, it.pod)
 	}
 	if err == nil {
-		return outcomeAccepted, nil
+		return answer{out: outcomeAccepted}
 	}
-	return q.classify(ctx, it.pod, err), err
+	retryAfter := asked.get()
+	if secs, ok := apierrors.SuggestsClientDelay(err); ok && retryAfter == 0 {
+		retryAfter = time.Duration(secs) * time.Second
+	}
+	return answer{out: q.classify(ctx, it.pod, err), err: err, retryAfter: retryAfter}
 }
 
 func (q *evictionQueue) callEvict(ctx context.Context, pod *corev1.Pod) error {
@@ -268,8 +308,10 @@ func (q *evictionQueue) classify(ctx context.Context, pod *corev1.Pod, err error
 			return outcomeGone
 		}
 		return outcomeError
-	case apierrors.IsTooManyRequests(err):
+	case budgetRefusal(err):
 		return outcomeBlocked
+	case apierrors.IsTooManyRequests(err):
+		return outcomeThrottled
 	}
 	var status apierrors.APIStatus
 	if errors.As(err, &status) && status.Status().Code >= http.StatusInternalServerError {
@@ -278,8 +320,33 @@ func (q *evictionQueue) classify(ctx context.Context, pod *corev1.Pod, err error
 	return outcomeError
 }
 
-func (q *evictionQueue) record(it *item, out outcome, attempt int) {
+// budgetRefusal reports whether err is a PodDisruptionBudget refusing the
+// eviction: the API server says so with a cause of type DisruptionBudget,
+// on a 429 (no disruption allowed now, or the budget is being recomputed)
+// and on a 403 (the budget is broken, or too many of its evictions are
+// not confirmed yet). API priority and fairness also answers 429, with no
+// cause: that is throttling, not a budget, and is retried differently.
+func budgetRefusal(err error) bool {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return false
+	}
+	s := status.Status()
+	if s.Details == nil || (s.Code != http.StatusTooManyRequests && s.Code != http.StatusForbidden) {
+		return false
+	}
+	for _, c := range s.Details.Causes {
+		if c.Type == policyv1.DisruptionBudgetCause {
+			return true
+		}
+	}
+	return false
+}
+
+func (q *evictionQueue) record(it *item, ans answer, attempt int) {
+	out := ans.out
 	q.mu.Lock()
+	reportThrottle := false
 	switch out {
 	case outcomeSkipped:
 	case outcomeAccepted:
@@ -292,6 +359,9 @@ func (q *evictionQueue) record(it *item, out outcome, attempt int) {
 		q.stats.Gone++
 	case outcomeBlocked:
 		q.stats.Retried429++
+	case outcomeThrottled:
+		q.stats.Throttled++
+		reportThrottle, q.throttleReported = !q.throttleReported, true
 	default:
 		q.stats.RetriedErr++
 	}
@@ -304,8 +374,18 @@ func (q *evictionQueue) record(it *item, out outcome, attempt int) {
 	}
 	// One event per pod, on the first refusal: enough for its owner to see
 	// that a budget held it up, without flooding the event stream.
-	if out == outcomeBlocked && attempt == 0 && q.rec != nil {
+	if q.rec == nil {
+		return
+	}
+	if out == outcomeBlocked && attempt == 0 {
 		q.rec.Eventf(it.pod, corev1.EventTypeWarning, nodemark.EventEvictionBlocked,
 			"Eviction from terminating node %s refused by a PodDisruptionBudget; retrying until the drain escalates", q.cfg.NodeName)
+	}
+	// Throttling is about the API server, not the pod: one event on the
+	// node per drain, never one on each pod as if its budget held it.
+	if reportThrottle {
+		q.rec.Eventf(nodemark.NodeEventRef(q.cfg.NodeName), corev1.EventTypeWarning, nodemark.EventEvictionsThrottled,
+			"The API server is throttling evictions (429 without a disruption budget, Retry-After %s); retrying after the wait it asks for",
+			ans.retryAfter)
 	}
 }
