@@ -43,6 +43,8 @@ type Agent struct {
 
 	signals signals
 	drain   *drainRun
+	// refusedMark is the last mark whose write failed and was reported.
+	refusedMark *nodemark.Mark
 
 	mu      sync.Mutex
 	lastErr error // last reconcile error, for readiness
@@ -241,7 +243,11 @@ func (a *Agent) reconcile(ctx context.Context) time.Time {
 	a.mu.Unlock()
 	if err != nil {
 		log.FromContext(ctx).Error(err, "reconcile failed; will retry")
-		return a.clock.Now().Add(time.Second)
+		retryAt := a.clock.Now().Add(time.Second)
+		if !wake.IsZero() && wake.Before(retryAt) {
+			retryAt = wake
+		}
+		return retryAt
 	}
 	return wake
 }
@@ -272,16 +278,42 @@ func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 	case want == nil:
 		a.stopDrain()
 		if !marked {
-			return d.wake, nil
+			// A condition without a mark is left from an unmark cut short
+			// (or an older agent's): nothing else would ever remove it.
+			return d.wake, a.marker.RemoveStaleCondition(ctx, node)
 		}
 		return d.wake, a.unmark(ctx, node, cur)
 	case !marked || err != nil || !sameMark(cur, *want):
 		if err := a.markNode(ctx, node, *want, d.lateStart); err != nil {
-			return d.wake, err
+			// The drain needs the mark only in memory: a Node patch that is
+			// refused (a policy, a webhook) or times out must not hold back
+			// evictions while the VM's time runs out. The write is retried
+			// soon; the fence (taint, webhook) waits for it, the drain does not.
+			a.ensureDrain(ctx, *want)
+			a.markRefused(ctx, *want, err)
+			return a.clock.Now().Add(markRetry), err
 		}
 	}
 	a.ensureDrain(ctx, *want)
 	return d.wake, a.marker.EnsureCondition(ctx, node, *want)
+}
+
+// markRetry is how soon a failed mark write is tried again. The Marker
+// bounds each call; a quicker retry than the reconcile's usual second
+// matters when the notice gives 30 s.
+const markRetry = 250 * time.Millisecond
+
+// markRefused records, once per mark, that its write failed and the drain
+// started without it.
+func (a *Agent) markRefused(ctx context.Context, m nodemark.Mark, err error) {
+	log.FromContext(ctx).Error(err, "mark not written; draining from the mark in memory while retrying", "reason", m.Reason, "deadline", m.Deadline)
+	if a.refusedMark != nil && sameMark(*a.refusedMark, m) {
+		return
+	}
+	a.refusedMark = &m
+	a.event(corev1.EventTypeWarning, nodemark.EventMarkRefused,
+		"%s: the node's mark could not be written (%v); draining before %s from the mark in memory, retrying the write",
+		m.Reason, err, m.Deadline.UTC().Format(time.RFC3339))
 }
 
 func (a *Agent) currentNode() *corev1.Node {

@@ -129,24 +129,60 @@ func (mk *Marker) EnsureCondition(ctx context.Context, current *corev1.Node, m n
 	return nil
 }
 
-// Unmark removes exactly what Mark added.
+// Unmark removes exactly what Mark added. The condition goes first: the
+// annotations are what tell a restarted agent that there is something to
+// remove, so if the process stops between the two writes, the next agent
+// still sees the mark and finishes the unmark.
 func (mk *Marker) Unmark(ctx context.Context, current *corev1.Node) error {
 	if mk.dryRun {
 		return nil
 	}
+	if err := mk.removeCondition(ctx); err != nil {
+		return fmt.Errorf("unmark node %s: remove condition: %w", mk.node, err)
+	}
 	if err := mk.patchWithRetry(ctx, current, unmarkPatch); err != nil {
 		return fmt.Errorf("unmark node %s: %w", mk.node, err)
 	}
+	return nil
+}
+
+// RemoveStaleCondition removes a TerminationImminent condition from a Node
+// that carries no mark (left by an unmark that an older agent cut short);
+// it makes no call when there is none.
+func (mk *Marker) RemoveStaleCondition(ctx context.Context, current *corev1.Node) error {
+	if mk.dryRun {
+		return nil
+	}
+	n := mk.base(current)
+	if n == nil || !hasConditionType(n) {
+		return nil
+	}
+	if err := mk.removeCondition(ctx); err != nil {
+		return fmt.Errorf("node %s: remove stale condition: %w", mk.node, err)
+	}
+	return nil
+}
+
+func (mk *Marker) removeCondition(ctx context.Context) error {
 	del := map[string]any{"status": map[string]any{"conditions": []map[string]any{
 		{"type": nodemark.ConditionType, "$patch": "delete"},
 	}}}
 	body, _ := json.Marshal(del)
 	after, err := mk.patchStatus(ctx, body)
 	if err != nil {
-		return fmt.Errorf("unmark node %s: remove condition: %w", mk.node, err)
+		return err
 	}
 	mk.remember("", after)
 	return nil
+}
+
+func hasConditionType(node *corev1.Node) bool {
+	for _, c := range node.Status.Conditions {
+		if c.Type == nodemark.ConditionType {
+			return true
+		}
+	}
+	return false
 }
 
 func (mk *Marker) patchWithRetry(ctx context.Context, node *corev1.Node, build func(*corev1.Node) ([]byte, error)) error {
