@@ -25,7 +25,7 @@ func BenchmarkBindGate(b *testing.B) {
 	for i := range 1000 {
 		_ = store.Add(nodecache.NodeMeta("node-"+strconv.Itoa(i), nil))
 	}
-	gate := bindgate.New(nodecache.NewFromStore(store), noPods{}, corev1.TaintEffectNoSchedule, nil)
+	gate := bindgate.New(nodecache.NewFromStore(store), noPods{}, bindgate.Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	h := review.NewHandler(gate, logr.Discard(), clock.RealClock{}, nil)
 	body := bindReview("web-0", "node-500")
 	b.ReportAllocs()

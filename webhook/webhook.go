@@ -5,11 +5,13 @@ package webhook
 
 import (
 	"context"
+	"errors"
 	"net/http"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
@@ -17,6 +19,7 @@ import (
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/drainorder"
 	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/nodepods"
 	"termgate.dev/termgate/webhook/pinnedgate"
 	"termgate.dev/termgate/webhook/review"
 )
@@ -29,22 +32,26 @@ const (
 	PathAgent      = "/validate-agent"
 )
 
-// Config is what the gates need.
+// Config is what the gates need; New builds it from the clients, unit
+// tests and the throughput benchmark from in-memory stand-ins.
 type Config struct {
-	// Nodes answers the bind and pinned-pod gates: in the binary a
-	// nodecache.Confirmer in front of the node cache.
-	Nodes nodecache.Lookup
+	// Nodes answers the bind gate (in a replica: a nodecache.Confirmer in
+	// front of the node cache), and the pinned-pod gate when PinnedNodes
+	// is nil.
+	Nodes       nodecache.Lookup
+	PinnedNodes nodecache.Lookup
 	// Pods serves the bind gate's slow path.
 	Pods review.PodGetter
-	// AgentPods serves the confinement gate's reads of pods the locator
-	// does not hold; give it a client of its own so confinement and the
-	// bind gate never wait on each other's budget. Nil uses Pods.
-	AgentPods review.PodGetter
-	// AgentPodLocator answers where a pod runs from memory (nodepods.Cache);
-	// nil reads every evicted pod through AgentPods.
-	AgentPodLocator confine.PodLocator
+	// AgentMarks and AgentPods answer the confinement: whether the agent's
+	// node is terminating, and whether a pod runs there. Without them every
+	// agent eviction is refused as unchecked.
+	AgentMarks confine.MarkReader
+	AgentPods  confine.PodLocator
 	// TaintEffect is the effect of the termination taint the agent writes.
 	TaintEffect corev1.TaintEffect
+	// RefuseUnconfirmed refuses binds and pinned pods onto nodes whose
+	// re-read failed.
+	RefuseUnconfirmed bool
 	// Agent configures the confinement of the agent's service account.
 	Agent confine.Options
 	// MaxBodyBytes bounds a review body (413 beyond); 0 means
@@ -59,21 +66,41 @@ type Config struct {
 // Handler returns the mux serving every gate at its path.
 func Handler(cfg Config) http.Handler {
 	m := cfg.Metrics
-	agentPods := cfg.AgentPods
-	if agentPods == nil {
-		agentPods = cfg.Pods
+	pinnedNodes := cfg.PinnedNodes
+	if pinnedNodes == nil {
+		pinnedNodes = cfg.Nodes
+	}
+	marks, pods := cfg.AgentMarks, cfg.AgentPods
+	if marks == nil || pods == nil {
+		marks, pods = unchecked{}, unchecked{}
 	}
 	gates := map[string]review.Gate{
-		PathBinding:    bindgate.New(cfg.Nodes, cfg.Pods, cfg.TaintEffect, m.ForGate(bindgate.Name)),
-		PathPinnedPod:  pinnedgate.New(cfg.Nodes, cfg.TaintEffect, m.ForGate(pinnedgate.Name)),
+		PathBinding: bindgate.New(cfg.Nodes, cfg.Pods,
+			bindgate.Options{TaintEffect: cfg.TaintEffect, RefuseUnconfirmed: cfg.RefuseUnconfirmed}, m.ForGate(bindgate.Name)),
+		PathPinnedPod: pinnedgate.New(pinnedNodes,
+			pinnedgate.Options{TaintEffect: cfg.TaintEffect, RefuseUnconfirmed: cfg.RefuseUnconfirmed}, m.ForGate(pinnedgate.Name)),
 		PathDrainOrder: drainorder.New(cfg.TaintEffect),
-		PathAgent:      confine.New(cfg.Agent, cfg.AgentPodLocator, agentPods, m.ForGate(confine.Name)),
+		PathAgent:      confine.New(cfg.Agent, marks, pods, m.ForGate(confine.Name)),
 	}
 	mux := http.NewServeMux()
 	for path, gate := range gates {
 		mux.Handle(path, review.NewHandler(gate, cfg.Log, cfg.Clock, m).WithMaxBodyBytes(cfg.MaxBodyBytes))
 	}
 	return mux
+}
+
+// unchecked stands in for the confinement's state when none was given:
+// every agent eviction is refused.
+type unchecked struct{}
+
+var errNoConfinementState = errors.New("the webhook was built without the confinement's state")
+
+func (unchecked) Terminating(context.Context, string) (bool, error) {
+	return false, errNoConfinementState
+}
+
+func (unchecked) Locate(context.Context, string, string, string, types.UID) (nodepods.Located, error) {
+	return nodepods.Located{}, errNoConfinementState
 }
 
 // APIPods reads pods through the API server (the gates' slow paths).

@@ -25,6 +25,7 @@ const Name = "bind"
 const (
 	VerdictNotTerminating = "allowed-not-terminating"
 	VerdictUnconfirmed    = "allowed-unconfirmed"
+	VerdictRefusedUnconf  = "denied-unconfirmed"
 	VerdictUnknownNode    = "allowed-unknown-node"
 	VerdictTolerates      = "allowed-tolerates"
 	VerdictPodGone        = "allowed-pod-gone"
@@ -34,20 +35,30 @@ const (
 	VerdictInvalid        = "invalid"
 )
 
+// Options configure the gate.
+type Options struct {
+	// TaintEffect is the termination taint's effect, which decides which
+	// tolerations count.
+	TaintEffect corev1.TaintEffect
+	// RefuseUnconfirmed refuses a bind onto a node whose fresh read failed
+	// (the scheduler retries it after its backoff), instead of allowing it
+	// on the cache's word.
+	RefuseUnconfirmed bool
+}
+
 // Gate is the bind gate.
 type Gate struct {
 	nodes   nodecache.Lookup
 	pods    review.PodGetter
-	effect  corev1.TaintEffect
+	opts    Options
 	metrics *review.GateMetrics
 }
 
 var _ review.Gate = (*Gate)(nil)
 
-// New returns the gate. effect is the termination taint's effect, which
-// decides which tolerations count; metrics may be nil.
-func New(nodes nodecache.Lookup, pods review.PodGetter, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
-	return &Gate{nodes: nodes, pods: pods, effect: effect, metrics: metrics}
+// New returns the gate; metrics may be nil.
+func New(nodes nodecache.Lookup, pods review.PodGetter, opts Options, metrics *review.GateMetrics) *Gate {
+	return &Gate{nodes: nodes, pods: pods, opts: opts, metrics: metrics}
 }
 
 // Name implements review.Gate.
@@ -75,19 +86,21 @@ func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 	if b.Target.Name == "" || (b.Target.Kind != "" && b.Target.Kind != "Node") {
 		return review.Invalid(VerdictInvalid, "binding target must name a Node")
 	}
-	node, known := g.nodes.Lookup(ctx, b.Target.Name)
-	if !known {
+	node, place := nodecache.Place(ctx, g.nodes, b.Target.Name, req.DryRun)
+	switch place {
+	case nodecache.PlaceUnknown:
 		// A node the cache has not seen yet (just created, or the cache is
 		// behind): fail open, as the webhook's failurePolicy does.
 		g.metrics.CacheMiss()
 		return review.Allow(VerdictUnknownNode)
-	}
-	if !node.Terminating() {
-		if node.Unconfirmed {
-			// A Spot node whose fresh read failed: the cache's answer
-			// stands, counted apart because it may be behind.
-			return review.Allow(VerdictUnconfirmed)
+	case nodecache.PlaceUnconfirmed:
+		// A Spot node whose fresh read failed: the cache says it is not
+		// terminating, but may be behind.
+		if g.opts.RefuseUnconfirmed {
+			return review.Deny(VerdictRefusedUnconf, "node "+b.Target.Name+" may be terminating and could not be checked now; the bind is retried")
 		}
+		return review.Allow(VerdictUnconfirmed)
+	case nodecache.PlaceFree:
 		return review.Allow(VerdictNotTerminating)
 	}
 	return g.slowPath(ctx, req, b.Target.Name, node)
@@ -106,10 +119,10 @@ func (g *Gate) slowPath(ctx context.Context, req *review.Request, nodeName strin
 		// The node is going away within seconds: refusing is the safer
 		// guess, and the scheduler retries the pod after a short backoff.
 		log.FromContext(ctx).Error(err, "Read pod to check its tolerations", "namespace", req.Namespace, "pod", req.Name)
-		return review.Deny(VerdictPodUnreadable, nodemark.Refusal(nodeName, node.Mark, g.effect)+" (its tolerations could not be read: "+err.Error()+")")
+		return review.Deny(VerdictPodUnreadable, nodemark.Refusal(nodeName, node.Mark, g.opts.TaintEffect)+" (its tolerations could not be read: "+err.Error()+")")
 	}
-	if nodemark.Tolerates(pod, g.effect) {
+	if nodemark.Tolerates(pod, g.opts.TaintEffect) {
 		return review.Allow(VerdictTolerates)
 	}
-	return review.Deny(VerdictDenied, nodemark.Refusal(nodeName, node.Mark, g.effect))
+	return review.Deny(VerdictDenied, nodemark.Refusal(nodeName, node.Mark, g.opts.TaintEffect))
 }

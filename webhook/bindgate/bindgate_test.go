@@ -156,7 +156,7 @@ func TestBindGate(t *testing.T) {
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			tc.pods.t = t
-			g := New(nodes, tc.pods, corev1.TaintEffectNoSchedule, nil)
+			g := New(nodes, tc.pods, Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 			got := g.Admit(context.Background(), tc.req)
 			if got.Allowed != tc.wantAllowed || got.Verdict != tc.wantVerdict {
 				t.Fatalf("got allowed=%v verdict=%q message=%q, want allowed=%v verdict=%q", got.Allowed, got.Verdict, got.Message, tc.wantAllowed, tc.wantVerdict)
@@ -178,9 +178,37 @@ func (unconfirmedNodes) Lookup(context.Context, string) (nodecache.Node, bool) {
 }
 
 func TestABindOntoANodeThatCouldNotBeConfirmedIsAllowedAndCountedApart(t *testing.T) {
-	g := New(unconfirmedNodes{}, &pods{t: t, forbid: true}, corev1.TaintEffectNoSchedule, nil)
+	g := New(unconfirmedNodes{}, &pods{t: t, forbid: true}, Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	got := g.Admit(context.Background(), bindRequest("web", "spot"))
 	if !got.Allowed || got.Verdict != VerdictUnconfirmed {
 		t.Fatalf("got allowed=%v verdict=%q, want allowed with %q", got.Allowed, got.Verdict, VerdictUnconfirmed)
+	}
+}
+
+func TestABindOntoANodeThatCouldNotBeConfirmedIsRefusedWhenSoConfigured(t *testing.T) {
+	g := New(unconfirmedNodes{}, &pods{t: t, forbid: true}, Options{TaintEffect: corev1.TaintEffectNoSchedule, RefuseUnconfirmed: true}, nil)
+	got := g.Admit(context.Background(), bindRequest("web", "spot"))
+	if got.Allowed || got.Verdict != VerdictRefusedUnconf || !strings.Contains(got.Message, "could not be checked") {
+		t.Fatalf("got allowed=%v verdict=%q message=%q, want a refusal with %q", got.Allowed, got.Verdict, got.Message, VerdictRefusedUnconf)
+	}
+}
+
+// rereadRecorder records whether each lookup was allowed to re-read.
+type rereadRecorder struct{ reread []bool }
+
+func (r *rereadRecorder) Lookup(ctx context.Context, _ string) (nodecache.Node, bool) {
+	r.reread = append(r.reread, nodecache.RereadAllowed(ctx))
+	return nodecache.Node{}, true
+}
+
+func TestADryRunBindNeverRereadsItsNode(t *testing.T) {
+	rec := &rereadRecorder{}
+	g := New(rec, &pods{t: t, forbid: true}, Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
+	real, dry := bindRequest("web", "spot"), bindRequest("web", "spot")
+	dry.DryRun = true
+	g.Admit(context.Background(), real)
+	g.Admit(context.Background(), dry)
+	if len(rec.reread) != 2 || !rec.reread[0] || rec.reread[1] {
+		t.Fatalf("re-read allowed %v for a real then a dry-run bind, want [true false]", rec.reread)
 	}
 }

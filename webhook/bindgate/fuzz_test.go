@@ -19,7 +19,7 @@ func FuzzAdmit(f *testing.F) {
 	nodes := newNodes(&nodecacheNode{name: "healthy"}, &nodecacheNode{name: "dying", annotations: terminating()})
 	f.Fuzz(func(t *testing.T, object, podName string) {
 		p := &pods{t: t, byName: map[string]*corev1.Pod{"ns/dying-pod": pod("dying-pod")}}
-		g := New(nodes, p, corev1.TaintEffectNoSchedule, nil)
+		g := New(nodes, p, Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 		req := &review.Request{UID: "u", Name: podName, Namespace: "ns", Operation: review.OperationCreate, SubResource: "binding", Object: []byte(object)}
 		got := g.Admit(context.Background(), req)
 		if !got.Allowed && got.Message == "" {

@@ -8,58 +8,90 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 
+	"termgate.dev/termgate/webhook/nodepods"
 	"termgate.dev/termgate/webhook/review"
 )
 
-const agent = "system:serviceaccount:termgate:termgate-agent"
+const agent = "system:serviceaccount:termgate-agent:termgate-agent"
 
-type pods struct {
-	byName map[string]*corev1.Pod
-	err    error
+// marks holds which nodes are terminating, or fails.
+type marks struct {
+	terminating map[string]bool
+	err         error
+	asked       []string
 }
 
-func (p pods) GetPod(_ context.Context, namespace, name string) (*corev1.Pod, error) {
+func (m *marks) Terminating(_ context.Context, node string) (bool, error) {
+	m.asked = append(m.asked, node)
+	return m.terminating[node], m.err
+}
+
+// placed is a PodLocator over where pods run: namespace/name -> node and
+// UID.
+type placed struct {
+	pods map[string]struct {
+		node string
+		uid  types.UID
+	}
+	err  error
+	read bool // answers come from a read
+}
+
+func (p placed) Locate(_ context.Context, node, namespace, name string, uid types.UID) (nodepods.Located, error) {
 	if p.err != nil {
-		return nil, p.err
+		return nodepods.Located{Read: p.read}, p.err
 	}
-	if pod, ok := p.byName[namespace+"/"+name]; ok {
-		return pod, nil
+	at, ok := p.pods[namespace+"/"+name]
+	switch {
+	case !ok || at.node != node:
+		return nodepods.Located{Placement: nodepods.NotOnNode, Read: p.read}, nil
+	case at.uid != uid:
+		return nodepods.Located{Placement: nodepods.OtherUID, Read: p.read}, nil
 	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "pods"}, name)
+	return nodepods.Located{Placement: nodepods.OnNode, Read: p.read}, nil
 }
+
+func cluster() placed {
+	p := placed{pods: map[string]struct {
+		node string
+		uid  types.UID
+	}{}}
+	for name, node := range map[string]string{"on-a": "node-a", "on-b": "node-b"} {
+		p.pods["apps/"+name] = struct {
+			node string
+			uid  types.UID
+		}{node, types.UID("uid-" + name)}
+	}
+	return p
+}
+
+func agentUser(tokenNode string) review.UserInfo {
+	u := review.UserInfo{Username: agent}
+	if tokenNode != "" {
+		u.Extra = map[string][]string{ExtraNodeName: {tokenNode}, ExtraPodName: {"termgate-agent-" + tokenNode}}
+	}
+	return u
+}
+
+// eviction is an eviction of pod by user with a UID precondition (none if
+// uid is empty).
+func eviction(user review.UserInfo, pod, uid string) *review.Request {
+	body := `{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"` + pod + `"}}`
+	if uid != "" {
+		body = `{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"` + pod + `"},"deleteOptions":{"preconditions":{"uid":"` + uid + `"}}}`
+	}
+	return &review.Request{UID: "u", Name: pod, Namespace: "apps", Operation: review.OperationCreate, SubResource: "eviction",
+		UserInfo: user, Object: []byte(body)}
+}
+
+func dryRun(r *review.Request) *review.Request { r.DryRun = true; return r }
 
 func podOn(name, node string) *corev1.Pod {
 	p := &corev1.Pod{}
 	p.Name, p.Namespace, p.Spec.NodeName = name, "apps", node
 	return p
-}
-
-func eviction(user, tokenNode, pod string) *review.Request {
-	r := &review.Request{UID: "u", Name: pod, Namespace: "apps", Operation: review.OperationCreate, SubResource: "eviction",
-		UserInfo: review.UserInfo{Username: user}, Object: []byte(`{"apiVersion":"policy/v1","kind":"Eviction"}`)}
-	if tokenNode != "" {
-		r.UserInfo.Extra = map[string][]string{ExtraNodeName: {tokenNode}, ExtraPodName: {"termgate-agent-" + tokenNode}}
-	}
-	return r
-}
-
-// nodeBoundEviction is an eviction by a token bound to the Node object: the
-// API server sets the node's name and UID but no pod.
-func nodeBoundEviction(tokenNode, pod string) *review.Request {
-	r := eviction(agent, "", pod)
-	r.UserInfo.Extra = map[string][]string{ExtraNodeName: {tokenNode}, "authentication.kubernetes.io/node-uid": {"1234"}}
-	return r
-}
-
-// located is a PodLocator that holds the pods of some nodes.
-type located map[string]string
-
-func (l located) Locate(_ context.Context, namespace, name, _ string) (string, bool) {
-	n, ok := l[namespace+"/"+name]
-	return n, ok
 }
 
 func deletion(t *testing.T, tokenNode string, pod *corev1.Pod) *review.Request {
@@ -69,79 +101,95 @@ func deletion(t *testing.T, tokenNode string, pod *corev1.Pod) *review.Request {
 		t.Fatal(err)
 	}
 	return &review.Request{UID: "u", Name: pod.Name, Namespace: "apps", Operation: review.OperationDelete,
-		UserInfo: review.UserInfo{Username: agent, Extra: map[string][]string{ExtraNodeName: {tokenNode}, ExtraPodName: {"termgate-agent-" + tokenNode}}}, OldObject: raw}
+		UserInfo: agentUser(tokenNode), OldObject: raw}
 }
 
 func TestConfine(t *testing.T) {
-	cluster := pods{byName: map[string]*corev1.Pod{"apps/on-a": podOn("on-a", "node-a"), "apps/on-b": podOn("on-b", "node-b"), "apps/pending": podOn("pending", "")}}
+	draining := func() *marks { return &marks{terminating: map[string]bool{"node-a": true, "node-b": true}} }
+	nodeBound := review.UserInfo{Username: agent, Extra: map[string][]string{ExtraNodeName: {"node-a"}, "authentication.kubernetes.io/node-uid": {"1234"}}}
 	tests := map[string]struct {
 		req         func(t *testing.T) *review.Request
-		locator     PodLocator
-		pods        review.PodGetter
-		opts        Options
+		marks       *marks
+		pods        PodLocator
 		wantAllowed bool
 		wantVerdict string
 		wantMessage string
 	}{
-		"The agent on node A evicts a pod on node A.": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-a") }, pods: cluster, wantAllowed: true, wantVerdict: VerdictOwnNode,
+		"The agent on a draining node A evicts its pod on node A.": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-a", "uid-on-a") },
+			marks: draining(), pods: cluster(), wantAllowed: true, wantVerdict: VerdictOwnNode,
 		},
 		"The agent on node A may not evict a pod on node B.": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") }, pods: cluster,
-			wantVerdict: VerdictOtherNode, wantMessage: "the agent on node node-a may not evict or delete pod apps/on-b on node node-b",
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-b", "uid-on-b") },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictOtherNode, wantMessage: "may not evict pod apps/on-b: it does not run on that node",
 		},
-		"The agent may not evict a pod that is not scheduled.": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "pending") }, pods: cluster, wantVerdict: VerdictOtherNode,
+		"The agent may not evict a pod that does not exist, or is not scheduled.": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "made-up", "uid-x") },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictOtherNode,
+		},
+		"An eviction naming another UID than the pod's on the node is refused: that pod is gone.": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-a", "uid-of-an-older-pod") },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictOtherUID, wantMessage: "another UID",
+		},
+		"An eviction without a UID precondition is refused, even on the agent's own node.": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-a", "") },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictNoUID, wantMessage: "preconditions.uid",
+		},
+		"The agent may not evict while its node is not marked terminating.": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-a", "uid-on-a") },
+			marks: &marks{}, pods: cluster(), wantVerdict: VerdictNotDraining, wantMessage: "node node-a is not marked terminating",
+		},
+		"A dry-run eviction on the agent's own node is allowed without a mark (the agent's --dry-run mode).": {
+			req:   func(*testing.T) *review.Request { return dryRun(eviction(agentUser("node-a"), "on-a", "uid-on-a")) },
+			marks: &marks{err: errors.New("must not be asked")}, pods: cluster(), wantAllowed: true, wantVerdict: VerdictOwnNode,
+		},
+		"A dry-run eviction of a pod on another node is refused like any other.": {
+			req:   func(*testing.T) *review.Request { return dryRun(eviction(agentUser("node-a"), "on-b", "uid-on-b")) },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictOtherNode,
+		},
+		"When the node's mark cannot be read the eviction is refused (fail closed).": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-a", "uid-on-a") },
+			marks: &marks{err: errors.New("timeout")}, pods: cluster(), wantVerdict: VerdictUnchecked, wantMessage: "timeout",
+		},
+		"When the pod's place cannot be read the eviction is refused (fail closed).": {
+			req:   func(*testing.T) *review.Request { return eviction(agentUser("node-a"), "on-a", "uid-on-a") },
+			marks: draining(), pods: placed{err: nodepods.ErrBudget, read: true}, wantVerdict: VerdictUnchecked, wantMessage: "budget",
 		},
 		"An agent token not bound to a pod may not evict at all.": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "", "on-a") }, pods: cluster,
-			wantVerdict: VerdictUnbound, wantMessage: ExtraNodeName,
-		},
-		"The agent on node A deletes a pod on node A, read from the old object.": {
-			req: func(t *testing.T) *review.Request { return deletion(t, "node-a", podOn("x", "node-a")) }, pods: pods{err: errors.New("must not read")},
-			wantAllowed: true, wantVerdict: VerdictOwnNode,
-		},
-		"The agent on node A may not delete a pod on node B.": {
-			req: func(t *testing.T) *review.Request { return deletion(t, "node-a", podOn("x", "node-b")) }, pods: cluster, wantVerdict: VerdictOtherNode,
-		},
-		"Evicting a pod that is already gone is allowed.": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "gone") }, pods: cluster, wantAllowed: true, wantVerdict: VerdictPodGone,
-		},
-		"When the pod cannot be read the eviction is allowed by default (fail open).": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") }, pods: pods{err: errors.New("timeout")},
-			wantAllowed: true, wantVerdict: VerdictUnreadable,
-		},
-		"When the pod cannot be read and the gate fails closed, the eviction is denied.": {
-			req: func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") }, pods: pods{err: errors.New("timeout")},
-			opts: Options{DenyOnError: true}, wantVerdict: VerdictDeniedUnread, wantMessage: "timeout",
+			req:   func(*testing.T) *review.Request { return eviction(agentUser(""), "on-a", "uid-on-a") },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictUnbound, wantMessage: ExtraNodeName,
 		},
 		"A token bound to the agent's Node object, not to a pod, may not evict.": {
-			req: func(*testing.T) *review.Request { return nodeBoundEviction("node-a", "on-a") }, pods: cluster,
-			wantVerdict: VerdictUnbound, wantMessage: ExtraPodName,
+			req:   func(*testing.T) *review.Request { return eviction(nodeBound, "on-a", "uid-on-a") },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictUnbound, wantMessage: ExtraPodName,
 		},
-		"A pod the cache holds on the agent's node is evicted without an API read.": {
-			req:     func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-a") },
-			locator: located{"apps/on-a": "node-a"}, pods: pods{err: errors.New("must not read")},
+		"A malformed Eviction is rejected as invalid.": {
+			req: func(*testing.T) *review.Request {
+				r := eviction(agentUser("node-a"), "on-a", "")
+				r.Object = []byte(`{"deleteOptions":`)
+				return r
+			},
+			marks: draining(), pods: cluster(), wantVerdict: VerdictInvalid,
+		},
+		"A delete (sent by an older registration) of a pod on the agent's node is allowed from the old object.": {
+			req:   func(t *testing.T) *review.Request { return deletion(t, "node-a", podOn("x", "node-a")) },
+			marks: &marks{err: errors.New("must not be asked")}, pods: placed{err: errors.New("must not read")},
 			wantAllowed: true, wantVerdict: VerdictOwnNode,
 		},
-		"A pod the cache holds on another marked node is refused without an API read.": {
-			req:     func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") },
-			locator: located{"apps/on-b": "node-b"}, pods: pods{err: errors.New("must not read")},
-			wantVerdict: VerdictOtherNode, wantMessage: "on node node-b",
-		},
-		"A pod the cache does not hold is read through the API and refused there.": {
-			req:     func(*testing.T) *review.Request { return eviction(agent, "node-a", "on-b") },
-			locator: located{}, pods: cluster, wantVerdict: VerdictOtherNode, wantMessage: "on node node-b",
+		"A delete of a pod on node B by the agent on node A is refused.": {
+			req:   func(t *testing.T) *review.Request { return deletion(t, "node-a", podOn("x", "node-b")) },
+			marks: draining(), pods: cluster(), wantVerdict: VerdictOtherNode,
 		},
 		"Other users' evictions are not this gate's business.": {
-			req: func(*testing.T) *review.Request { return eviction("admin", "", "on-b") }, pods: cluster, wantAllowed: true, wantVerdict: VerdictNotOurs,
+			req: func(*testing.T) *review.Request {
+				return eviction(review.UserInfo{Username: "admin"}, "on-b", "")
+			},
+			marks: &marks{}, pods: cluster(), wantAllowed: true, wantVerdict: VerdictNotOurs,
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			opts := tc.opts
-			opts.Username = agent
-			got := New(opts, tc.locator, tc.pods, nil).Admit(context.Background(), tc.req(t))
+			got := New(Options{Username: agent}, tc.marks, tc.pods, nil).Admit(context.Background(), tc.req(t))
 			if got.Allowed != tc.wantAllowed || got.Verdict != tc.wantVerdict || !strings.Contains(got.Message, tc.wantMessage) {
 				t.Fatalf("got allowed=%v verdict=%q message=%q", got.Allowed, got.Verdict, got.Message)
 			}

@@ -63,7 +63,7 @@ func TestABindOntoASpotNodeIsJudgedByTheNodeAsStoredNotAsCached(t *testing.T) {
 			t.Fatal(err)
 		}
 		h := webhook.Handler(webhook.Config{
-			Nodes: nodes, Pods: webhook.APIPods{Client: env.Client}, AgentPods: webhook.APIPods{Client: env.Client},
+			Nodes: nodes, Pods: webhook.APIPods{Client: env.Client},
 			TaintEffect: corev1.TaintEffectNoSchedule, Agent: confine.Options{Username: agentUser},
 			Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
 		})
@@ -83,7 +83,7 @@ func TestABindOntoASpotNodeIsJudgedByTheNodeAsStoredNotAsCached(t *testing.T) {
 	}
 
 	t.Run("Answered from the stale cache alone, the bind gets through: the cache really is behind.", func(t *testing.T) {
-		restore := wiring(nodecache.NewConfirmer(nodecache.NewFromStore(frozen), nil, atRisk, 500*time.Millisecond, nil))
+		restore := wiring(nodecache.NewConfirmer(nodecache.NewFromStore(frozen), nil, atRisk, nil))
 		defer restore()
 		if err := bindOnto("through-the-cache"); err != nil {
 			t.Fatalf("bind refused by a cache that has not seen the mark: %v", err)
@@ -95,7 +95,7 @@ func TestABindOntoASpotNodeIsJudgedByTheNodeAsStoredNotAsCached(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		restore := wiring(nodecache.NewConfirmer(nodecache.NewFromStore(frozen), meta.Resource(nodecache.NodesResource), atRisk, 500*time.Millisecond, confirmMetrics))
+		restore := wiring(nodecache.NewConfirmer(nodecache.NewFromStore(frozen), nodecache.NewRereader(meta.Resource(nodecache.NodesResource), 500*time.Millisecond), atRisk, confirmMetrics))
 		defer restore()
 		err = bindOnto("re-read")
 		if err == nil || !strings.Contains(err.Error(), "node "+spot+" is terminating") {
@@ -106,7 +106,7 @@ func TestABindOntoASpotNodeIsJudgedByTheNodeAsStoredNotAsCached(t *testing.T) {
 		}
 	})
 	t.Run("A pod pinned to the node is refused the same way.", func(t *testing.T) {
-		restore := wiring(nodecache.NewConfirmer(nodecache.NewFromStore(frozen), meta.Resource(nodecache.NodesResource), atRisk, 500*time.Millisecond, nil))
+		restore := wiring(nodecache.NewConfirmer(nodecache.NewFromStore(frozen), nodecache.NewRereader(meta.Resource(nodecache.NodesResource), 500*time.Millisecond), atRisk, nil))
 		defer restore()
 		_, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), kit.Pod(ns, "pinned", kit.OnNode(spot)), metav1.CreateOptions{})
 		if err == nil || !strings.Contains(err.Error(), "node "+spot+" is terminating") {

@@ -40,10 +40,8 @@ import (
 	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/testenv"
 	"termgate.dev/termgate/webhook"
-	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
 	"termgate.dev/termgate/webhook/nodepods"
-	"termgate.dev/termgate/webhook/review"
 )
 
 const agentUser = "system:serviceaccount:termgate:termgate-agent"
@@ -106,8 +104,9 @@ func termgateBinary(t *testing.T) string {
 // runningWebhook is the webhook under test and what the tests steer.
 type runningWebhook struct {
 	client  kubernetes.Interface
+	replica *webhook.Webhook
 	nodes   *nodecache.Cache
-	pods    *nodepods.Cache
+	pods    *nodepods.Index
 	certDir string
 	addr    string
 	caPEM   []byte
@@ -118,7 +117,7 @@ type runningWebhook struct {
 }
 
 // swapHandler lets a test replace the webhook's wiring for a while (the
-// measurement of the old confinement path does).
+// stale-cache test does).
 type swapHandler struct{ h atomic.Pointer[http.Handler] }
 
 func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -127,46 +126,62 @@ func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *swapHandler) swap(h http.Handler) http.Handler { return *s.h.Swap(&h) }
 
-// confineClients returns the confinement's own clients, sharing one rate
-// limiter as `termgate webhook` builds them.
-func confineClients(c *cluster.Cluster) (kubernetes.Interface, metadata.Interface, error) {
-	cfg := rest.CopyConfig(c.Config)
-	cfg.QPS, cfg.Burst = 50, 100
-	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
-	kc, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, nil, err
+// replicaClients are the clients `termgate webhook` builds, each with a
+// rate limiter of its own and the binary's default budgets.
+func replicaClients(c *cluster.Cluster) (webhook.Clients, error) {
+	budget := func(qps float32, burst int) *rest.Config {
+		cfg := rest.CopyConfig(c.Config)
+		cfg.QPS, cfg.Burst = qps, burst
+		cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
+		return cfg
 	}
-	mc, err := metadata.NewForConfig(cfg)
-	return kc, mc, err
+	var out webhook.Clients
+	var err error
+	if out.Kube, err = kubernetes.NewForConfig(budget(20, 40)); err != nil {
+		return out, err
+	}
+	for _, m := range []struct {
+		dst   *metadata.Interface
+		qps   float32
+		burst int
+	}{{&out.Metadata, 20, 40}, {&out.BindRereads, 100, 200}, {&out.PinnedRereads, 20, 40}, {&out.ConfineLists, 50, 100}, {&out.ConfineReads, 50, 100}} {
+		if *m.dst, err = metadata.NewForConfig(budget(m.qps, m.burst)); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// replicaOptions are the binary's defaults for a replica serving certDir.
+func replicaOptions(certDir string) (webhook.Options, error) {
+	atRisk, err := nodecache.ParseSelectors(nodecache.DefaultAtRisk)
+	if err != nil {
+		return webhook.Options{}, err
+	}
+	return webhook.Options{
+		TaintEffect: corev1.TaintEffectNoSchedule, AgentUsername: agentUser,
+		ConfirmSelectors: atRisk, ConfirmTimeout: 500 * time.Millisecond,
+		Limits: webhook.DefaultLimits(), CertDir: certDir,
+	}, nil
+}
+
+// newReplica assembles a replica the way `termgate webhook` does, through
+// webhook.New, counting its metrics in registry.
+func newReplica(c *cluster.Cluster, certDir string, certSource webhook.CertSource, registry *prometheus.Registry) (*webhook.Webhook, error) {
+	clients, err := replicaClients(c)
+	if err != nil {
+		return nil, err
+	}
+	opts, err := replicaOptions(certDir)
+	if err != nil {
+		return nil, err
+	}
+	return webhook.New(opts, clients, certSource, registry, logr.Discard(), clock.RealClock{})
 }
 
 func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	mc, err := metadata.NewForConfig(c.Config)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	confineKube, confineMeta, err := confineClients(c)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	atRisk, err := nodecache.ParseSelectors(nodecache.DefaultAtRisk)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	w := &runningWebhook{client: c.Client, nodes: nodecache.New(mc, nodecache.SelectorLabelKeys(atRisk)), pods: nodepods.New(confineMeta),
-		certDir: filepath.Join(c.Dir, "webhook-certs"), registry: prometheus.NewRegistry()}
-	confirmMetrics, err := nodecache.NewConfirmMetrics(w.registry)
-	if err != nil {
-		cancel()
-		return nil, nil, err
-	}
-	confirmed := nodecache.NewConfirmer(w.nodes, mc.Resource(nodecache.NodesResource), atRisk, 500*time.Millisecond, confirmMetrics)
-	w.nodes.OnTerminatingChange(w.pods.SetFollowed)
+	w := &runningWebhook{client: c.Client, certDir: filepath.Join(c.Dir, "webhook-certs"), registry: prometheus.NewRegistry()}
 	pems, err := selfmanaged.Issue([]string{"127.0.0.1"}, time.Now(), time.Hour)
 	if err != nil {
 		cancel()
@@ -177,35 +192,32 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		return nil, nil, err
 	}
 	w.caPEM = pems.CA
-	srv, reloader, err := newServer(serverParts{nodes: confirmed, pods: w.pods, client: c.Client, confineClient: confineKube}, w.certDir, w.registry)
-	if err != nil {
+	if w.replica, err = newReplica(c, w.certDir, nil, w.registry); err != nil {
 		cancel()
 		return nil, nil, err
 	}
+	w.nodes, w.pods = w.replica.Nodes(), w.replica.Pods()
 	w.handler = &swapHandler{}
-	wiring := srv.Handler
+	wiring := w.replica.Server().Handler
 	w.handler.h.Store(&wiring)
-	srv.Handler = w.handler
+	w.replica.Server().Handler = w.handler
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()
 		return nil, nil, err
 	}
 	w.addr = ln.Addr().String()
-	done := make(chan struct{}, 4)
-	go func() { _ = reloader.Start(ctx); done <- struct{}{} }()
-	go func() { _ = w.nodes.Start(ctx); done <- struct{}{} }()
-	go func() { _ = w.pods.Start(ctx); done <- struct{}{} }()
-	go func() { _ = srv.Serve(ctx, ln); done <- struct{}{} }()
+	done := make(chan struct{})
+	go func() { _ = w.replica.Run(ctx, ln); close(done) }()
 	stop := func() {
 		cancel()
-		for range 4 {
-			<-done
-		}
+		<-done
 	}
 	err = kit.Poll(ctx, 30*time.Second, func(context.Context) (bool, string, error) {
-		if reloader.Loaded() != nil || !w.nodes.HasSynced() {
-			return false, "certificate or node cache not ready", nil
+		for _, ch := range w.replica.Checks() {
+			if err := ch.Fn(); err != nil {
+				return false, ch.Name + ": " + err.Error(), nil
+			}
 		}
 		return true, "", nil
 	})
@@ -214,36 +226,6 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 		return nil, nil, fmt.Errorf("webhook not ready: %w", err)
 	}
 	return w, stop, nil
-}
-
-// serverParts are the caches and clients a webhook server reads.
-type serverParts struct {
-	nodes         nodecache.Lookup
-	pods          *nodepods.Cache
-	client        kubernetes.Interface
-	confineClient kubernetes.Interface
-}
-
-// newServer wires the webhook the way `termgate webhook` does, serving the
-// certificate in certDir and counting decisions in registry.
-func newServer(p serverParts, certDir string, registry *prometheus.Registry) (*webhook.Server, *certs.Reloader, error) {
-	metrics, err := review.NewMetrics(registry)
-	if err != nil {
-		return nil, nil, err
-	}
-	reloader := certs.NewReloader(certDir, clock.RealClock{})
-	return &webhook.Server{
-		Handler: webhook.Handler(webhook.Config{
-			Nodes: p.nodes, Pods: webhook.APIPods{Client: p.client},
-			AgentPods: webhook.APIPods{Client: p.confineClient}, AgentPodLocator: p.pods,
-			TaintEffect: corev1.TaintEffectNoSchedule,
-			Agent:       confine.Options{Username: agentUser}, Metrics: metrics, Log: logr.Discard(), Clock: clock.RealClock{},
-		}),
-		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
-		Clock:     clock.RealClock{},
-		Limits:    webhook.DefaultLimits(),
-		Metrics:   metrics,
-	}, reloader, nil
 }
 
 // shippedConfigurations reads the configurations in manifests/base.

@@ -32,7 +32,19 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 
 	registry := prometheus.NewRegistry()
 	dir := filepath.Join(t.TempDir(), "certs")
-	srv, reloader, err := newServer(serverParts{nodes: wh.nodes, pods: wh.pods, client: env.Client, confineClient: env.Client}, dir, registry)
+	source := selfmanaged.NewSource(env.Client, env.Client, selfmanaged.SourceOptions{
+		Rotator: selfmanaged.Options{
+			Namespace: "termgate", SecretName: "self-managed-test-certs", WebhookConfigName: configName,
+			Hosts: []string{"127.0.0.1"}, CAValidity: 24 * time.Hour, CARenewBefore: time.Hour,
+			CertValidity: 2 * time.Hour, CertRenewBefore: time.Hour, Resync: 200 * time.Millisecond,
+		},
+		Leader: selfmanaged.LeaderOptions{
+			Namespace: "termgate", LeaseName: "self-managed-test", Identity: "test",
+			LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		},
+		Dir: dir, SyncInterval: 200 * time.Millisecond,
+	}, clock.RealClock{})
+	replica, err := newReplica(env, dir, source, registry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,34 +53,24 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 		t.Fatal(err)
 	}
 	registerLimited(t, configName, ln.Addr().String(), ns)
-
-	rotator := selfmanaged.NewRotator(env.Client, selfmanaged.Options{
-		Namespace: "termgate", SecretName: "self-managed-test-certs", WebhookConfigName: configName,
-		Hosts: []string{"127.0.0.1"}, CAValidity: 24 * time.Hour, CARenewBefore: time.Hour,
-		CertValidity: 2 * time.Hour, CertRenewBefore: time.Hour, Resync: 200 * time.Millisecond,
-	}, clock.RealClock{})
-	syncer := selfmanaged.NewSyncer(env.Client, "termgate", "self-managed-test-certs", dir, 200*time.Millisecond, clock.RealClock{})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 4)
+	done := make(chan struct{})
 	t.Cleanup(func() {
 		cancel()
-		for range 4 {
-			<-done
-		}
+		<-done
 	})
-	go func() { _ = reloader.Start(ctx); done <- struct{}{} }()
-	go func() { syncer.Run(ctx); done <- struct{}{} }()
-	go func() { _ = srv.Serve(ctx, ln); done <- struct{}{} }()
-	go func() {
-		_ = selfmanaged.RunLeader(ctx, env.Client, selfmanaged.LeaderOptions{
-			Namespace: "termgate", LeaseName: "self-managed-test", Identity: "test",
-			LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
-		}, rotator.Run)
-		done <- struct{}{}
-	}()
+	go func() { _ = replica.Run(ctx, ln); close(done) }()
 
+	ready := func() error {
+		for _, c := range replica.Checks() {
+			if err := c.Fn(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	testenv.Eventually(t, 30*time.Second, "serving certificate written and loaded", func(context.Context) (bool, string, error) {
-		if err := reloader.Loaded(); err != nil {
+		if err := ready(); err != nil {
 			return false, err.Error(), nil
 		}
 		return true, "", nil

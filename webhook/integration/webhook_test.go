@@ -315,6 +315,13 @@ func agentIdentity(t *testing.T, node string) *localrun.AgentIdentity {
 	return id
 }
 
+// evict evicts pod ns/name as c, with the pod's UID as a precondition, as
+// the agent sends its evictions (the UID is read as an admin first; a pod
+// that does not exist is evicted without one).
 func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
-	return c.PolicyV1().Evictions(ns).Evict(ctx(t), &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
+	ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if pod, err := env.Client.CoreV1().Pods(ns).Get(ctx(t), name, metav1.GetOptions{}); err == nil {
+		ev.DeleteOptions = &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}
+	}
+	return c.PolicyV1().Evictions(ns).Evict(ctx(t), ev)
 }

@@ -36,12 +36,13 @@ const (
 // its 30 s notice, but an informer on a busy webhook delivers the mark
 // later: in `make bench-storm` it let through binds onto nodes already
 // marked, and the re-read catches 6 to 30 such binds a storm. One read per
-// bind onto such a node is the price of never letting them through.
+// node per burst of binds onto it (concurrent reads are shared, see
+// Rereader) is the price of never letting them through. Dry-run requests
+// never re-read (WithoutReread).
 type Confirmer struct {
 	cache   Lookup
-	nodes   NodeGetter
+	reads   *Rereader
 	atRisk  []labels.Selector
-	timeout time.Duration
 	metrics *ConfirmMetrics
 }
 
@@ -49,21 +50,21 @@ var _ Lookup = (*Confirmer)(nil)
 
 // NewConfirmer wraps cache. Nodes matching any of atRisk, and nodes in the
 // advance state (whose maintenance window can open at any moment), are
-// re-read through nodes, each read bounded by timeout. The cache must keep
-// the labels the selectors read (see SelectorLabelKeys). A nil nodes turns
-// the re-reads off; metrics may be nil.
-func NewConfirmer(cache Lookup, nodes NodeGetter, atRisk []labels.Selector, timeout time.Duration, metrics *ConfirmMetrics) *Confirmer {
-	return &Confirmer{cache: cache, nodes: nodes, atRisk: atRisk, timeout: timeout, metrics: metrics}
+// re-read through reads. The cache must keep the labels the selectors read
+// (see SelectorLabelKeys). A nil reads turns the re-reads off; metrics may
+// be nil.
+func NewConfirmer(cache Lookup, reads *Rereader, atRisk []labels.Selector, metrics *ConfirmMetrics) *Confirmer {
+	return &Confirmer{cache: cache, reads: reads, atRisk: atRisk, metrics: metrics}
 }
 
 // Lookup implements Lookup.
 func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
 	n, known := c.cache.Lookup(ctx, name)
-	if !known || n.Terminating() || c.nodes == nil || !c.needsConfirming(n) {
+	if !known || n.Terminating() || c.reads == nil || !c.needsConfirming(n) || !RereadAllowed(ctx) {
 		return n, known
 	}
 	start := time.Now()
-	fresh, err := c.read(ctx, name)
+	fresh, err := c.reads.Read(ctx, name)
 	result := ConfirmAgreed
 	switch {
 	case apierrors.IsNotFound(err):
@@ -87,14 +88,31 @@ func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
 	return n, true
 }
 
-func (c *Confirmer) read(ctx context.Context, name string) (*metav1.PartialObjectMetadata, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	m, err := c.nodes.Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("read node %s: %w", name, err)
+// Marks tells whether a node is terminating for the agent confinement:
+// from the cache when it says so, else from a fresh read, because an
+// agent's first evictions follow its mark within milliseconds and the
+// cache can be a second behind in a storm.
+type Marks struct {
+	cache Lookup
+	reads *Rereader
+}
+
+// NewMarks answers from cache, re-reading through reads what the cache
+// does not hold as terminating.
+func NewMarks(cache Lookup, reads *Rereader) *Marks { return &Marks{cache: cache, reads: reads} }
+
+// Terminating reports whether node name is marked terminating now. An
+// error means the answer is unknown.
+func (m *Marks) Terminating(ctx context.Context, name string) (bool, error) {
+	if n, known := m.cache.Lookup(ctx, name); known && n.Terminating() {
+		return true, nil
 	}
-	return m, nil
+	fresh, err := m.reads.Read(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	mark, _, _ := nodemark.Read(fresh.Annotations)
+	return mark.Terminating(), nil
 }
 
 func (c *Confirmer) needsConfirming(n Node) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,33 +18,56 @@ import (
 )
 
 // apiNodes is the API server's side of a confirmation: the nodes as they
-// are now, or an error, and the reads made.
+// are now, or an error, and the reads made. A read sees the nodes as they
+// are when it starts, as a quorum read does.
 type apiNodes struct {
+	mu    sync.Mutex
 	nodes map[string]map[string]string // name -> annotations
 	err   error
 	block bool // wait for the read's context to end
+	// hold, when set, keeps each read waiting after it started until a
+	// value is sent.
+	hold  chan struct{}
 	reads []string
 	// deadlineIn is how long the last read was given.
 	deadlineIn time.Duration
 }
 
 func (a *apiNodes) Get(ctx context.Context, name string, _ metav1.GetOptions, _ ...string) (*metav1.PartialObjectMetadata, error) {
+	a.mu.Lock()
 	a.reads = append(a.reads, name)
 	if d, ok := ctx.Deadline(); ok {
 		a.deadlineIn = time.Until(d)
 	}
-	if a.block {
+	ann, ok := a.nodes[name]
+	block, err, hold := a.block, a.err, a.hold
+	a.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	if block {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
-	if a.err != nil {
-		return nil, a.err
+	if err != nil {
+		return nil, err
 	}
-	ann, ok := a.nodes[name]
 	if !ok {
 		return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "nodes"}, name)
 	}
 	return NodeMeta(name, ann), nil
+}
+
+func (a *apiNodes) set(name string, annotations map[string]string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.nodes[name] = annotations
+}
+
+func (a *apiNodes) readCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.reads)
 }
 
 func spotMeta(name string, annotations map[string]string) *metav1.PartialObjectMetadata {
@@ -134,7 +158,7 @@ func TestConfirmer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c := NewConfirmer(staleCache(t), tc.api, atRisk, timeout, metrics)
+			c := NewConfirmer(staleCache(t), NewRereader(tc.api, timeout), atRisk, metrics)
 			n, known := c.Lookup(context.Background(), tc.node)
 			if known != tc.wantKnown || n.Mark.State != tc.wantState || n.Unconfirmed != tc.wantUnconfirmed {
 				t.Fatalf("got %+v known=%v, want known=%v state=%q unconfirmed=%v", n, known, tc.wantKnown, tc.wantState, tc.wantUnconfirmed)
@@ -160,7 +184,7 @@ func TestConfirmer(t *testing.T) {
 
 func TestConfirmerWithoutAClientNeverReads(t *testing.T) {
 	atRisk, _ := ParseSelectors(DefaultAtRisk)
-	c := NewConfirmer(staleCache(t), nil, atRisk, time.Second, nil)
+	c := NewConfirmer(staleCache(t), nil, atRisk, nil)
 	n, known := c.Lookup(context.Background(), "spot")
 	if !known || n.Terminating() || n.Unconfirmed {
 		t.Fatalf("got %+v known=%v: want the cache's answer", n, known)
@@ -204,4 +228,77 @@ func counted(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestConcurrentRereadsOfANodeShareReads: a burst of binds onto one Spot
+// node costs two reads, not one per bind.
+func TestConcurrentRereadsOfANodeShareReads(t *testing.T) {
+	atRisk, _ := ParseSelectors(DefaultAtRisk)
+	api := &apiNodes{nodes: map[string]map[string]string{"spot": nil}, hold: make(chan struct{})}
+	reads := NewRereader(api, time.Second)
+	c := NewConfirmer(staleCache(t), reads, atRisk, nil)
+	const binds = 50
+	var wg sync.WaitGroup
+	for range binds {
+		wg.Go(func() {
+			if n, known := c.Lookup(context.Background(), "spot"); !known || n.Unconfirmed {
+				t.Errorf("got %+v known=%v, want a confirmed answer", n, known)
+			}
+		})
+	}
+	// Let every caller queue behind the first read, then let reads end.
+	waitFor(t, func() bool { return reads.waiting("spot") == binds })
+	close(api.hold)
+	wg.Wait()
+	if got := api.readCount(); got > 2 {
+		t.Fatalf("%d reads for %d concurrent binds onto one node, want at most 2", got, binds)
+	}
+}
+
+// TestASharedRereadBeganAfterItsCaller: a bind that arrives while a read of
+// its node is on the wire is not answered by that read, which may predate
+// a mark stored just before the bind: it waits for the next read.
+func TestASharedRereadBeganAfterItsCaller(t *testing.T) {
+	atRisk, _ := ParseSelectors(DefaultAtRisk)
+	api := &apiNodes{nodes: map[string]map[string]string{"spot": nil}, hold: make(chan struct{}, 2)}
+	c := NewConfirmer(staleCache(t), NewRereader(api, time.Second), atRisk, nil)
+	first := make(chan Node, 1)
+	go func() { n, _ := c.Lookup(context.Background(), "spot"); first <- n }()
+	waitFor(t, func() bool { return api.readCount() == 1 })
+	// The mark is stored while the first read is on the wire; then a bind
+	// arrives.
+	api.set("spot", nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted}.Annotations())
+	second := make(chan Node, 1)
+	go func() { n, _ := c.Lookup(context.Background(), "spot"); second <- n }()
+	api.hold <- struct{}{}
+	if n := <-first; n.Terminating() {
+		t.Fatal("the first read saw a mark stored after it began: the fake is wrong")
+	}
+	api.hold <- struct{}{}
+	if n := <-second; !n.Terminating() {
+		t.Fatal("a bind that arrived after the mark was stored got the answer of a read from before it")
+	}
+}
+
+func TestDryRunRequestsNeverReread(t *testing.T) {
+	atRisk, _ := ParseSelectors(DefaultAtRisk)
+	api := &apiNodes{nodes: map[string]map[string]string{"spot": nil}}
+	c := NewConfirmer(staleCache(t), NewRereader(api, time.Second), atRisk, nil)
+	for range 10 {
+		c.Lookup(WithoutReread(context.Background()), "spot")
+	}
+	if got := api.readCount(); got != 0 {
+		t.Fatalf("%d reads for dry-run lookups, want 0", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

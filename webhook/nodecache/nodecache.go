@@ -196,3 +196,40 @@ func NodeMeta(name string, annotations map[string]string) *metav1.PartialObjectM
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations},
 	}
 }
+
+// Placement is what a gate that admits a pod onto a node learns of the
+// node before looking at the pod.
+type Placement int
+
+const (
+	// PlaceUnknown: the cache does not hold the node (just created, or
+	// the cache is behind); the gates fail open, as their registrations do.
+	PlaceUnknown Placement = iota
+	// PlaceUnconfirmed: the node needed a fresh read and it failed; the
+	// cache says it is not terminating but may be behind.
+	PlaceUnconfirmed
+	// PlaceFree: the node is not terminating.
+	PlaceFree
+	// PlaceTerminating: the node is marked terminating; the pod must
+	// tolerate the termination taint.
+	PlaceTerminating
+)
+
+// Place looks node name up for a gate placing a pod there. A dry-run
+// request is answered from the cache alone: it changes nothing, so it must
+// not spend the re-reads that real binds need.
+func Place(ctx context.Context, nodes Lookup, name string, dryRun bool) (Node, Placement) {
+	if dryRun {
+		ctx = WithoutReread(ctx)
+	}
+	n, known := nodes.Lookup(ctx, name)
+	switch {
+	case !known:
+		return n, PlaceUnknown
+	case n.Terminating():
+		return n, PlaceTerminating
+	case n.Unconfirmed:
+		return n, PlaceUnconfirmed
+	}
+	return n, PlaceFree
+}

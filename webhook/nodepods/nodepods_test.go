@@ -2,154 +2,225 @@ package nodepods
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	metadatafake "k8s.io/client-go/metadata/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
-// The field selector that keeps each informer to its node is applied by the
-// API server; webhook/integration tests it against a real one. These tests
-// cover the cache's own logic with the metadata client's in-memory fake.
+// The field selectors are applied by the API server; webhook/integration
+// tests APILister against a real one. These tests cover the index's own
+// logic with an API that applies them the same way.
 
-func podMeta(ns, name string) *metav1.PartialObjectMetadata {
-	return &metav1.PartialObjectMetadata{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name), ResourceVersion: "7",
-			Labels:        map[string]string{"app": "web"},
-			Annotations:   map[string]string{"big": string(make([]byte, 4096))},
-			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
-	}
+// api holds pods by node and counts the calls made.
+type api struct {
+	mu    sync.Mutex
+	pods  map[string][]Pod // node -> pods
+	err   error
+	hold  chan struct{} // when set, a list waits for a value
+	lists int
+	reads int
 }
 
-func startCache(t *testing.T, objs ...runtime.Object) *Cache {
-	t.Helper()
-	scheme := metadatafake.NewTestScheme()
-	if err := metav1.AddMetaToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	c := New(metadatafake.NewSimpleMetadataClient(scheme, objs...))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = c.Start(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	// Until Start has run, a followed node only waits in pending.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		c.mu.RLock()
-		started := c.ctx != nil
-		c.mu.RUnlock()
-		if started {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the cache did not start within 10s")
-		}
-	}
-}
-
-func expectListed(t *testing.T, c *Cache, node string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	for !c.Synced(node) {
+func (a *api) PodsOn(ctx context.Context, node string) ([]Pod, error) {
+	a.mu.Lock()
+	a.lists++
+	hold, err := a.hold, a.err
+	pods := append([]Pod(nil), a.pods[node]...)
+	a.mu.Unlock()
+	if hold != nil {
 		select {
+		case <-hold:
 		case <-ctx.Done():
-			t.Fatalf("pods of %s not listed within 10s", node)
-		case <-time.After(5 * time.Millisecond):
+			return nil, ctx.Err()
 		}
 	}
+	return pods, err
 }
 
-func TestAFollowedNodeAnswersFromMemory(t *testing.T) {
-	c := startCache(t, podMeta("apps", "web-1"))
-	if _, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); found {
-		t.Fatal("a node that is not followed answered")
+func (a *api) PodOn(_ context.Context, node, namespace, name string) (Pod, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.reads++
+	if a.err != nil {
+		return Pod{}, false, a.err
 	}
-	c.SetFollowed("node-a", true)
-	expectListed(t, c, "node-a")
-	if where, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); !found || where != "node-a" {
-		t.Fatalf("got %q %v, want node-a", where, found)
+	for _, p := range a.pods[node] {
+		if p.Namespace == namespace && p.Name == name {
+			return p, true, nil
+		}
 	}
-	if _, found := c.Locate(t.Context(), "apps", "web-2", "node-a"); found {
-		t.Fatal("a pod nobody holds was found")
-	}
-	c.SetFollowed("node-a", false)
-	if _, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); found || len(c.Followed()) != 0 {
-		t.Fatal("a node no longer marked still answers")
-	}
+	return Pod{}, false, nil
 }
 
-func TestANodeMarkedBeforeStartIsFollowedAtStart(t *testing.T) {
-	scheme := metadatafake.NewTestScheme()
-	if err := metav1.AddMetaToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	c := New(metadatafake.NewSimpleMetadataClient(scheme, podMeta("apps", "web-1")))
-	c.SetFollowed("node-a", true)
-	c.SetFollowed("node-b", true)
-	c.SetFollowed("node-b", false)
+func (a *api) bind(node string, p Pod) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pods[node] = append(a.pods[node], p)
+}
+
+func (a *api) counts() (lists, reads int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lists, a.reads
+}
+
+func web(i string) Pod { return Pod{Namespace: "apps", Name: "web-" + i, UID: types.UID("uid-web-" + i)} }
+
+func startIndex(t *testing.T, a *api, opts Options) (*Index, *clocktesting.FakeClock) {
+	t.Helper()
+	clk := clocktesting.NewFakeClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	x := New(a, a, clk, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = c.Start(ctx); close(done) }()
+	go func() { _ = x.Start(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	expectListed(t, c, "node-a")
-	if got := c.Followed(); len(got) != 1 || got[0] != "node-a" {
-		t.Fatalf("followed %v, want [node-a]", got)
+	waitFor(t, func() bool {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return x.ctx != nil
+	})
+	return x, clk
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 5s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
-func TestAPodIsFoundOnAnotherFollowedNode(t *testing.T) {
-	// With the fake every informer sees every pod, so the agent's own node
-	// is left unfollowed: the pod is then found on the other node.
-	c := startCache(t, podMeta("apps", "web-1"))
-	c.SetFollowed("node-b", true)
-	expectListed(t, c, "node-b")
-	if where, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); !found || where != "node-b" {
-		t.Fatalf("got %q %v, want node-b", where, found)
-	}
-}
-
-func TestLocateWaitsForTheFirstListOfItsOwnNode(t *testing.T) {
-	c := startCache(t, podMeta("apps", "web-1"))
-	// An eviction right after the mark: the node's informer has only just
-	// started, and the lookup waits for its list (milliseconds against the
-	// fake) instead of sending the caller to the API.
-	c.SetFollowed("node-a", true)
-	if where, found := c.Locate(t.Context(), "apps", "web-1", "node-a"); !found || where != "node-a" {
-		t.Fatalf("got %q %v, want node-a once its first list is in", where, found)
-	}
-}
-
-func TestLocateWaitsOnlyBrieflyForAFirstList(t *testing.T) {
-	c := startCache(t)
-	// The informer of a node is running but cannot have listed yet only
-	// for an instant; a deadline already spent returns at once.
-	c.SetFollowed("node-a", true)
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	start := time.Now()
-	c.Locate(ctx, "apps", "web-1", "node-a")
-	if d := time.Since(start); d > maxSyncWait {
-		t.Fatalf("Locate with a spent context took %v", d)
-	}
-}
-
-func TestTrimKeepsOnlyWhatTheKeyAndWatchNeed(t *testing.T) {
-	got, err := trim(podMeta("apps", "web-1"))
+func locate(t *testing.T, x *Index, node string, p Pod) Located {
+	t.Helper()
+	got, err := x.Locate(context.Background(), node, p.Namespace, p.Name, p.UID)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("locate %s on %s: %v", p.Name, node, err)
 	}
-	m := got.(*metav1.PartialObjectMetadata)
-	if m.Namespace != "apps" || m.Name != "web-1" || m.UID != "uid-web-1" || m.ResourceVersion != "7" {
-		t.Fatalf("identity lost: %+v", m.ObjectMeta)
+	return got
+}
+
+// TestAMarkedNodeIsAnsweredFromMemory: the list that starts when the mark
+// is seen answers every eviction of the drain, with no read per pod.
+func TestAMarkedNodeIsAnsweredFromMemory(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1"), web("2")}, "node-b": {web("3")}}}
+	x, _ := startIndex(t, a, Options{})
+	x.SetTerminating("node-a", true)
+	waitFor(t, func() bool { return x.Listed("node-a") })
+	for _, p := range []Pod{web("1"), web("2")} {
+		if got := locate(t, x, "node-a", p); got != (Located{Placement: OnNode}) {
+			t.Fatalf("%s: got %+v, want on the node from memory", p.Name, got)
+		}
 	}
-	if m.Labels != nil || m.Annotations != nil || m.ManagedFields != nil {
-		t.Fatalf("kept more than needed: %+v", m.ObjectMeta)
+	if got := locate(t, x, "node-a", web("3")); got.Placement != NotOnNode {
+		t.Fatalf("a pod of node-b answered %v on node-a", got.Placement)
 	}
-	if other, _ := trim("tombstone"); other != "tombstone" {
-		t.Fatal("a non-metadata object was changed")
+	if lists, reads := a.counts(); lists != 1 || reads != 1 {
+		t.Fatalf("%d lists and %d reads, want 1 list and 1 read (for the pod it did not hold)", lists, reads)
 	}
+}
+
+// TestAnEvictionArrivingDuringTheListWaitsForIt: the agent's first
+// evictions can come before the list answered; they wait for it instead
+// of reading each pod.
+func TestAnEvictionArrivingDuringTheListWaitsForIt(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1")}}, hold: make(chan struct{})}
+	x, _ := startIndex(t, a, Options{})
+	x.SetTerminating("node-a", true)
+	waitFor(t, func() bool { l, _ := a.counts(); return l == 1 })
+	got := make(chan Located, 1)
+	go func() { got <- locate(t, x, "node-a", web("1")) }()
+	close(a.hold)
+	if l := <-got; l != (Located{Placement: OnNode}) {
+		t.Fatalf("got %+v, want on the node from the list", l)
+	}
+	if _, reads := a.counts(); reads != 0 {
+		t.Fatalf("%d reads, want none", reads)
+	}
+}
+
+// TestAPodBoundAfterTheListIsReadOnce: a pod the list did not see is read,
+// then held.
+func TestAPodBoundAfterTheListIsReadOnce(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1")}}}
+	x, _ := startIndex(t, a, Options{})
+	x.SetTerminating("node-a", true)
+	waitFor(t, func() bool { return x.Listed("node-a") })
+	a.bind("node-a", web("late"))
+	for range 3 {
+		if got := locate(t, x, "node-a", web("late")); got.Placement != OnNode {
+			t.Fatalf("got %+v, want on the node", got)
+		}
+	}
+	if _, reads := a.counts(); reads != 1 {
+		t.Fatalf("%d reads, want 1", reads)
+	}
+}
+
+// TestAReplacedPodIsToldApartByItsUID: a pod of the same name with another
+// UID is not the pod asked about.
+func TestAReplacedPodIsToldApartByItsUID(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1")}}}
+	x, _ := startIndex(t, a, Options{})
+	x.SetTerminating("node-a", true)
+	waitFor(t, func() bool { return x.Listed("node-a") })
+	old := web("1")
+	old.UID = "uid-of-an-older-pod"
+	if got := locate(t, x, "node-a", old); got.Placement != OtherUID {
+		t.Fatalf("got %+v, want another UID", got)
+	}
+}
+
+// TestOneNodesReadsCannotSpendAnothersBudget: made-up names by the agent of
+// one node exhaust that node's reads only (ErrBudget there, fail closed);
+// another node's agent still gets its reads.
+func TestOneNodesReadsCannotSpendAnothersBudget(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {}, "node-b": {web("b")}}}
+	x, _ := startIndex(t, a, Options{NodeReadQPS: 0.001, NodeReadBurst: 5})
+	refused := 0
+	for i := range 50 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		_, err := x.Locate(ctx, "node-a", "apps", "made-up-"+string(rune('a'+i%26)), "uid")
+		cancel()
+		if errors.Is(err, ErrBudget) {
+			refused++
+		}
+	}
+	if _, reads := a.counts(); reads != 5 || refused != 45 {
+		t.Fatalf("%d reads and %d refusals for node-a's 50 made-up names, want 5 and 45", reads, refused)
+	}
+	if got := locate(t, x, "node-b", web("b")); got.Placement != OnNode {
+		t.Fatalf("node-b's agent got %+v, want its pod on its node", got)
+	}
+}
+
+// TestANodeFlippingItsMarkCausesNoChurn: unmark and mark again within the
+// relist interval costs no new list; the entry outlives the mark for
+// Linger, then goes.
+func TestANodeFlippingItsMarkCausesNoChurn(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1")}}}
+	x, clk := startIndex(t, a, Options{Linger: time.Minute, Relist: 5 * time.Second})
+	x.SetTerminating("node-a", true)
+	waitFor(t, func() bool { return x.Listed("node-a") })
+	for range 20 {
+		x.SetTerminating("node-a", false)
+		x.SetTerminating("node-a", true)
+	}
+	if lists, _ := a.counts(); lists != 1 {
+		t.Fatalf("%d lists for a node flipping its mark 20 times within the relist interval, want 1", lists)
+	}
+	x.SetTerminating("node-a", false)
+	clk.Step(30 * time.Second)
+	if got := locate(t, x, "node-a", web("1")); got != (Located{Placement: OnNode}) {
+		t.Fatalf("got %+v 30s after the mark went, want the kept entry", got)
+	}
+	// The index's ticker runs on the fake clock: step it until it has
+	// swept the entry.
+	waitFor(t, func() bool { clk.Step(15 * time.Second); return x.Stats().Nodes == 0 })
 }

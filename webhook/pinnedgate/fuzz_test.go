@@ -18,7 +18,7 @@ func FuzzAdmit(f *testing.F) {
 	f.Add(`{"metadata":{"annotations":{"kubernetes.io/config.mirror":"x"}},"spec":{"nodeName":"dying"}}`, "system:node:")
 	f.Add(`{"metadata":{"annotations":{"kubernetes.io/config.mirror":"x"}},"spec":{"nodeName":""}}`, "system:node:")
 	f.Add(`{"metadata":{},"spec":{"nodeName":"dying","tolerations":[{"operator":"Exists","tolerationSeconds":-1}]}}`, "tenant")
-	g := New(testNodes(), corev1.TaintEffectNoSchedule, nil)
+	g := New(testNodes(), Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	f.Fuzz(func(t *testing.T, object, username string) {
 		got := g.Admit(context.Background(), &review.Request{UID: "u", Namespace: "ns", Operation: review.OperationCreate,
 			Object: []byte(object), UserInfo: review.UserInfo{Username: username}})

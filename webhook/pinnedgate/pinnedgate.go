@@ -31,24 +31,35 @@ const (
 	VerdictMirror         = "allowed-mirror"
 	VerdictNotTerminating = "allowed-not-terminating"
 	VerdictUnconfirmed    = "allowed-unconfirmed"
+	VerdictRefusedUnconf  = "denied-unconfirmed"
 	VerdictUnknownNode    = "allowed-unknown-node"
 	VerdictTolerates      = "allowed-tolerates"
 	VerdictDenied         = "denied"
 	VerdictInvalid        = "invalid"
 )
 
+// Options configure the gate.
+type Options struct {
+	// TaintEffect is the termination taint's effect, which decides which
+	// tolerations count.
+	TaintEffect corev1.TaintEffect
+	// RefuseUnconfirmed refuses a pinned pod onto a node whose fresh read
+	// failed, instead of allowing it on the cache's word.
+	RefuseUnconfirmed bool
+}
+
 // Gate is the pinned-pod gate.
 type Gate struct {
 	nodes   nodecache.Lookup
-	effect  corev1.TaintEffect
+	opts    Options
 	metrics *review.GateMetrics
 }
 
 var _ review.Gate = (*Gate)(nil)
 
 // New returns the gate; metrics may be nil.
-func New(nodes nodecache.Lookup, effect corev1.TaintEffect, metrics *review.GateMetrics) *Gate {
-	return &Gate{nodes: nodes, effect: effect, metrics: metrics}
+func New(nodes nodecache.Lookup, opts Options, metrics *review.GateMetrics) *Gate {
+	return &Gate{nodes: nodes, opts: opts, metrics: metrics}
 }
 
 // Name implements review.Gate.
@@ -73,23 +84,25 @@ func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 	if nodemark.IsMirrorPod(pod) && isNodeItself(req.UserInfo.Username, pod.Spec.NodeName) {
 		return review.Allow(VerdictMirror)
 	}
-	node, known := g.nodes.Lookup(ctx, pod.Spec.NodeName)
-	if !known {
+	node, place := nodecache.Place(ctx, g.nodes, pod.Spec.NodeName, req.DryRun)
+	switch place {
+	case nodecache.PlaceUnknown:
 		g.metrics.CacheMiss()
 		return review.Allow(VerdictUnknownNode)
-	}
-	if !node.Terminating() {
-		if node.Unconfirmed {
-			// A Spot node whose fresh read failed: the cache's answer
-			// stands, counted apart because it may be behind.
-			return review.Allow(VerdictUnconfirmed)
+	case nodecache.PlaceUnconfirmed:
+		// A Spot node whose fresh read failed: the cache says it is not
+		// terminating, but may be behind.
+		if g.opts.RefuseUnconfirmed {
+			return review.Deny(VerdictRefusedUnconf, "node "+pod.Spec.NodeName+" may be terminating and could not be checked now; create the pod again")
 		}
+		return review.Allow(VerdictUnconfirmed)
+	case nodecache.PlaceFree:
 		return review.Allow(VerdictNotTerminating)
 	}
-	if nodemark.Tolerates(pod, g.effect) {
+	if nodemark.Tolerates(pod, g.opts.TaintEffect) {
 		return review.Allow(VerdictTolerates)
 	}
-	return review.Deny(VerdictDenied, nodemark.Refusal(pod.Spec.NodeName, node.Mark, g.effect))
+	return review.Deny(VerdictDenied, nodemark.Refusal(pod.Spec.NodeName, node.Mark, g.opts.TaintEffect))
 }
 
 // nodeUserPrefix starts the user name of a kubelet's node credentials; the

@@ -94,7 +94,7 @@ func TestPinnedGate(t *testing.T) {
 			mutate: func(*corev1.Pod) {}, wantAllowed: true, wantVerdict: VerdictNotPinned,
 		},
 	}
-	g := New(testNodes(), corev1.TaintEffectNoSchedule, nil)
+	g := New(testNodes(), Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			got := g.Admit(context.Background(), podCreate(t, tc.mutate))
@@ -126,7 +126,7 @@ func TestOnlyTheNodeItselfBringsAMirrorPodOntoATerminatingNode(t *testing.T) {
 		"An admin is refused like any tenant.":                           {username: "kubernetes-admin", wantVerdict: VerdictDenied},
 		"A request without a user is refused.":                           {username: "", wantVerdict: VerdictDenied},
 	}
-	g := New(testNodes(), corev1.TaintEffectNoSchedule, nil)
+	g := New(testNodes(), Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	denial := g.Admit(context.Background(), podCreate(t, func(p *corev1.Pod) { p.Spec.NodeName = "dying" }))
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -144,7 +144,7 @@ func TestOnlyTheNodeItselfBringsAMirrorPodOntoATerminatingNode(t *testing.T) {
 }
 
 func TestMalformedPodIsRefusedAsInvalid(t *testing.T) {
-	g := New(testNodes(), corev1.TaintEffectNoSchedule, nil)
+	g := New(testNodes(), Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	got := g.Admit(context.Background(), &review.Request{UID: "u", Operation: review.OperationCreate, Object: []byte(`{"spec":{"nodeName":5}}`)})
 	if got.Allowed || got.Code != 400 || got.Verdict != VerdictInvalid {
 		t.Fatalf("got %+v", got)
@@ -159,9 +159,40 @@ func (unconfirmedNodes) Lookup(context.Context, string) (nodecache.Node, bool) {
 }
 
 func TestAPodOntoANodeThatCouldNotBeConfirmedIsAllowedAndCountedApart(t *testing.T) {
-	g := New(unconfirmedNodes{}, corev1.TaintEffectNoSchedule, nil)
+	g := New(unconfirmedNodes{}, Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
 	got := g.Admit(context.Background(), podCreate(t, func(p *corev1.Pod) { p.Spec.NodeName = "spot" }))
 	if !got.Allowed || got.Verdict != VerdictUnconfirmed {
 		t.Fatalf("got allowed=%v verdict=%q, want allowed with %q", got.Allowed, got.Verdict, VerdictUnconfirmed)
+	}
+}
+
+func TestAPodOntoANodeThatCouldNotBeConfirmedIsRefusedWhenSoConfigured(t *testing.T) {
+	g := New(unconfirmedNodes{}, Options{TaintEffect: corev1.TaintEffectNoSchedule, RefuseUnconfirmed: true}, nil)
+	got := g.Admit(context.Background(), podCreate(t, func(p *corev1.Pod) { p.Spec.NodeName = "spot" }))
+	if got.Allowed || got.Verdict != VerdictRefusedUnconf {
+		t.Fatalf("got allowed=%v verdict=%q, want a refusal with %q", got.Allowed, got.Verdict, VerdictRefusedUnconf)
+	}
+}
+
+// rereadRecorder records whether each lookup was allowed to re-read.
+type rereadRecorder struct{ reread []bool }
+
+func (r *rereadRecorder) Lookup(ctx context.Context, _ string) (nodecache.Node, bool) {
+	r.reread = append(r.reread, nodecache.RereadAllowed(ctx))
+	return nodecache.Node{}, true
+}
+
+// A tenant may create pinned pods with --dry-run=server by the thousand:
+// they change nothing and must not spend the node re-reads of real ones.
+func TestADryRunPinnedPodNeverRereadsItsNode(t *testing.T) {
+	rec := &rereadRecorder{}
+	g := New(rec, Options{TaintEffect: corev1.TaintEffectNoSchedule}, nil)
+	pinned := func(p *corev1.Pod) { p.Spec.NodeName = "spot" }
+	real, dry := podCreate(t, pinned), podCreate(t, pinned)
+	dry.DryRun = true
+	g.Admit(context.Background(), real)
+	g.Admit(context.Background(), dry)
+	if len(rec.reread) != 2 || !rec.reread[0] || rec.reread[1] {
+		t.Fatalf("re-read allowed %v for a real then a dry-run pinned pod, want [true false]", rec.reread)
 	}
 }

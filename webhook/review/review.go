@@ -15,14 +15,16 @@ import (
 // gates read. Object and OldObject stay raw: each gate decodes only what it
 // needs (a Binding's target, a Pod's tolerations).
 type Request struct {
-	UID         string    `json:"uid"`
-	SubResource string    `json:"subResource"`
-	Name        string    `json:"name"`
-	Namespace   string    `json:"namespace"`
-	Operation   string    `json:"operation"`
-	UserInfo    UserInfo  `json:"userInfo"`
-	Object      RawObject `json:"object"`
-	OldObject   RawObject `json:"oldObject"`
+	UID         string `json:"uid"`
+	SubResource string `json:"subResource"`
+	Name        string `json:"name"`
+	Namespace   string `json:"namespace"`
+	Operation   string `json:"operation"`
+	// DryRun is set for requests that change nothing (dryRun=All).
+	DryRun    bool      `json:"dryRun"`
+	UserInfo  UserInfo  `json:"userInfo"`
+	Object    RawObject `json:"object"`
+	OldObject RawObject `json:"oldObject"`
 }
 
 // RawObject is an object of the review kept as JSON. Unlike

@@ -9,9 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
@@ -26,15 +24,10 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
-	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/certs/certmanager"
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/cmd/termgate/daemon"
 	"termgate.dev/termgate/webhook"
-	"termgate.dev/termgate/webhook/confine"
-	"termgate.dev/termgate/webhook/nodecache"
-	"termgate.dev/termgate/webhook/nodepods"
-	"termgate.dev/termgate/webhook/review"
 )
 
 func runWebhook(ctx context.Context, args []string) error {
@@ -63,21 +56,18 @@ func runWebhook(ctx context.Context, args []string) error {
 	if limit > 0 {
 		logger.Info("Go memory limit set from the container's", "bytes", limit)
 	}
+	if o.ConfineDenyOnError {
+		logger.Info("--confine-deny-on-error is deprecated and has no effect: the agent confinement always fails closed")
+	}
 	return serveWebhook(log.IntoContext(ctx, logger), o, clock.RealClock{})
 }
 
-// WebhookDeps are the clients serveWebhook builds from the options; tests
-// pass their own.
+// webhookDeps are the clients serveWebhook builds from the options.
 type webhookDeps struct {
-	kube     kubernetes.Interface
-	lease    kubernetes.Interface
-	metadata metadata.Interface
-	ctrl     client.WithWatch
-	// confineKube and confineMetadata share a rate limiter of their own.
-	confineKube     kubernetes.Interface
-	confineMetadata metadata.Interface
-	// confirmMetadata makes the fresh node reads, on a budget of its own.
-	confirmMetadata metadata.Interface
+	clients webhook.Clients
+	kube    kubernetes.Interface
+	lease   kubernetes.Interface
+	ctrl    client.WithWatch
 }
 
 func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
@@ -89,21 +79,26 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	if d.kube, err = kubernetes.NewForConfig(cfg); err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	if d.metadata, err = metadata.NewForConfig(cfg); err != nil {
+	d.clients.Kube = d.kube
+	if d.clients.Metadata, err = metadata.NewForConfig(cfg); err != nil {
 		return nil, fmt.Errorf("metadata client: %w", err)
 	}
-	// The confinement's two clients share one limiter, so the budget is
-	// the flags' and not twice it.
-	confineCfg := withBudget(cfg, o.ConfineQPS, o.ConfineBurst, "termgate-webhook-confine")
-	confineCfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(confineCfg.QPS, confineCfg.Burst)
-	if d.confineKube, err = kubernetes.NewForConfig(confineCfg); err != nil {
-		return nil, fmt.Errorf("confinement client: %w", err)
-	}
-	if d.confineMetadata, err = metadata.NewForConfig(confineCfg); err != nil {
-		return nil, fmt.Errorf("confinement metadata client: %w", err)
-	}
-	if d.confirmMetadata, err = metadata.NewForConfig(withBudget(cfg, o.ConfirmQPS, o.ConfirmBurst, "termgate-webhook-confirm")); err != nil {
-		return nil, fmt.Errorf("node confirmation client: %w", err)
+	// Each concern reads on a budget of its own (see webhook.Clients).
+	for _, b := range []struct {
+		dst       *metadata.Interface
+		qps       float64
+		burst     int
+		userAgent string
+		purpose   string
+	}{
+		{&d.clients.BindRereads, o.ConfirmQPS, o.ConfirmBurst, "termgate-webhook-confirm", "node re-reads before binds"},
+		{&d.clients.PinnedRereads, o.PinnedConfirmQPS, o.PinnedConfirmBurst, "termgate-webhook-confirm-pinned", "node re-reads before pinned pods"},
+		{&d.clients.ConfineLists, o.ConfineQPS, o.ConfineBurst, "termgate-webhook-confine", "pod lists of draining nodes"},
+		{&d.clients.ConfineReads, o.ConfineReadQPS, o.ConfineReadBurst, "termgate-webhook-confine-reads", "the confinement's single reads"},
+	} {
+		if *b.dst, err = metadata.NewForConfig(withBudget(cfg, b.qps, b.burst, b.userAgent)); err != nil {
+			return nil, fmt.Errorf("client for %s: %w", b.purpose, err)
+		}
 	}
 	if d.lease, err = kubernetes.NewForConfig(withBudget(cfg, o.LeaseQPS, o.LeaseBurst, cfg.UserAgent)); err != nil {
 		return nil, fmt.Errorf("lease client: %w", err)
@@ -120,90 +115,36 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	return d, nil
 }
 
-// withBudget copies cfg with a rate limit of its own: each of the webhook's
-// concerns gets its own budget, so none can starve another.
+// withBudget copies cfg with a rate limiter of its own: each of the
+// webhook's concerns gets its own budget, so none can starve another.
 func withBudget(cfg *rest.Config, qps float64, burst int, userAgent string) *rest.Config {
 	c := rest.CopyConfig(cfg)
 	c.QPS, c.Burst, c.UserAgent = float32(qps), burst, userAgent
+	c.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.QPS, c.Burst)
 	return c
 }
 
 // serveWebhook runs every component until ctx ends or one fails.
-func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error {
+func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.WithTicker) error {
 	deps, err := newWebhookDeps(o)
 	if err != nil {
 		return err
 	}
-	logger := log.FromContext(ctx)
-
-	metrics, err := review.NewMetrics(ctrlmetrics.Registry)
+	wo, err := o.webhookOptions()
 	if err != nil {
 		return err
 	}
-	atRisk, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors)
+	w, err := webhook.New(wo, deps.clients, newCertSource(o, deps, clk), ctrlmetrics.Registry, log.FromContext(ctx), clk)
 	if err != nil {
 		return err
 	}
-	confirmMetrics, err := nodecache.NewConfirmMetrics(ctrlmetrics.Registry)
-	if err != nil {
-		return err
-	}
-	nodes := nodecache.New(deps.metadata, nodecache.SelectorLabelKeys(atRisk))
-	confirmed := nodecache.NewConfirmer(nodes, deps.confirmMetadata.Resource(nodecache.NodesResource), atRisk, o.ConfirmTimeout, confirmMetrics)
-	// The pods of marked nodes, followed while the mark is there: the
-	// confinement's answer without an API read per eviction.
-	nodePods := nodepods.New(deps.confineMetadata)
-	nodes.OnTerminatingChange(nodePods.SetFollowed)
-	if err := ctrlmetrics.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "termgate", Subsystem: "webhook", Name: "followed_nodes",
-		Help: "Marked nodes whose pods the webhook holds in memory for the agent confinement.",
-	}, func() float64 { return float64(len(nodePods.Followed())) })); err != nil {
-		return fmt.Errorf("register webhook metrics: %w", err)
-	}
-	limits := o.Limits
-	reloader := certs.NewReloader(o.CertDir, clk)
-	server := &webhook.Server{
-		Handler: webhook.Handler(webhook.Config{
-			Nodes:           confirmed,
-			Pods:            webhook.APIPods{Client: deps.kube},
-			AgentPods:       webhook.APIPods{Client: deps.confineKube},
-			AgentPodLocator: nodePods,
-			TaintEffect:     corev1.TaintEffect(o.TaintEffect),
-			Agent:           confine.Options{Username: o.AgentUsername, DenyOnError: o.ConfineDenyOnError},
-			MaxBodyBytes:    limits.MaxBodyBytes,
-			Metrics:         metrics,
-			Log:             logger,
-			Clock:           clk,
-		}),
-		TLSConfig:       certs.ServerConfig(reloader.GetCertificate),
-		ShutdownDelay:   o.ShutdownDelay,
-		ShutdownTimeout: o.ShutdownTimeout,
-		Clock:           clk,
-		Limits:          limits,
-		Metrics:         metrics,
-	}
-	checks := []webhook.Check{
-		{Name: "serving-certificate", Fn: reloader.Loaded},
-		{Name: "node-cache", Fn: func() error {
-			if !nodes.HasSynced() {
-				return errors.New("node cache not synced")
-			}
-			return nil
-		}},
-		{Name: "shutdown", Fn: server.Draining},
-	}
-
 	ln, err := daemon.Listen(o.BindAddress)
 	if err != nil {
 		return err
 	}
 	g, ctx := daemon.NewGroup(ctx)
-	g.Go("node cache", func() error { return nodes.Start(ctx) })
-	g.Go("node pods", func() error { return nodePods.Start(ctx) })
-	g.Go("certificate reloader", func() error { return reloader.Start(ctx) })
-	checks = append(checks, startCertSource(ctx, g, o, deps, clk)...)
 	if o.HealthAddress != "0" && o.HealthAddress != "" {
-		if err := serveOn(ctx, g, "health probes", o.HealthAddress, webhook.Probes(checks)); err != nil {
+		if err := serveOn(ctx, g, "health probes", o.HealthAddress, webhook.Probes(w.Checks())); err != nil {
 			return errors.Join(err, g.Wait())
 		}
 	}
@@ -214,7 +155,7 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.Clock) error
 			return errors.Join(err, g.Wait())
 		}
 	}
-	g.Go("webhook server", func() error { return server.Serve(ctx, ln) })
+	g.Go("webhook", func() error { return w.Run(ctx, ln) })
 	return g.Wait()
 }
 
@@ -228,28 +169,32 @@ func serveOn(ctx context.Context, g *daemon.Group, name, addr string, h http.Han
 	return nil
 }
 
-// startCertSource starts what provides the serving pair in the chosen mode
-// and returns the readiness checks it adds.
-func startCertSource(ctx context.Context, g *daemon.Group, o *WebhookOptions, deps *webhookDeps, clk clock.Clock) []webhook.Check {
+// newCertSource returns the certificate source of the chosen mode; nil in
+// files mode, where something else writes --cert-dir.
+func newCertSource(o *WebhookOptions, deps *webhookDeps, clk clock.Clock) webhook.CertSource {
 	switch o.CertMode {
 	case CertModeSelfManaged:
-		syncer := selfmanaged.NewSyncer(deps.kube, o.Namespace, o.CertSecret, o.CertDir, o.CertSyncInterval, clk)
-		g.Go("certificate syncer", func() error { syncer.Run(ctx); return nil })
-		rotator := selfmanaged.NewRotator(deps.kube, o.rotatorOptions(), clk)
-		rotator.OnSecretWritten(syncer.Kick)
-		lo := selfmanaged.LeaderOptions{
-			Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: identity(),
-			LeaseDuration: o.LeaseDuration, RenewDeadline: o.LeaseRenewDeadline, RetryPeriod: o.LeaseRetryPeriod,
-		}
-		g.Go("certificate leader", func() error { return selfmanaged.RunLeader(ctx, deps.lease, lo, rotator.Run) })
+		return selfmanaged.NewSource(deps.kube, deps.lease, selfmanaged.SourceOptions{
+			Rotator: o.rotatorOptions(),
+			Leader: selfmanaged.LeaderOptions{
+				Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: identity(),
+				LeaseDuration: o.LeaseDuration, RenewDeadline: o.LeaseRenewDeadline, RetryPeriod: o.LeaseRetryPeriod,
+			},
+			Dir:          o.CertDir,
+			SyncInterval: o.CertSyncInterval,
+		}, clk)
 	case CertModeCertManager:
 		// Followed by a watch; the retry applies after a failed read.
-		st := certmanager.New(deps.ctrl, types.NamespacedName{Namespace: o.Namespace, Name: o.CertificateName}, 5*time.Second, clk)
-		g.Go("cert-manager status", func() error { st.Run(ctx); return nil })
-		return []webhook.Check{{Name: "cert-manager-certificate", Fn: st.Ready}}
+		return certManagerSource{certmanager.New(deps.ctrl, types.NamespacedName{Namespace: o.Namespace, Name: o.CertificateName}, 5*time.Second, clk)}
 	}
 	return nil
 }
+
+// certManagerSource follows the serving Certificate that cert-manager
+// issues into the Secret mounted at --cert-dir.
+type certManagerSource struct{ *certmanager.Status }
+
+func (s certManagerSource) Run(ctx context.Context) error { s.Status.Run(ctx); return nil }
 
 // identity names this replica in the lease: the pod name when set.
 func identity() string {

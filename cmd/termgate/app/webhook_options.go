@@ -14,6 +14,7 @@ import (
 	"termgate.dev/termgate/cmd/termgate/daemon"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/nodecache"
+	"termgate.dev/termgate/webhook/nodepods"
 )
 
 // Certificate modes.
@@ -32,13 +33,25 @@ type WebhookOptions struct {
 	QPS           float64
 	Burst         int
 
-	TaintEffect        string
-	AgentUsername      string
+	TaintEffect   string
+	AgentUsername string
+	// ConfineDenyOnError is accepted for compatibility: the confinement
+	// always fails closed now.
 	ConfineDenyOnError bool
-	// ConfineQPS and ConfineBurst are the confinement's own client budget:
-	// its node-pod informers and the pod reads the cache cannot answer.
-	ConfineQPS   float64
-	ConfineBurst int
+	// ConfineQPS and ConfineBurst are the budget of the pod lists of nodes
+	// that become terminating; ConfineReadQPS and ConfineReadBurst that of
+	// the confinement's single reads (the agent's node, pods the lists do
+	// not hold), apart so reads can never starve the lists.
+	ConfineQPS       float64
+	ConfineBurst     int
+	ConfineReadQPS   float64
+	ConfineReadBurst int
+	// ConfineNodeReadQPS and ConfineNodeReadBurst are each node's share of
+	// the single reads, so one node's agent cannot spend the others';
+	// ConfineLinger is how long a node's pods are kept after its mark goes.
+	ConfineNodeReadQPS   float64
+	ConfineNodeReadBurst int
+	ConfineLinger        time.Duration
 
 	// ConfirmNodeSelectors picks the nodes whose state a bind re-reads
 	// from the API server (';'-separated label selectors); ConfirmTimeout
@@ -48,6 +61,14 @@ type WebhookOptions struct {
 	ConfirmTimeout       time.Duration
 	ConfirmQPS           float64
 	ConfirmBurst         int
+	// PinnedConfirmQPS and PinnedConfirmBurst are the pinned-pod gate's own
+	// re-read budget: any tenant can create pinned pods, and they must not
+	// spend the reads that binds need.
+	PinnedConfirmQPS   float64
+	PinnedConfirmBurst int
+	// RefuseUnconfirmed refuses a bind or pinned pod onto a node whose
+	// re-read failed, instead of allowing it on the cache's word.
+	RefuseUnconfirmed bool
 
 	// Limits of the admission server.
 	Limits webhook.Limits
@@ -89,6 +110,13 @@ func NewWebhookOptions() *WebhookOptions {
 	return &WebhookOptions{
 		ConfineQPS:           50,
 		ConfineBurst:         100,
+		ConfineReadQPS:       50,
+		ConfineReadBurst:     100,
+		ConfineNodeReadQPS:   nodepods.DefaultNodeReadQPS,
+		ConfineNodeReadBurst: nodepods.DefaultNodeReadBurst,
+		ConfineLinger:        nodepods.DefaultLinger,
+		PinnedConfirmQPS:     20,
+		PinnedConfirmBurst:   40,
 		ConfirmNodeSelectors: nodecache.DefaultAtRisk,
 		// The API server waits 2 s for the webhook; a read still waiting
 		// after half a second leaves time to answer from the cache.
@@ -139,8 +167,16 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address serving Prometheus /metrics; \"0\" disables.")
 	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for the node cache, the bind gate's pod reads and certificate work.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the node cache, the bind gate's pod reads and certificate work.")
-	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the agent confinement alone: pod lists of marked nodes and the pod reads they cannot answer.")
-	fs.IntVar(&o.ConfineBurst, "confine-kube-api-burst", o.ConfineBurst, "Client burst of the agent confinement alone.")
+	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the pod lists of nodes that become terminating (the agent confinement's memory).")
+	fs.IntVar(&o.ConfineBurst, "confine-kube-api-burst", o.ConfineBurst, "Client burst of the pod lists of nodes that become terminating.")
+	fs.Float64Var(&o.ConfineReadQPS, "confine-read-kube-api-qps", o.ConfineReadQPS, "Client QPS of the agent confinement's single reads: the agent's node when the cache has not seen its mark, and pods the lists do not hold.")
+	fs.IntVar(&o.ConfineReadBurst, "confine-read-kube-api-burst", o.ConfineReadBurst, "Client burst of the agent confinement's single reads.")
+	fs.Float64Var(&o.ConfineNodeReadQPS, "confine-node-read-qps", o.ConfineNodeReadQPS, "Each node's share of the confinement's pod reads, so one node's agent cannot spend the others'.")
+	fs.IntVar(&o.ConfineNodeReadBurst, "confine-node-read-burst", o.ConfineNodeReadBurst, "Each node's burst of the confinement's pod reads.")
+	fs.DurationVar(&o.ConfineLinger, "confine-linger", o.ConfineLinger, "How long the pods of a node are kept in memory after its mark goes, so a node flipping its mark causes no new lists.")
+	fs.Float64Var(&o.PinnedConfirmQPS, "pinned-confirm-kube-api-qps", o.PinnedConfirmQPS, "Client QPS of the node re-reads before pinned pods, apart from the binds'.")
+	fs.IntVar(&o.PinnedConfirmBurst, "pinned-confirm-kube-api-burst", o.PinnedConfirmBurst, "Client burst of the node re-reads before pinned pods.")
+	fs.BoolVar(&o.RefuseUnconfirmed, "refuse-unconfirmed", o.RefuseUnconfirmed, "Refuse a bind or pinned pod onto a node whose re-read failed or timed out (the scheduler retries), instead of allowing it on the cache's word.")
 	fs.StringVar(&o.ConfirmNodeSelectors, "confirm-node-selectors", o.ConfirmNodeSelectors, "Label selectors, separated by ';', of nodes that may be reclaimed at short notice. A bind or pinned pod onto such a node (or onto a node in the advance state) re-reads the node from the API server when the cache says it is not terminating, so a mark the cache has not seen yet still counts. Empty re-reads advance nodes only.")
 	fs.DurationVar(&o.ConfirmTimeout, "confirm-timeout", o.ConfirmTimeout, "Longest fresh node read; past it the cache's answer is used (counted as failed).")
 	fs.Float64Var(&o.ConfirmQPS, "confirm-kube-api-qps", o.ConfirmQPS, "Client QPS of the fresh node reads alone.")
@@ -156,7 +192,7 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.Limits.MaxConcurrentStreams, "http2-max-concurrent-streams", o.Limits.MaxConcurrentStreams, "Admission server: HTTP/2 streams per connection.")
 	fs.StringVar(&o.TaintEffect, "taint-effect", o.TaintEffect, "Effect of the termination taint the agent writes (NoSchedule or NoExecute); decides which tolerations count.")
 	fs.StringVar(&o.AgentUsername, "agent-username", o.AgentUsername, "User name of the agent's service account, confined to its own node.")
-	fs.BoolVar(&o.ConfineDenyOnError, "confine-deny-on-error", o.ConfineDenyOnError, "Refuse an agent eviction when the pod cannot be read (fail closed); default allows.")
+	fs.BoolVar(&o.ConfineDenyOnError, "confine-deny-on-error", o.ConfineDenyOnError, "Deprecated, no effect: the agent confinement always fails closed.")
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "Time between turning not-ready and closing the server, so callers stop sending first.")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", o.ShutdownTimeout, "Longest wait for requests in flight at shutdown.")
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the webhook (secret, lease, certificate); defaults to $POD_NAMESPACE or termgate.")
@@ -225,7 +261,9 @@ func (o *WebhookOptions) Validate() error {
 	if o.ConfirmTimeout <= 0 {
 		errs = append(errs, errors.New("--confirm-timeout must be positive"))
 	}
-	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 || o.ConfirmQPS <= 0 || o.ConfirmBurst <= 0 {
+	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 ||
+		o.ConfineReadQPS <= 0 || o.ConfineReadBurst <= 0 || o.ConfineNodeReadQPS <= 0 || o.ConfineNodeReadBurst <= 0 ||
+		o.ConfirmQPS <= 0 || o.ConfirmBurst <= 0 || o.PinnedConfirmQPS <= 0 || o.PinnedConfirmBurst <= 0 {
 		errs = append(errs, errors.New("client QPS and burst must be positive"))
 	}
 	if o.AgentUsername == "" {
@@ -235,6 +273,28 @@ func (o *WebhookOptions) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// webhookOptions are the settings webhook.New takes.
+func (o *WebhookOptions) webhookOptions() (webhook.Options, error) {
+	atRisk, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors)
+	if err != nil {
+		return webhook.Options{}, fmt.Errorf("--confirm-node-selectors: %w", err)
+	}
+	return webhook.Options{
+		TaintEffect:       corev1.TaintEffect(o.TaintEffect),
+		AgentUsername:     o.AgentUsername,
+		ConfirmSelectors:  atRisk,
+		ConfirmTimeout:    o.ConfirmTimeout,
+		RefuseUnconfirmed: o.RefuseUnconfirmed,
+		ConfinePods: nodepods.Options{
+			Linger: o.ConfineLinger, NodeReadQPS: o.ConfineNodeReadQPS, NodeReadBurst: o.ConfineNodeReadBurst,
+		},
+		Limits:          o.Limits,
+		ShutdownDelay:   o.ShutdownDelay,
+		ShutdownTimeout: o.ShutdownTimeout,
+		CertDir:         o.CertDir,
+	}, nil
 }
 
 func (o *WebhookOptions) hosts() []string {
