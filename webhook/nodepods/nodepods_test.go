@@ -68,7 +68,9 @@ func (a *api) counts() (lists, reads int) {
 	return a.lists, a.reads
 }
 
-func web(i string) Pod { return Pod{Namespace: "apps", Name: "web-" + i, UID: types.UID("uid-web-" + i)} }
+func web(i string) Pod {
+	return Pod{Namespace: "apps", Name: "web-" + i, UID: types.UID("uid-web-" + i)}
+}
 
 func startIndex(t *testing.T, a *api, opts Options) (*Index, *clocktesting.FakeClock) {
 	t.Helper()
