@@ -113,7 +113,8 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 	if mark.NoticeTime.IsZero() || mark.Deadline.IsZero() || mark.Deadline.Before(mark.NoticeTime) {
 		return Result{}, fmt.Errorf("drain mark: notice %s and deadline %s do not form a window", mark.NoticeTime, mark.Deadline)
 	}
-	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("node", d.cfg.NodeName))
+	// The caller's logger names the node already (the agent's carries it
+	// on every line); adding it here wrote it twice on drain lines.
 	changes, unsubscribe := d.pods.Subscribe()
 	defer unsubscribe()
 
