@@ -75,6 +75,10 @@ type CertSource interface {
 	Ready() error
 }
 
+// confineReadTimeout bounds the confinement's re-read of an agent's node:
+// most of the 1.6 s a gate allows itself of the API server's 2 s.
+const confineReadTimeout = 1200 * time.Millisecond
+
 // Webhook is one replica: its caches, gates and admission server.
 type Webhook struct {
 	opts     Options
@@ -101,8 +105,8 @@ func New(o Options, c Clients, certSource CertSource, reg prometheus.Registerer,
 		return nil, err
 	}
 	nodes := nodecache.New(c.Metadata, nodecache.SelectorLabelKeys(o.ConfirmSelectors))
-	reread := func(m metadata.Interface) *nodecache.Rereader {
-		return nodecache.NewRereader(m.Resource(nodecache.NodesResource), o.ConfirmTimeout)
+	reread := func(m metadata.Interface, timeout time.Duration) *nodecache.Rereader {
+		return nodecache.NewRereader(m.Resource(nodecache.NodesResource), timeout)
 	}
 	pods := nodepods.New(nodepods.APILister{Client: c.ConfineLists}, nodepods.APILister{Client: c.ConfineReads}, clk, o.ConfinePods)
 	nodes.OnTerminatingChange(pods.SetTerminating)
@@ -111,10 +115,13 @@ func New(o Options, c Clients, certSource CertSource, reg prometheus.Registerer,
 	}
 	w := &Webhook{opts: o, nodes: nodes, pods: pods, reloader: certs.NewReloader(o.CertDir, clk), certs: certSource}
 	w.handler = Handler(Config{
-		Nodes:             nodecache.NewConfirmer(nodes, reread(c.BindRereads), o.ConfirmSelectors, confirmMetrics),
-		PinnedNodes:       nodecache.NewConfirmer(nodes, reread(c.PinnedRereads), o.ConfirmSelectors, confirmMetrics),
-		Pods:              APIPods{Client: c.Kube},
-		AgentMarks:        nodecache.NewMarks(nodes, reread(c.ConfineReads)),
+		Nodes:       nodecache.NewConfirmer(nodes, reread(c.BindRereads, o.ConfirmTimeout), o.ConfirmSelectors, confirmMetrics),
+		PinnedNodes: nodecache.NewConfirmer(nodes, reread(c.PinnedRereads, o.ConfirmTimeout), o.ConfirmSelectors, confirmMetrics),
+		Pods:        APIPods{Client: c.Kube},
+		// A bind that cannot be confirmed falls back on the cache; an
+		// eviction that cannot be checked is refused, so the
+		// confinement's re-read may use most of the call's time.
+		AgentMarks:        nodecache.NewMarks(nodes, reread(c.ConfineReads, confineReadTimeout), pods.Warm),
 		AgentPods:         pods,
 		TaintEffect:       o.TaintEffect,
 		RefuseUnconfirmed: o.RefuseUnconfirmed,
@@ -212,14 +219,16 @@ func (w *Webhook) Run(ctx context.Context, ln net.Listener) error {
 	for name, run := range parts {
 		go func() { done <- result{name, run(ctx)} }()
 	}
+	// A part may return early with no error (the node cache, once synced,
+	// leaves its informer running); only a failure stops the others.
 	var first error
 	for range parts {
 		r := <-done
 		if r.err != nil && first == nil && ctx.Err() == nil {
 			first = fmt.Errorf("%s: %w", r.name, r.err)
 			log.FromContext(ctx).Error(r.err, "Webhook component failed; stopping", "component", r.name)
+			cancel()
 		}
-		cancel()
 	}
 	return first
 }

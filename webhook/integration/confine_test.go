@@ -300,6 +300,11 @@ func TestAStolenAgentTokenCannotEvictOnAnotherNode(t *testing.T) {
 			}
 		}
 	})
+	// Let the flood use up the thief's node's read budget before the
+	// draining node's agent evicts.
+	testenv.Eventually(t, 10*time.Second, "the flood under way", func(context.Context) (bool, string, error) {
+		return floods.Load() >= 200, fmt.Sprintf("%d sent", floods.Load()), nil
+	})
 	took := drain(t, owner, ns, "victim-")
 	stop()
 	wg.Wait()

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -176,7 +177,7 @@ func newReplica(c *cluster.Cluster, certDir string, certSource webhook.CertSourc
 	if err != nil {
 		return nil, err
 	}
-	return webhook.New(opts, clients, certSource, registry, logr.Discard(), clock.RealClock{})
+	return webhook.New(opts, clients, certSource, registry, testLogger(), clock.RealClock{})
 }
 
 func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
@@ -324,4 +325,13 @@ func servedCert(t *testing.T, addr string) []byte {
 	}
 	defer conn.Close()
 	return bytes.Clone(conn.ConnectionState().PeerCertificates[0].Raw)
+}
+
+// testLogger logs the replicas' decisions to stderr when TERMGATE_TEST_LOG
+// is set, for debugging a failing run; else nothing.
+func testLogger() logr.Logger {
+	if os.Getenv("TERMGATE_TEST_LOG") == "" {
+		return logr.Discard()
+	}
+	return logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-2)}))
 }

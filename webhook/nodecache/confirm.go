@@ -95,11 +95,18 @@ func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
 type Marks struct {
 	cache Lookup
 	reads *Rereader
+	// seen is told of a mark found by a fresh read, before the cache
+	// delivers it, so what follows a mark (the confinement's list of the
+	// node's pods) starts at once.
+	seen func(node string)
 }
 
 // NewMarks answers from cache, re-reading through reads what the cache
-// does not hold as terminating.
-func NewMarks(cache Lookup, reads *Rereader) *Marks { return &Marks{cache: cache, reads: reads} }
+// does not hold as terminating; seen, if not nil, is called for each node
+// a re-read finds terminating.
+func NewMarks(cache Lookup, reads *Rereader, seen func(node string)) *Marks {
+	return &Marks{cache: cache, reads: reads, seen: seen}
+}
 
 // Terminating reports whether node name is marked terminating now. An
 // error means the answer is unknown.
@@ -112,6 +119,9 @@ func (m *Marks) Terminating(ctx context.Context, name string) (bool, error) {
 		return false, err
 	}
 	mark, _, _ := nodemark.Read(fresh.Annotations)
+	if mark.Terminating() && m.seen != nil {
+		m.seen(name)
+	}
 	return mark.Terminating(), nil
 }
 

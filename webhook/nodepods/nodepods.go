@@ -15,7 +15,8 @@
 //   - on demand: an eviction of a pod the index does not hold on that node
 //     waits for a list already under way, or reads that one pod (a LIST by
 //     name and node), on a small budget per node, so one node's agent
-//     cannot use up the reads of the others;
+//     cannot use up the reads of the others; a call over the budget is
+//     refused at once rather than held;
 //   - kept: a node's entry stays for a while after its mark goes, so a node
 //     that flips its own mark causes no churn, and is dropped after that.
 //
@@ -207,6 +208,25 @@ func (x *Index) SetTerminating(name string, terminating bool) {
 	}
 }
 
+// Warm lists node's pods now (unless listed within Relist), for a mark
+// found before the node cache delivered it: the agent's evictions follow
+// its mark within milliseconds. The entry expires like an unmarked node's
+// unless the cache then reports the mark.
+func (x *Index) Warm(name string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n := x.nodes[name]
+	if n == nil {
+		n = x.newNodeLocked(name)
+	}
+	if !n.marked {
+		n.unmarkedAt = x.clock.Now()
+	}
+	if n.listing == nil && (n.listedAt.IsZero() || x.clock.Since(n.listedAt) >= x.opts.Relist) {
+		x.listLocked(name, n)
+	}
+}
+
 func (x *Index) newNodeLocked(name string) *node {
 	n := &node{pods: map[string]types.UID{}, reads: rate.NewLimiter(rate.Limit(x.opts.NodeReadQPS), x.opts.NodeReadBurst)}
 	x.nodes[name] = n
@@ -239,8 +259,8 @@ func (x *Index) listLocked(name string, n *node) {
 
 // Locate says whether the pod namespace/name with uid runs on node name.
 // It answers from memory when it can, waits for a list of the node under
-// way, and otherwise reads the pod on the node's own budget (ErrBudget when
-// it is spent for the time ctx leaves).
+// way, and otherwise reads the pod on the node's own budget (ErrBudget at
+// once when it is spent).
 func (x *Index) Locate(ctx context.Context, name, namespace, pod string, uid types.UID) (Located, error) {
 	k := key(namespace, pod)
 	x.mu.Lock()
@@ -267,8 +287,11 @@ func (x *Index) Locate(ctx context.Context, name, namespace, pod string, uid typ
 			return Located{Placement: OnNode}, nil
 		}
 	}
-	if err := n.reads.Wait(ctx); err != nil {
-		return Located{Placement: NotOnNode}, fmt.Errorf("%w (node %s): %v", ErrBudget, name, err)
+	// No waiting for the budget: a call waiting here would hold one of the
+	// webhook's in-flight slots, and a node's agent token flooding made-up
+	// names could then fill them all.
+	if !n.reads.Allow() {
+		return Located{Placement: NotOnNode}, fmt.Errorf("%w (node %s)", ErrBudget, name)
 	}
 	p, found, err := x.reads.PodOn(ctx, name, namespace, pod)
 	if err != nil {

@@ -187,9 +187,7 @@ func TestOneNodesReadsCannotSpendAnothersBudget(t *testing.T) {
 	x, _ := startIndex(t, a, Options{NodeReadQPS: 0.001, NodeReadBurst: 5})
 	refused := 0
 	for i := range 50 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-		_, err := x.Locate(ctx, "node-a", "apps", "made-up-"+string(rune('a'+i%26)), "uid")
-		cancel()
+		_, err := x.Locate(context.Background(), "node-a", "apps", "made-up-"+string(rune('a'+i%26)), "uid")
 		if errors.Is(err, ErrBudget) {
 			refused++
 		}
@@ -224,5 +222,22 @@ func TestANodeFlippingItsMarkCausesNoChurn(t *testing.T) {
 	}
 	// The index's ticker runs on the fake clock: step it until it has
 	// swept the entry.
+	waitFor(t, func() bool { clk.Step(15 * time.Second); return x.Stats().Nodes == 0 })
+}
+
+// TestAMarkFoundBeforeTheCacheWarmsTheNode: the confinement's re-read of
+// an agent's node finds the mark first; the list starts then, and the
+// entry expires unless the cache reports the mark.
+func TestAMarkFoundBeforeTheCacheWarmsTheNode(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1")}}}
+	x, clk := startIndex(t, a, Options{Linger: time.Minute})
+	x.Warm("node-a")
+	waitFor(t, func() bool { return x.Listed("node-a") })
+	if got := locate(t, x, "node-a", web("1")); got != (Located{Placement: OnNode}) {
+		t.Fatalf("got %+v, want on the node from the warm list", got)
+	}
+	if s := x.Stats(); s.Marked != 0 {
+		t.Fatalf("a warmed node counts as followed: %+v", s)
+	}
 	waitFor(t, func() bool { clk.Step(15 * time.Second); return x.Stats().Nodes == 0 })
 }
