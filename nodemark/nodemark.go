@@ -29,6 +29,13 @@ const (
 	// AnnotationBootID is the node's boot ID when it was marked; a node that
 	// comes back with another boot ID is a new machine and gets unmarked.
 	AnnotationBootID = "termgate.dev/boot-id"
+	// AnnotationSource names the notice source that made the mark (gce,
+	// aws, azure) and AnnotationNoticeID the notice's id within it (a
+	// metadata key, an EC2 EventId, an Azure EventId): a withdrawal removes
+	// exactly the mark its notice made, and a restarted agent recognises
+	// its predecessor's mark by them.
+	AnnotationSource   = "termgate.dev/source"
+	AnnotationNoticeID = "termgate.dev/notice-id"
 
 	// LabelExcludeFromLB removes the node from external load balancers.
 	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
@@ -59,6 +66,12 @@ const (
 	ReasonPreempted           Reason = "Preempted"
 	ReasonHostMaintenance     Reason = "HostMaintenance"
 	ReasonUpcomingMaintenance Reason = "UpcomingMaintenance"
+	// ReasonTermination: the VM is being deleted on purpose (an Azure
+	// scale-set Terminate notification).
+	ReasonTermination Reason = "Termination"
+	// ReasonRebalanceRecommended: the cloud warns that the VM is at an
+	// elevated risk of interruption (an EC2 rebalance recommendation).
+	ReasonRebalanceRecommended Reason = "RebalanceRecommended"
 )
 
 // Mark is what the agent records on a Node.
@@ -68,24 +81,37 @@ type Mark struct {
 	NoticeTime time.Time
 	Deadline   time.Time
 	BootID     string
+	// Source and NoticeID say which notice the mark stands for; empty on
+	// marks written before termgate recorded them.
+	Source   string
+	NoticeID string
 }
 
 // timeLayout keeps milliseconds: a 30 s budget is tracked to the millisecond.
 const timeLayout = "2006-01-02T15:04:05.000Z07:00"
 
-// Annotations renders the mark as Node annotations.
+// Annotations renders the mark as Node annotations. Source and NoticeID are
+// left out when empty.
 func (m Mark) Annotations() map[string]string {
-	return map[string]string{
+	a := map[string]string{
 		AnnotationState:      string(m.State),
 		AnnotationReason:     string(m.Reason),
 		AnnotationNoticeTime: m.NoticeTime.UTC().Format(timeLayout),
 		AnnotationDeadline:   m.Deadline.UTC().Format(timeLayout),
 		AnnotationBootID:     m.BootID,
 	}
+	if m.Source != "" {
+		a[AnnotationSource] = m.Source
+	}
+	if m.NoticeID != "" {
+		a[AnnotationNoticeID] = m.NoticeID
+	}
+	return a
 }
 
 // AnnotationKeys lists every annotation a Mark writes.
-var AnnotationKeys = []string{AnnotationState, AnnotationReason, AnnotationNoticeTime, AnnotationDeadline, AnnotationBootID}
+var AnnotationKeys = []string{AnnotationState, AnnotationReason, AnnotationNoticeTime, AnnotationDeadline, AnnotationBootID,
+	AnnotationSource, AnnotationNoticeID}
 
 // OwnedAnnotationKeys lists every annotation termgate may leave on a Node,
 // the mark's and AnnotationLBLabelAdded: what unmarking removes.
@@ -101,7 +127,8 @@ func Read(annotations map[string]string) (m Mark, ok bool, err error) {
 	if !ok {
 		return Mark{}, false, nil
 	}
-	m = Mark{State: State(state), Reason: Reason(annotations[AnnotationReason]), BootID: annotations[AnnotationBootID]}
+	m = Mark{State: State(state), Reason: Reason(annotations[AnnotationReason]), BootID: annotations[AnnotationBootID],
+		Source: annotations[AnnotationSource], NoticeID: annotations[AnnotationNoticeID]}
 	if m.State != StateAdvance && m.State != StateTerminating {
 		return m, true, fmt.Errorf("annotation %s: unknown state %q", AnnotationState, state)
 	}
