@@ -14,13 +14,13 @@ import (
 
 // Handler serves the agent's probes and metrics:
 //
-//	/healthz  the metadata watch is alive (hanging GETs keep answering)
+//	/healthz  the notice source is alive (the cloud keeps answering)
 //	/readyz   caches synced, metadata read, last reconcile fine, API reachable
 //	/metrics  Prometheus
 func (a *Agent) Handler(gatherer prometheus.Gatherer) http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
-	r.Get("/healthz", probe(func(context.Context) error { return a.watcher.Alive() }))
+	r.Get("/healthz", probe(func(context.Context) error { return a.alive() }))
 	r.Get("/readyz", probe(func(ctx context.Context) error {
 		if err := a.Ready(); err != nil {
 			return err

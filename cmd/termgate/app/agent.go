@@ -20,7 +20,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"termgate.dev/termgate/agent"
+	"termgate.dev/termgate/agent/aws"
+	"termgate.dev/termgate/agent/azure"
 	"termgate.dev/termgate/agent/drain"
+	"termgate.dev/termgate/agent/notice"
 	"termgate.dev/termgate/agent/watch"
 	"termgate.dev/termgate/cmd/termgate/daemon"
 )
@@ -30,6 +33,10 @@ type agentOptions struct {
 	agent  agent.Config
 	drain  drain.Config
 	watch  watch.Config
+	aws    aws.Config
+	azure  azure.Config
+	cloud  string
+	poll   time.Duration
 	client daemon.ClientOptions
 	listen string
 	taint  string
@@ -37,7 +44,8 @@ type agentOptions struct {
 }
 
 func newAgentOptions() *agentOptions {
-	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), log: daemon.LogOptions{Format: "json"}}
+	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), aws: aws.DefaultConfig(), azure: azure.DefaultConfig(),
+		cloud: cloudAuto, poll: time.Second, log: daemon.LogOptions{Format: "json"}}
 	o.drain = drain.Config{}.WithDefaults()
 	return o
 }
@@ -67,6 +75,14 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.drain.BackoffCap, "eviction-backoff-cap", o.drain.BackoffCap, "longest retry delay after refused evictions")
 	fs.DurationVar(&o.drain.MinDeleteGrace, "min-delete-grace", o.drain.MinDeleteGrace, "shortest grace period of an escalated delete")
 	fs.DurationVar(&o.watch.PollTimeout, "metadata-poll-timeout", o.watch.PollTimeout, "timeout_sec of each hanging GET; bounds how stale the watch can be unnoticed")
+	fs.StringVar(&o.cloud, "cloud", o.cloud, "whose notices to follow: gce, aws, azure, or auto (from the Node's spec.providerID: gce://, aws://, azure://; never by probing addresses)")
+	fs.DurationVar(&o.poll, "metadata-poll-interval", o.poll, "longest time between two reads of EC2's and Azure's notices (jittered below it); GCE's are hanging GETs")
+	fs.StringVar(&o.aws.Endpoint, "aws-imds-endpoint", o.aws.Endpoint, "EC2 instance metadata endpoint; empty means $AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254 (IMDSv2 only, never through a proxy)")
+	fs.StringVar(&o.azure.Endpoint, "azure-metadata-endpoint", o.azure.Endpoint, "Azure instance metadata endpoint of Scheduled Events (never through a proxy)")
+	fs.BoolVar(&o.azure.Acknowledge, "azure-acknowledge", false, "once a drain is done, let the Azure event start at once (StartRequests), only for events of this VM alone")
+	fs.BoolVar(&o.agent.DrainOnAdvisory, "drain-on-advisory", false, "drain on advisory notices (EC2 rebalance recommendation) instead of only discouraging new pods")
+	fs.BoolVar(&o.agent.DrainOnPause, "drain-on-pause", false, "drain on notices that freeze the VM briefly (Azure Freeze, EC2 system-maintenance) instead of only discouraging new pods")
+	fs.DurationVar(&o.agent.AdvisoryBudget, "advisory-budget", o.agent.AdvisoryBudget, "deadline assumed after an advisory notice that gives no time (EC2 rebalance recommendation)")
 	o.log.AddFlags(fs)
 }
 
@@ -76,6 +92,7 @@ func (o *agentOptions) Complete() {
 	o.drain.TaintEffect = o.agent.TaintEffect
 	o.drain.NodeName = o.agent.NodeName
 	o.drain.DryRun = o.agent.DryRun
+	o.aws.PollInterval, o.azure.PollInterval = o.poll, o.poll
 }
 
 // Validate checks the completed options once at start-up.
@@ -84,6 +101,16 @@ func (o *agentOptions) Validate() error {
 	if o.watch.PollTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("metadata poll timeout %s must be at least 1s", o.watch.PollTimeout))
 	}
+	switch o.cloud {
+	case cloudAuto, watch.SourceName, aws.SourceName, azure.SourceName:
+	default:
+		errs = append(errs, fmt.Errorf("--cloud=%q: want gce, aws, azure or auto", o.cloud))
+	}
+	// Every cloud's settings are checked, whichever the Node turns out to
+	// be on; the Azure VM's name comes from the Node later.
+	az := o.azure
+	az.VMName = "known-later"
+	errs = append(errs, o.aws.Validate(), az.Validate())
 	errs = append(errs, o.client.Validate(), o.log.Validate())
 	return errors.Join(errs...)
 }
@@ -132,7 +159,7 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	wm, err := watch.NewMetrics(reg)
+	sm, err := notice.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
@@ -154,7 +181,7 @@ func (o *agentOptions) run(ctx context.Context) error {
 	a, err := agent.New(o.agent, agent.Parts{
 		Client:  client,
 		Clock:   clk,
-		Watcher: watch.New(clk, o.watch, wm),
+		Sources: o.sources(clk, sm),
 		Drainer: drain.New(client, pods, clk, o.drain, recorder),
 		Pods:    pods,
 		Events:  recorder,
