@@ -49,7 +49,7 @@ type AgentSpec struct {
 	Dir          string // log directory
 	Kubeconfig   string
 	Node         string
-	MetadataHost string   // the fake metadata server of this node
+	MetadataHost string   // the fake GCE metadata server of this node; other clouds' endpoints go in Env or Flags
 	Flags        []string // extra flags, e.g. --preemption-notice=10s
 	// Env is added to the process's environment, e.g. MEMORY_LIMIT as the
 	// DaemonSet sets it from the container's limit.
@@ -72,7 +72,10 @@ func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
 	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig, "--listen=" + addr, "--log-format=text"}, s.Flags...)
-	env := []string{"NODE_NAME=" + s.Node, "GCE_METADATA_HOST=" + s.MetadataHost}
+	env := []string{"NODE_NAME=" + s.Node}
+	if s.MetadataHost != "" {
+		env = append(env, "GCE_METADATA_HOST="+s.MetadataHost)
+	}
 	if s.Pod != nil {
 		env = append(env, "POD_NAME="+s.Pod.Name, "POD_NAMESPACE="+s.Pod.Namespace)
 	}

@@ -9,7 +9,9 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"termgate.dev/termgate/test/azurefake"
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/ec2fake"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/localrun"
 )
@@ -67,6 +69,10 @@ type Env struct {
 	// ownNamespace is termgate's namespace when it runs as pods in the
 	// cluster: the scenarios leave its pods out of their figures.
 	ownNamespace string
+	// ec2 and azure are the stand-in metadata services of the nodes on
+	// those clouds, by node name.
+	ec2   map[string]*ec2fake.Server
+	azure map[string]*azurefake.Server
 }
 
 // Certificate sources of the webhook (EnvOptions.Certs).
@@ -157,6 +163,12 @@ func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisec
 
 func (e *Env) startMetadata() error {
 	for _, n := range e.Nodes {
+		if n.Cloud != "" && n.Cloud != cluster.CloudGCE {
+			if err := e.startStandIn(n); err != nil {
+				return err
+			}
+			continue
+		}
 		_, err := e.Fleet.Add(gcefake.Instance{
 			Name: n.Name, Zone: n.Zone, MachineType: n.MachineType, Preemptible: n.Spot, Accelerator: n.Accelerator,
 		})
@@ -182,7 +194,6 @@ func (e *Env) startAgents(ctx context.Context, binary string) error {
 	errs := make([]error, len(e.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range e.Nodes {
-		md, _ := e.Fleet.Get(n.Name)
 		wg.Go(func() {
 			s := spec
 			s.Node = n.Name
@@ -191,10 +202,10 @@ func (e *Env) startAgents(ctx context.Context, binary string) error {
 				errs[i] = err
 				return
 			}
-			agents[i], errs[i] = localrun.StartAgent(ctx, localrun.AgentSpec{
+			agents[i], errs[i] = localrun.StartAgent(ctx, e.metadataOf(n, localrun.AgentSpec{
 				Binary: binary, Dir: e.Cluster.Dir, Kubeconfig: id.Kubeconfig,
-				Node: n.Name, MetadataHost: md.Host(), Flags: e.AgentFlags, Pod: id.Pod,
-			})
+				Node: n.Name, Flags: e.AgentFlags, Pod: id.Pod,
+			}))
 		})
 	}
 	wg.Wait()
@@ -253,4 +264,5 @@ func (e *Env) Stop() {
 	wg.Wait()
 	e.agents, e.Webhook, e.certManager = nil, nil, nil
 	_ = e.Fleet.Close()
+	e.closeStandIns()
 }
