@@ -7,6 +7,10 @@
 // webhook configurations registered and the webhook running as in
 // `make demo`, the DaemonSet's arguments and memory limit.
 //   - notice_to_mark_ms_p50/p99: metadata flip to the taint seen by a watch
+//     (GCE: the hanging GET answers at once)
+//   - notice_to_mark_ms_p50/p99_aws, _azure: the same on an EC2 node
+//     (IMDSv2 stand-in) and an Azure node (Scheduled Events stand-in),
+//     whose agents poll: the target is the poll interval plus 50 ms
 //   - drain110_evictions_issued_ms_p50: flip until every regular pod of
 //     100 regular + 10 kube-system has a deletionTimestamp
 //   - drain110_all_gone_ms_p50: flip until all 110 are gone
@@ -64,13 +68,14 @@ import (
 )
 
 type options struct {
-	markTrials, drainTrials, fatPods int
-	out                              string
+	markTrials, cloudMarkTrials, drainTrials, fatPods int
+	out                                               string
 }
 
 func main() {
 	var o options
 	flag.IntVar(&o.markTrials, "mark-trials", 200, "notice-to-mark trials (as deployed; 0 skips them)")
+	flag.IntVar(&o.cloudMarkTrials, "cloud-mark-trials", 100, "notice-to-mark trials on the EC2 node and on the Azure node, each about a poll interval long (0 skips them)")
 	flag.IntVar(&o.drainTrials, "drain-trials", 5, "rounds of 110-pod drains: as deployed, admin, eviction floor (0 skips them)")
 	flag.IntVar(&o.fatPods, "fat-pods", 60, "pods of 250 KiB annotations and 1 MiB environment for the memory figure (0 skips it)")
 	flag.StringVar(&o.out, "out", "bin/bench/agent.json", "where to write the results")
@@ -104,12 +109,14 @@ type bench struct {
 }
 
 func run(ctx context.Context, o options) error {
-	if o.markTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 {
-		return errors.New("-mark-trials, -drain-trials and -fat-pods must not be negative")
+	if o.markTrials < 0 || o.cloudMarkTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 {
+		return errors.New("-mark-trials, -cloud-mark-trials, -drain-trials and -fat-pods must not be negative")
 	}
 	nodes := []cluster.NodeSpec{
 		{Name: spotNode, Zone: "us-central1-a", MachineType: "e2-standard-4", Spot: true},
 		{Name: fatNode, Zone: "us-central1-b", MachineType: "e2-standard-4", Spot: true},
+		{Name: awsNode, Zone: "us-east-1a", MachineType: "m6i.xlarge", Spot: true, Cloud: cluster.CloudAWS},
+		{Name: azureNode, Zone: "eastus-1", MachineType: "Standard_D4s_v5", Spot: true, Cloud: cluster.CloudAzure},
 	}
 	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, PodDeleteDelay: time.Millisecond})
 	if err != nil {
@@ -151,8 +158,15 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		figures = append(figures,
-			asdeployed.Figure{Key: "notice_to_mark_ms_p50", Value: asdeployed.Percentile(marks, 50), Note: fmt.Sprintf("as deployed, %d trials", len(marks))},
+			asdeployed.Figure{Key: "notice_to_mark_ms_p50", Value: asdeployed.Percentile(marks, 50), Note: fmt.Sprintf("GCE, as deployed, %d trials", len(marks))},
 			asdeployed.Figure{Key: "notice_to_mark_ms_p99", Value: asdeployed.Percentile(marks, 99), Target: "<= 50"})
+	}
+	if o.cloudMarkTrials > 0 {
+		cf, err := b.cloudNoticeToMark(ctx, nodes, o.cloudMarkTrials)
+		if err != nil {
+			return err
+		}
+		figures = append(figures, cf...)
 	}
 	if o.drainTrials > 0 {
 		d, err := b.drainRounds(ctx, o.drainTrials)
@@ -346,6 +360,40 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 		return nil, err
 	}
 	defer agent.Stop()
+	w, err := b.nodeWatch(ctx, spotNode)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	ms, err := flipAndTime(ctx, w, trials, b.md.SetPreempted)
+	if err != nil {
+		return nil, err
+	}
+	printAgentHistogram(agent.Addr)
+	return ms, nil
+}
+
+// flipAndTime announces a notice with set(true), times until the watch sees
+// the taint, withdraws it and waits for the node to clear, trials times.
+func flipAndTime(ctx context.Context, w watch.Interface, trials int, set func(bool)) ([]float64, error) {
+	var ms []float64
+	for range trials {
+		flip := time.Now()
+		set(true)
+		if err := awaitTaint(ctx, w, true); err != nil {
+			return nil, err
+		}
+		ms = append(ms, msSince(flip))
+		set(false)
+		if err := awaitTaint(ctx, w, false); err != nil {
+			return nil, err
+		}
+	}
+	return ms, nil
+}
+
+// nodeWatch watches one node, resuming across the API server's timeouts.
+func (b *bench) nodeWatch(ctx context.Context, node string) (watch.Interface, error) {
 	nodes := b.c.Client.CoreV1().Nodes()
 	w, err := asdeployed.ResumingWatch(ctx,
 		func(ctx context.Context, o metav1.ListOptions) (string, error) {
@@ -354,27 +402,11 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 				return "", err
 			}
 			return l.ResourceVersion, nil
-		}, nodes.Watch, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", spotNode).String()})
+		}, nodes.Watch, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", node).String()})
 	if err != nil {
-		return nil, fmt.Errorf("watch node: %w", err)
+		return nil, fmt.Errorf("watch node %s: %w", node, err)
 	}
-	defer w.Stop()
-	md := b.md
-	var ms []float64
-	for range trials {
-		flip := time.Now()
-		md.SetPreempted(true)
-		if err := awaitTaint(ctx, w, true); err != nil {
-			return nil, err
-		}
-		ms = append(ms, msSince(flip))
-		md.SetPreempted(false)
-		if err := awaitTaint(ctx, w, false); err != nil {
-			return nil, err
-		}
-	}
-	printAgentHistogram(agent.Addr)
-	return ms, nil
+	return w, nil
 }
 
 // awaitTaint reads the watch until the taint is present (or absent). The

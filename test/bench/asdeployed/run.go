@@ -29,6 +29,9 @@ type AgentSpec struct {
 	Shipped Container
 	// Extra flags come after the shipped ones, so they win.
 	Extra []string
+	// Env is added after the shipped environment (another cloud's
+	// metadata endpoint, e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT).
+	Env []string
 }
 
 // Identity installs the shipped agent RBAC and Node policy and returns a
@@ -46,7 +49,7 @@ func Identity(ctx context.Context, c *cluster.Cluster, node string) (*localrun.A
 func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 	spec := localrun.AgentSpec{
 		Binary: s.Binary, Dir: s.Cluster.Dir, Kubeconfig: s.Cluster.Kubeconfig, Node: s.Node, MetadataHost: s.MetadataHost,
-		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...), Env: s.Shipped.Environ(),
+		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...), Env: append(s.Shipped.Environ(), s.Env...),
 	}
 	if s.Identity != nil {
 		spec.Kubeconfig, spec.Pod = s.Identity.Kubeconfig, s.Identity.Pod
