@@ -121,4 +121,3 @@ func (b *bench) pollInterval() (time.Duration, error) {
 	}
 	return d, nil
 }
-
