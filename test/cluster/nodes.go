@@ -34,6 +34,9 @@ const (
 	CloudGCE   = "gce"
 	CloudAWS   = "aws"
 	CloudAzure = "azure"
+	// CloudNone is a node without a provider ID yet, as before a cloud
+	// controller sets it.
+	CloudNone = "none"
 )
 
 // Spot labels of EKS (managed node groups; Karpenter's is alike) and AKS,
@@ -68,6 +71,8 @@ func (s NodeSpec) region() string {
 // ProviderID is the node's spec.providerID, in its cloud's format.
 func (s NodeSpec) ProviderID() string {
 	switch s.Cloud {
+	case CloudNone:
+		return ""
 	case CloudAWS:
 		sum := sha256.Sum256([]byte(s.Name))
 		return "aws:///" + s.Zone + "/i-" + hex.EncodeToString(sum[:])[:17]
