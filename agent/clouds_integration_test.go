@@ -268,3 +268,23 @@ func readyz(ctx context.Context, n *node) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// With --azure-acknowledge, once the drain for this VM's own event is done
+// the agent lets the event start at once; an event shared with another VM
+// is left to start at its own time.
+func TestAzureAcknowledgesOnlyItsOwnEventOnceTheDrainIsDone(t *testing.T) {
+	md := startAzureFake(t)
+	n, vm := azureNode(t, md, "--azure-acknowledge")
+	n.start(t)
+	md.Set(azurefake.Scheduled("redeploy-shared", "Redeploy", time.Now().Add(10*time.Minute), vm, "aks-other-vmss_2"))
+	n.expectMarked(t, nodemark.ReasonHostMaintenance, nodemark.StateTerminating, corev1.TaintEffectNoSchedule, markBudget)
+	n.expectEvent(t, nodemark.EventDrainCompleted, "", 5*time.Second)
+	if got := md.Stats().Acknowledged; len(got) != 0 {
+		t.Fatalf("acknowledged %v, an event that would start for another VM too", got)
+	}
+	md.Set(azurefake.Scheduled("reboot-own", "Reboot", time.Now().Add(5*time.Minute), vm))
+	n.expectEvent(t, nodemark.EventNoticeAcknowledged, "reboot-own", 5*time.Second)
+	if got := md.Stats().Acknowledged; len(got) != 1 || got[0] != "reboot-own" {
+		t.Fatalf("acknowledged %v, want [reboot-own]", got)
+	}
+}

@@ -122,7 +122,7 @@ func candidateFor(cfg Config, source string, n notice.Notice, node *corev1.Node,
 	if n.Impact == notice.ImpactLiveMigrate {
 		return candidate{}, false
 	}
-	c := candidate{mark: nodemark.Mark{Reason: n.Reason, Source: source, NoticeID: n.ID, NoticeTime: n.FirstSeen}}
+	c := candidate{mark: nodemark.Mark{Reason: n.Reason, Source: source, NoticeID: nodemark.NoticeIDValue(n.ID), NoticeTime: n.FirstSeen}}
 	c.timeMark(cfg, n, node, now, drains)
 	// The Node records milliseconds; deciding at the same precision makes
 	// the mark read back from the Node equal to the one that was written,

@@ -97,7 +97,7 @@ func (a *Agent) reportUnreadable(ctx context.Context, us []notice.Unreadable) {
 // advanceEvent describes an advance mark: a window the drain will start
 // before, or a disruption that only discourages new pods.
 func (a *Agent) advanceEvent(m nodemark.Mark) (reason, message string) {
-	n, ok := a.reading.Find(m.NoticeID)
+	n, ok := noticeOf(a.reading, m)
 	drains := !ok || n.Impact.Ends() ||
 		(n.Impact == notice.ImpactPause && a.cfg.DrainOnPause) || (n.Impact == notice.ImpactAdvisory && a.cfg.DrainOnAdvisory)
 	if drains {
@@ -121,10 +121,11 @@ func (a *Agent) acknowledge(ctx context.Context, m nodemark.Mark) {
 	if !ok || m.NoticeID == "" || a.cfg.DryRun {
 		return
 	}
-	if _, inForce := a.reading.Find(m.NoticeID); !inForce {
+	n, inForce := noticeOf(a.reading, m)
+	if !inForce {
 		return
 	}
-	done, err := ack.Acknowledge(ctx, m.NoticeID)
+	done, err := ack.Acknowledge(ctx, n.ID)
 	if err != nil {
 		log.FromContext(ctx).Error(err, "notice not acknowledged; the cloud starts it at its own time", "notice", m.NoticeID)
 		a.event(corev1.EventTypeWarning, nodemark.EventNoticeAcknowledged, "drain done, but telling %s failed: %v", cloudName(m.Source), err)
@@ -134,6 +135,16 @@ func (a *Agent) acknowledge(ctx context.Context, m nodemark.Mark) {
 		return
 	}
 	a.event(corev1.EventTypeNormal, nodemark.EventNoticeAcknowledged, "drain done: told %s that event %s may start now", cloudName(m.Source), m.NoticeID)
+}
+
+// noticeOf finds the notice in force that made mark m.
+func noticeOf(r notice.Reading, m nodemark.Mark) (notice.Notice, bool) {
+	for _, n := range r.Notices {
+		if m.NoticeID != "" && nodemark.NoticeIDValue(n.ID) == m.NoticeID {
+			return n, true
+		}
+	}
+	return notice.Notice{}, false
 }
 
 // cloudName is how events name a source.

@@ -5,6 +5,8 @@
 package nodemark
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -107,6 +109,22 @@ func (m Mark) Annotations() map[string]string {
 		a[AnnotationNoticeID] = m.NoticeID
 	}
 	return a
+}
+
+// MaxNoticeIDLength bounds AnnotationNoticeID's value; the Node policy
+// bounds every annotation the agent writes to 63 characters.
+const MaxNoticeIDLength = 63
+
+// NoticeIDValue is the value AnnotationNoticeID records for a notice id:
+// the id itself, or for an id longer than MaxNoticeIDLength its start and a
+// digest of the whole, which stays stable and distinct.
+func NoticeIDValue(id string) string {
+	if len(id) <= MaxNoticeIDLength {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	digest := hex.EncodeToString(sum[:8])
+	return id[:MaxNoticeIDLength-len(digest)-1] + "~" + digest
 }
 
 // AnnotationKeys lists every annotation a Mark writes.

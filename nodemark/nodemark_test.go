@@ -2,6 +2,7 @@ package nodemark_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,4 +65,16 @@ func FuzzRead(f *testing.F) {
 			nodemark.AnnotationState: state, nodemark.AnnotationNoticeTime: notice, nodemark.AnnotationDeadline: deadline,
 		})
 	})
+}
+
+func TestLongNoticeIDsAreShortenedStablyAndDistinctly(t *testing.T) {
+	short := "602d9444-d2cd-49c7-8624-8643e7171297"
+	if got := nodemark.NoticeIDValue(short); got != short {
+		t.Fatalf("a short id changed: %q", got)
+	}
+	long := strings.Repeat("x", 100)
+	a, b := nodemark.NoticeIDValue(long), nodemark.NoticeIDValue(long+"y")
+	if len(a) > nodemark.MaxNoticeIDLength || a != nodemark.NoticeIDValue(long) || a == b {
+		t.Fatalf("long ids: %q and %q", a, b)
+	}
 }
