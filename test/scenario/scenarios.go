@@ -375,7 +375,9 @@ func (r *run) deletePod(ns, name string) error {
 }
 
 // cleanupPinned removes what the pinned-pod scenario created, so a kept
-// cluster holds the workload only.
+// cluster holds the workload only, and waits until its pods are gone: a
+// later scenario draining a node must not find pods whose owner is gone
+// (they would count as lost).
 func (r *run) cleanupPinned() {
 	ns := r.env.Workload.Namespace
 	ctx := context.WithoutCancel(r.ctx)
@@ -383,4 +385,17 @@ func (r *run) cleanupPinned() {
 	for _, name := range r.created {
 		_ = r.deletePod(ns, name)
 	}
+	_ = kit.Poll(r.ctx, replaceWithin, func(ctx context.Context) (bool, string, error) {
+		pods, err := r.env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + burstApp})
+		if err != nil {
+			return false, "", err
+		}
+		left := len(pods.Items)
+		for _, name := range r.created {
+			if _, err := r.env.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+				left++
+			}
+		}
+		return left == 0, fmt.Sprintf("%d pods left", left), nil
+	})
 }
