@@ -47,6 +47,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/signal"
@@ -365,7 +366,7 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 		return nil, err
 	}
 	defer w.Stop()
-	ms, err := flipAndTime(ctx, w, trials, b.md.SetPreempted)
+	ms, err := flipAndTime(ctx, w, trials, 0, b.md.SetPreempted)
 	if err != nil {
 		return nil, err
 	}
@@ -375,9 +376,19 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 
 // flipAndTime announces a notice with set(true), times until the watch sees
 // the taint, withdraws it and waits for the node to clear, trials times.
-func flipAndTime(ctx context.Context, w watch.Interface, trials int, set func(bool)) ([]float64, error) {
+// With a polled source the node clears just after a poll, so each notice
+// waits a random part of the poll interval first: a notice comes at any
+// point of the agent's poll cycle, as on a real VM.
+func flipAndTime(ctx context.Context, w watch.Interface, trials int, poll time.Duration, set func(bool)) ([]float64, error) {
 	var ms []float64
 	for range trials {
+		if poll > 0 {
+			select {
+			case <-time.After(rand.N(poll)):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
 		flip := time.Now()
 		set(true)
 		if err := awaitTaint(ctx, w, true); err != nil {
