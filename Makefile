@@ -9,6 +9,7 @@ export PATH := $(BIN):$(PATH)
 K8S_VERSION := v1.37.2
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 KWOK_VERSION := v0.8.0
+AEMM_VERSION := v1.13.0
 VERSION_PKG := k8s.io/component-base/version
 CONTROLPLANE_LDFLAGS := -s -w \
 	-X $(VERSION_PKG).gitVersion=$(K8S_VERSION) \
@@ -46,7 +47,6 @@ $(BIN)/kwok-$(KWOK_VERSION).stamp:
 
 # AWS's own IMDS simulator, which the EC2 integration tests run where it
 # covers the case (test/ec2fake covers the rest).
-AEMM_VERSION := v1.13.0
 $(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp:
 	@mkdir -p $(BIN)
 	GOBIN=$(BIN) GOFLAGS= $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(AEMM_VERSION)
