@@ -26,8 +26,9 @@ import (
 	"time"
 )
 
-// TimeLayout is how Scheduled Events writes NotBefore.
-const TimeLayout = time.RFC1123
+// TimeLayout is how Scheduled Events writes NotBefore: RFC 1123 in GMT,
+// "Mon, 19 Sep 2016 18:29:47 GMT".
+const TimeLayout = http.TimeFormat
 
 // RateLimit is how many requests a second the service answers per VM.
 const RateLimit = 5
