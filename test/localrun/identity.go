@@ -25,9 +25,10 @@ import (
 	"termgate.dev/termgate/test/cluster"
 )
 
-// The agent's identity as the shipped manifests define it.
+// The agent's identity as the shipped manifests define it: a namespace of
+// its own (privileged, for hostNetwork), apart from the webhook's.
 const (
-	AgentNamespace      = "termgate"
+	AgentNamespace      = "termgate-agent"
 	AgentServiceAccount = "termgate-agent"
 )
 
@@ -73,20 +74,26 @@ func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, erro
 // InstallAgentPermissions applies, as shipped, what every agent of the
 // cluster shares: its namespace, RBAC, the quota that admits its
 // PriorityClass outside kube-system, the FlowSchema that keeps its Node
-// marks ahead of its evictions, and the ValidatingAdmissionPolicy
-// confining its Node patches (manifests/base). s.Node is not used.
+// marks ahead of its evictions, and the ValidatingAdmissionPolicies
+// confining its Node patches and its pod deletes to its own node
+// (manifests/base). s.Node is not used.
 func InstallAgentPermissions(ctx context.Context, s IdentitySpec) error {
 	manifests, err := manifestsOr(s.Manifests)
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{"namespace.yaml", "agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml", "webhook-agent-policy.yaml"} {
+	for _, f := range AgentManifests {
 		if err := applyFile(ctx, s.AdminConfig, filepath.Join(manifests, f)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// AgentManifests are the files of manifests/base that InstallAgentPermissions
+// applies, in order.
+var AgentManifests = []string{"agent-namespace.yaml", "agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml",
+	"agent-node-policy.yaml", "agent-delete-policy.yaml"}
 
 // AgentIdentityOn creates a stand-in agent pod on s.Node and writes a
 // kubeconfig with a one-hour token bound to that pod. The permissions must

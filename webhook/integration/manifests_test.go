@@ -57,8 +57,10 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 	kubectl(t, "wait", "--for=condition=Established", "--timeout=30s",
 		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io")
 	// Namespaced objects need their namespace to exist for real.
-	if err := kit.EnsureNamespace(ctx(t), env.Client, "termgate"); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{localrun.WebhookNamespace, localrun.AgentNamespace} {
+		if err := kit.EnsureNamespace(ctx(t), env.Client, ns); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, overlay := range []string{"self-managed", "cert-manager"} {
 		t.Run(overlay, func(t *testing.T) {
@@ -75,6 +77,9 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 				"networkpolicy.networking.k8s.io/termgate-webhook", "resourcequota/termgate-critical-pods",
 				"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-webhook-ca-bundle",
 				"validatingadmissionpolicybinding.admissionregistration.k8s.io/termgate-webhook-ca-bundle",
+				"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-pod-deletes",
+				"validatingadmissionpolicybinding.admissionregistration.k8s.io/termgate-agent-pod-deletes",
+				"daemonset.apps/termgate-agent", "namespace/termgate-agent", "namespace/termgate",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("dry run did not apply %s:\n%s", want, out)

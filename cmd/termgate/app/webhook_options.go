@@ -133,7 +133,7 @@ func NewWebhookOptions() *WebhookOptions {
 		QPS:                20,
 		Burst:              40,
 		TaintEffect:        string(corev1.TaintEffectNoSchedule),
-		AgentUsername:      "system:serviceaccount:termgate:termgate-agent",
+		AgentUsername:      "system:serviceaccount:termgate-agent:termgate-agent",
 		ShutdownDelay:      5 * time.Second,
 		ShutdownTimeout:    20 * time.Second,
 		Namespace:          ns,

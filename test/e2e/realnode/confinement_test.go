@@ -20,8 +20,8 @@ import (
 
 // TestRealNodeAgentTokenIsConfinedToItsOwnNode uses the token the kubelet
 // projected into the agent's pod (read from the pod's volume on the node):
-// it may evict a pod on the agent's own node and must not evict one on
-// another node.
+// it may evict and delete a pod on the agent's own node and must do
+// neither on another node.
 func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
@@ -60,6 +60,17 @@ func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 		t.Errorf("eviction on another node: got %v, want the confinement's refusal naming node %s", err, otherNode)
 	default:
 		t.Logf("eviction on another node refused: %v", err)
+	}
+	// Deletes are confined by the API server itself (the shipped policy
+	// termgate-agent-pod-deletes), from the node the kubelet bound the
+	// token to. Dry runs: admission decides, nothing is deleted.
+	dryRun := metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}
+	err = asAgent.CoreV1().Pods(ns).Delete(ctx, other.Name, dryRun)
+	if err == nil || !strings.Contains(err.Error(), "may delete only pods on the node its token is bound to ("+node.Name+")") {
+		t.Errorf("delete on another node: got %v, want the delete policy's refusal", err)
+	}
+	if err := asAgent.CoreV1().Pods(ns).Delete(ctx, own.Name, dryRun); err != nil {
+		t.Errorf("the agent's token could not delete a pod on its own node: %v", err)
 	}
 	err = asAgent.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: own.Name}})
 	if err != nil {
