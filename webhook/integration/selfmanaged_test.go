@@ -34,7 +34,7 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "certs")
 	source := selfmanaged.NewSource(env.Client, env.Client, selfmanaged.SourceOptions{
 		Rotator: selfmanaged.Options{
-			Namespace: "termgate", SecretName: "self-managed-test-certs", WebhookConfigName: configName,
+			Namespace: "termgate", SecretName: "self-managed-test-certs", CASecretName: "self-managed-test-ca", WebhookConfigName: configName,
 			Hosts: []string{"127.0.0.1"}, CAValidity: 24 * time.Hour, CARenewBefore: time.Hour,
 			CertValidity: 2 * time.Hour, CertRenewBefore: time.Hour, Resync: 200 * time.Millisecond,
 		},
