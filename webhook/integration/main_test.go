@@ -245,6 +245,9 @@ func (w *runningWebhook) install(ctx context.Context) error {
 	if err := installPolicies(ctx, env); err != nil {
 		return err
 	}
+	if err := localrun.WaitAgentPoliciesEnforced(ctx, env); err != nil {
+		return err
+	}
 	return w.waitStamping(ctx)
 }
 
