@@ -63,10 +63,10 @@ func TestWithTheWebhookDownAStolenAgentTokenCannotDeleteOrEvictOnAnotherNode(t *
 	names := nodeNames(t)
 	own, other := names[0], names[1]
 	agent := agentClient(t, own)
-	markNode(t, own, true)
 	createPod(t, kit.Pod(ns, "here", kit.OnNode(own)))
 	createPod(t, kit.Pod(ns, "there", kit.OnNode(other)))
 	createPod(t, kit.Pod(ns, "escalated", kit.OnNode(own)))
+	markNode(t, own, true)
 	webhookOutOfThePath(t, ns)
 	dryRun := metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}
 
