@@ -310,6 +310,7 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	work := testenv.Namespace(t, env.Client)
 	createPod(t, kit.Pod(work, "here", kit.OnNode(own)))
 	createPod(t, kit.Pod(work, "there", kit.OnNode(other)))
+	createPod(t, kit.Pod(work, "here-too", kit.OnNode(own)))
 	// The agent evicts only while its node drains.
 	markNode(t, own, false)
 	err = evict(agent, t, work, "there")
@@ -322,7 +323,6 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 
 	// Delete confinement: the renamed delete policy matches the renamed
 	// account (dry runs: admission decides, nothing is deleted).
-	createPod(t, kit.Pod(work, "here-too", kit.OnNode(own)))
 	dryDelete := metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}
 	testenv.Eventually(t, policyPropagation, "the renamed delete policy refusing a delete on another node", func(ctx context.Context) (bool, string, error) {
 		err := agent.CoreV1().Pods(work).Delete(ctx, "there", dryDelete)

@@ -19,9 +19,11 @@ import (
 )
 
 // TestRealNodeAgentTokenIsConfinedToItsOwnNode uses the token the kubelet
-// projected into the agent's pod (read from the pod's volume on the node):
-// it may evict and delete a pod on the agent's own node and must do
-// neither on another node.
+// projected into the agent's pod (read from the pod's volume on the node).
+// The node is not draining: the token may evict nothing, not even on its
+// own node (the webhook answers from the node's own state and fails
+// closed); it may delete a pod on its own node (the drain's escalation)
+// and none on another (the delete policy, in the API server).
 func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
@@ -44,37 +46,40 @@ func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	record := t.TempDir()
 	own := startWorkOnRealNode(t, workDeployment(ns, "own", 1, record, 0, 5))[0]
 	otherNode := testenv.OtherNode(t, shared.Client, node.Name)
-	other := kit.Pod(ns, "elsewhere", kit.OnNode(otherNode))
-	if _, err := shared.Client.CoreV1().Pods(ns).Create(ctx, other, metav1.CreateOptions{}); err != nil {
+	other, err := shared.Client.CoreV1().Pods(ns).Create(ctx, kit.Pod(ns, "elsewhere", kit.OnNode(otherNode)), metav1.CreateOptions{})
+	if err != nil {
 		t.Fatalf("create pod on a kwok node: %v", err)
 	}
 
 	// Only the confinement's own refusal counts: any other error (RBAC, a
 	// token the API server rejects, a PDB) would refuse for another reason
-	// and prove nothing about the confinement.
-	err = asAgent.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: other.Name}})
-	switch {
-	case err == nil:
-		t.Errorf("the agent's own token evicted a pod on another node")
-	case !strings.Contains(err.Error(), "on node "+otherNode):
-		t.Errorf("eviction on another node: got %v, want the confinement's refusal naming node %s", err, otherNode)
-	default:
-		t.Logf("eviction on another node refused: %v", err)
+	// and prove nothing about the confinement. Each eviction carries the
+	// pod's UID, as the agent's do.
+	evict := func(p *corev1.Pod) error {
+		return asAgent.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: p.Name},
+			DeleteOptions: &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}}})
+	}
+	for _, p := range []*corev1.Pod{other, &own} {
+		err := evict(p)
+		switch {
+		case err == nil:
+			t.Errorf("the agent's own token evicted %s on node %s while its node does not drain", p.Name, p.Spec.NodeName)
+		case !strings.Contains(err.Error(), "node "+node.Name+" is not marked terminating"):
+			t.Errorf("eviction of %s: got %v, want the confinement's refusal (node %s not draining)", p.Name, err, node.Name)
+		default:
+			t.Logf("eviction of %s refused: %v", p.Name, err)
+		}
 	}
 	// Deletes are confined by the API server itself (the shipped policy
 	// termgate-agent-pod-deletes), from the node the kubelet bound the
-	// token to. Dry runs: admission decides, nothing is deleted.
+	// token to.
 	dryRun := metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}
 	err = asAgent.CoreV1().Pods(ns).Delete(ctx, other.Name, dryRun)
 	if err == nil || !strings.Contains(err.Error(), "may delete only pods on the node its token is bound to ("+node.Name+")") {
 		t.Errorf("delete on another node: got %v, want the delete policy's refusal", err)
 	}
-	if err := asAgent.CoreV1().Pods(ns).Delete(ctx, own.Name, dryRun); err != nil {
-		t.Errorf("the agent's token could not delete a pod on its own node: %v", err)
-	}
-	err = asAgent.CoreV1().Pods(ns).EvictV1(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: own.Name}})
-	if err != nil {
-		t.Fatalf("the agent's token could not evict a pod on its own node: %v", err)
+	if err := asAgent.CoreV1().Pods(ns).Delete(ctx, own.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("the agent's token could not delete a pod on its own node: %v", err)
 	}
 	testenv.ExpectPodGone(t, shared.Client, &own, 15*time.Second)
 }
