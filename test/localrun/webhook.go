@@ -68,7 +68,7 @@ type Webhook struct {
 // injected into every registered webhook.
 func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	if s.Namespace == "" {
-		s.Namespace = "termgate"
+		s.Namespace = WebhookNamespace
 	}
 	if s.Manifests == "" {
 		root, err := cluster.RepoRoot()

@@ -66,9 +66,9 @@ type Env struct {
 	// RealNode is set when termgate runs as pods on the real node
 	// (EnvOptions.RealNode); nil otherwise.
 	RealNode *RealNodeInstall
-	// ownNamespace is termgate's namespace when it runs as pods in the
-	// cluster: the scenarios leave its pods out of their figures.
-	ownNamespace string
+	// ownNamespaces are termgate's namespaces when it runs as pods in the
+	// cluster: the scenarios leave their pods out of their figures.
+	ownNamespaces []string
 	// ec2 and azure are the stand-in metadata services of the nodes on
 	// those clouds, by node name.
 	ec2   map[string]*ec2fake.Server

@@ -138,7 +138,7 @@ func Run(ctx context.Context, env *Env, s Scenario, obs Observer) (*Result, erro
 		}
 	})
 	r.w = newWatcher(env.Client, node, r.tl, env.Workload.Budgets)
-	r.w.ignoreNamespace = env.ownNamespace
+	r.w.ignoreNamespaces = env.ownNamespaces
 	if err := r.w.start(ctx); err != nil {
 		return nil, err
 	}

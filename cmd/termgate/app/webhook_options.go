@@ -82,6 +82,7 @@ type WebhookOptions struct {
 	CertMode          string
 	CertDir           string
 	CertSecret        string
+	CASecret          string
 	CertHosts         string
 	CAValidity        time.Duration
 	CARenewBefore     time.Duration
@@ -133,7 +134,7 @@ func NewWebhookOptions() *WebhookOptions {
 		QPS:                20,
 		Burst:              40,
 		TaintEffect:        string(corev1.TaintEffectNoSchedule),
-		AgentUsername:      "system:serviceaccount:termgate:termgate-agent",
+		AgentUsername:      "system:serviceaccount:termgate-agent:termgate-agent",
 		ShutdownDelay:      5 * time.Second,
 		ShutdownTimeout:    20 * time.Second,
 		Namespace:          ns,
@@ -142,6 +143,7 @@ func NewWebhookOptions() *WebhookOptions {
 		CertMode:           CertModeSelfManaged,
 		CertDir:            "/var/run/termgate/certs",
 		CertSecret:         "termgate-webhook-certs",
+		CASecret:           "termgate-webhook-ca",
 		CAValidity:         10 * 365 * 24 * time.Hour,
 		CARenewBefore:      365 * 24 * time.Hour,
 		CertValidity:       90 * 24 * time.Hour,
@@ -200,7 +202,8 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.WebhookConfigName, "webhook-config-name", o.WebhookConfigName, "Name of the Validating- and MutatingWebhookConfiguration that get the CA bundle.")
 	fs.StringVar(&o.CertMode, "cert-mode", o.CertMode, "Where the serving certificate comes from: self-managed, cert-manager or files.")
 	fs.StringVar(&o.CertDir, "cert-dir", o.CertDir, "Directory holding tls.crt and tls.key, reloaded on change.")
-	fs.StringVar(&o.CertSecret, "cert-secret", o.CertSecret, "self-managed: Secret holding the CA and serving pair.")
+	fs.StringVar(&o.CertSecret, "cert-secret", o.CertSecret, "self-managed: Secret holding the serving pair and the CA bundle, which every replica copies.")
+	fs.StringVar(&o.CASecret, "ca-secret", o.CASecret, "self-managed: Secret holding the CA key, read only by the replica that signs certificates.")
 	fs.StringVar(&o.CertHosts, "cert-hosts", o.CertHosts, "self-managed: comma-separated DNS names and IPs of the serving certificate; empty uses the Service's names.")
 	fs.DurationVar(&o.CAValidity, "ca-validity", o.CAValidity, "self-managed: lifetime of a new CA.")
 	fs.DurationVar(&o.CARenewBefore, "ca-renew-before", o.CARenewBefore, "self-managed: replace the CA this long before it expires.")
@@ -315,6 +318,7 @@ func (o *WebhookOptions) rotatorOptions() selfmanaged.Options {
 	return selfmanaged.Options{
 		Namespace:         o.Namespace,
 		SecretName:        o.CertSecret,
+		CASecretName:      o.CASecret,
 		WebhookConfigName: o.WebhookConfigName,
 		Hosts:             o.hosts(),
 		CAValidity:        o.CAValidity,

@@ -22,8 +22,10 @@ import (
 // TestRealNodeAgentTokenIsConfinedToItsOwnNode uses the token the kubelet
 // projected into the agent's pod (read from the pod's volume on the node):
 // while its node is not marked it may evict nothing, not even a pod on its
-// own node; once the node is marked it may evict a pod on that node and
-// still none on another node.
+// own node (the webhook answers from the node's state and fails closed),
+// and delete nothing on another node (the delete policy, in the API
+// server); once the node is marked it may evict and delete a pod on that
+// node and still evict none on another node.
 func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	needRealNode(t)
 	ctx := context.Background()
@@ -54,7 +56,10 @@ func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	// token the API server rejects) would refuse for another reason and
 	// prove nothing about the confinement.
 	err = evictWithUID(ctx, asAgent, &own)
-	expectRefusal(t, err, "is not marked terminating", "eviction on the agent's own, unmarked node")
+	expectRefusal(t, err, "node "+node.Name+" is not marked terminating", "eviction on the agent's own, unmarked node")
+	dryRun := metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}
+	err = asAgent.CoreV1().Pods(ns).Delete(ctx, other.Name, dryRun)
+	expectRefusal(t, err, "may delete only pods on the node its token is bound to ("+node.Name+")", "delete on another node")
 
 	restoreAfter(t)
 	md.SetPreempted(true)
@@ -66,11 +71,11 @@ func TestRealNodeAgentTokenIsConfinedToItsOwnNode(t *testing.T) {
 	if !apierrors.IsTooManyRequests(err) || !strings.Contains(err.Error(), "disruption budget") {
 		t.Fatalf("eviction on the agent's own, marked node: got %v, want the API server's budget refusal after the webhook allowed it", err)
 	}
-	if err := shared.Client.PolicyV1().PodDisruptionBudgets(ns).Delete(ctx, budget.Name, metav1.DeleteOptions{}); err != nil {
-		t.Fatalf("delete budget: %v", err)
-	}
-	if err := evictWithUID(ctx, asAgent, &own); err != nil && !apierrors.IsNotFound(err) {
-		t.Errorf("the agent's token could not evict a pod on its own, marked node: %v", err)
+	// The drain's escalation deletes; deletes are confined by the API server
+	// itself (the shipped policy termgate-agent-pod-deletes), from the node
+	// the kubelet bound the token to.
+	if err := asAgent.CoreV1().Pods(ns).Delete(ctx, own.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("the agent's token could not delete a pod on its own node: %v", err)
 	}
 	testenv.ExpectPodGone(t, shared.Client, &own, 15*time.Second)
 }
