@@ -53,7 +53,8 @@ type Webhook struct {
 	Addr string
 	// HealthAddr serves /healthz and /readyz.
 	HealthAddr string
-	// MetricsAddr serves Prometheus /metrics.
+	// MetricsAddr serves Prometheus /metrics over HTTPS to authorized
+	// scrapers (MetricsReader).
 	MetricsAddr string
 	// ConfigName names the Validating- and MutatingWebhookConfiguration.
 	ConfigName string

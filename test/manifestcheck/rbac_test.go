@@ -48,6 +48,12 @@ var allowedGrants = map[string][]string{
 		"coordination.k8s.io/leases create",
 		"coordination.k8s.io/leases[termgate-webhook-certs] get", "coordination.k8s.io/leases[termgate-webhook-certs] update",
 	},
+	// For users to bind to their Prometheus: reading the agent's and the
+	// webhook's /metrics, which ask the API server (TokenReview and
+	// SubjectAccessReview) whether the scraper holds this.
+	"ClusterRole/termgate-metrics-reader": {
+		"nonResourceURLs[/metrics] [get]",
+	},
 	// cert-manager: the status of the one serving Certificate.
 	"Role/termgate/termgate-webhook-certificate": {
 		"cert-manager.io/certificates[termgate-webhook-serving] get", "cert-manager.io/certificates[termgate-webhook-serving] watch",
@@ -56,11 +62,16 @@ var allowedGrants = map[string][]string{
 
 // allowedBindings is who holds each role: one service account of termgate.
 var allowedBindings = map[string]string{
-	"ClusterRoleBinding/termgate-agent":                 "ClusterRole/termgate-agent -> termgate-agent/termgate-agent",
-	"ClusterRoleBinding/termgate-webhook":               "ClusterRole/termgate-webhook -> termgate/termgate-webhook",
-	"ClusterRoleBinding/termgate-webhook-certs":         "ClusterRole/termgate-webhook-certs -> termgate/termgate-webhook",
-	"RoleBinding/termgate/termgate-webhook-certs":       "Role/termgate-webhook-certs -> termgate/termgate-webhook",
-	"RoleBinding/termgate/termgate-webhook-certificate": "Role/termgate-webhook-certificate -> termgate/termgate-webhook",
+	"ClusterRoleBinding/termgate-agent":         "ClusterRole/termgate-agent -> termgate-agent/termgate-agent",
+	"ClusterRoleBinding/termgate-webhook":       "ClusterRole/termgate-webhook -> termgate/termgate-webhook",
+	"ClusterRoleBinding/termgate-webhook-certs": "ClusterRole/termgate-webhook-certs -> termgate/termgate-webhook",
+	// The built-in role that creates TokenReviews and SubjectAccessReviews,
+	// nothing else: how the metrics servers authenticate and authorize
+	// scrapers.
+	"ClusterRoleBinding/termgate-agent-auth-delegator":   "ClusterRole/system:auth-delegator -> termgate-agent/termgate-agent",
+	"ClusterRoleBinding/termgate-webhook-auth-delegator": "ClusterRole/system:auth-delegator -> termgate/termgate-webhook",
+	"RoleBinding/termgate/termgate-webhook-certs":        "Role/termgate-webhook-certs -> termgate/termgate-webhook",
+	"RoleBinding/termgate/termgate-webhook-certificate":  "Role/termgate-webhook-certificate -> termgate/termgate-webhook",
 }
 
 // grants flattens a role's rules into allowedGrants' lines.

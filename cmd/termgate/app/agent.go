@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -38,15 +40,32 @@ type agentOptions struct {
 	cloud  string
 	poll   time.Duration
 	client daemon.ClientOptions
+	// serving holds the probe and metrics addresses.
+	serving daemon.ServingOptions
+	// listen is the deprecated single address of probes and metrics;
+	// when set it is the probe address.
 	listen string
-	taint  string
-	log    daemon.LogOptions
+	// apiCheckInterval is how often readiness asks the API server, in
+	// the background.
+	apiCheckInterval time.Duration
+	taint            string
+	log              daemon.LogOptions
+	// deprecated collects warnings about deprecated flags, logged at start.
+	deprecated []string
 }
 
 func newAgentOptions() *agentOptions {
 	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), aws: aws.DefaultConfig(), azure: azure.DefaultConfig(),
 		cloud: cloudAuto, poll: time.Second, log: daemon.LogOptions{Format: "json"}}
 	o.drain = drain.Config{}.WithDefaults()
+	// Probes on loopback: the kubelet reaches them (httpGet with host
+	// 127.0.0.1, the agent runs in the host's network), pods do not.
+	// Metrics on every address, for Prometheus, behind authentication.
+	o.serving = daemon.ServingOptions{
+		ProbeAddress: "127.0.0.1:9808",
+		Metrics:      daemon.MetricsOptions{BindAddress: ":9809", Secure: true},
+	}
+	o.apiCheckInterval = 10 * time.Second
 	return o
 }
 
@@ -60,7 +79,9 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.client.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster configuration")
 	fs.Float64Var(&o.client.QPS, "kube-api-qps", 100, "client QPS to the API server, sized for parallel evictions")
 	fs.IntVar(&o.client.Burst, "kube-api-burst", 200, "client burst to the API server")
-	fs.StringVar(&o.listen, "listen", ":9808", "address of /healthz, /readyz and /metrics")
+	o.serving.AddFlags(fs)
+	fs.StringVar(&o.listen, "listen", "", "DEPRECATED: probes moved to --health-probe-bind-address, metrics to --metrics-bind-address; when set, this is the probe address")
+	fs.DurationVar(&o.apiCheckInterval, "api-check-interval", o.apiCheckInterval, "how often, in the background, readiness checks that the API server answers; /readyz answers from the last check")
 	fs.StringVar(&o.taint, "taint-effect", string(o.agent.TaintEffect), "effect of the termination taint: NoSchedule, PreferNoSchedule or NoExecute")
 	fs.DurationVar(&o.agent.PreemptionNotice, "preemption-notice", o.agent.PreemptionNotice, "deadline after instance/preempted turns TRUE")
 	fs.DurationVar(&o.agent.MaintenanceBudget, "maintenance-budget", o.agent.MaintenanceBudget, "deadline after TERMINATE_ON_HOST_MAINTENANCE on VMs without accelerators")
@@ -93,6 +114,10 @@ func (o *agentOptions) Complete() {
 	o.drain.NodeName = o.agent.NodeName
 	o.drain.DryRun = o.agent.DryRun
 	o.aws.PollInterval, o.azure.PollInterval = o.poll, o.poll
+	if o.listen != "" {
+		o.serving.ProbeAddress = o.listen
+		o.deprecated = append(o.deprecated, "--listen is deprecated and now sets only the probe address (--health-probe-bind-address); /metrics is served on --metrics-bind-address")
+	}
 }
 
 // Validate checks the completed options once at start-up.
@@ -111,7 +136,10 @@ func (o *agentOptions) Validate() error {
 	az := o.azure
 	az.VMName = "known-later"
 	errs = append(errs, o.aws.Validate(), az.Validate())
-	errs = append(errs, o.client.Validate(), o.log.Validate())
+	if o.apiCheckInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--api-check-interval %s must be at least 1s", o.apiCheckInterval))
+	}
+	errs = append(errs, o.client.Validate(), o.serving.Validate(), o.log.Validate())
 	return errors.Join(errs...)
 }
 
@@ -134,6 +162,9 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	logger.Info("memory", "goMemLimit", limit)
+	for _, w := range o.deprecated {
+		logger.Info("Deprecated flag", "warning", w)
+	}
 	return o.run(ctx)
 }
 
@@ -142,6 +173,9 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The readiness check and the metrics authentication get copies of
+	// the plain configuration, each with a rate limiter of its own.
+	base := rest.CopyConfig(cfg)
 	// Protobuf halves what the API server sends and the agent decodes
 	// (pods above all); patches keep their own JSON content types.
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
@@ -151,8 +185,8 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("build client: %w", err)
 	}
-	reg := prometheus.NewRegistry()
-	if err := registerAll(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+	reg, err := daemon.NewRegistry()
+	if err != nil {
 		return err
 	}
 	dm, err := drain.NewMetrics(reg)
@@ -190,32 +224,80 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return serveWhile(ctx, o.listen, a.Handler(reg), a.Run)
-}
-
-// serveWhile runs work and the probe and metrics server beside it. The
-// server outlives ctx: after SIGTERM the agent may drain on, and its probes
-// and metrics keep answering until work returns.
-func serveWhile(ctx context.Context, addr string, h http.Handler, work func(context.Context) error) error {
-	ln, err := daemon.Listen(addr)
+	check, err := newAPICheck(base, clk, o.apiCheckInterval)
 	if err != nil {
 		return err
 	}
-	log.FromContext(ctx).Info("serving probes and metrics", "addr", ln.Addr().String())
-	serveCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	served := make(chan error, 1)
-	go func() { served <- daemon.ServeHTTP(serveCtx, ln, h) }()
-	workErr := work(ctx)
-	stop()
-	return errors.Join(workErr, <-served)
+	live := []daemon.Check{{Name: "metadata-watch", Fn: a.Live}}
+	ready := []daemon.Check{{Name: "agent", Fn: a.Ready}, {Name: "api-server", Fn: check.Err}}
+	s, err := o.servers(ctx, base, reg, daemon.Probes(live, ready), clk)
+	if err != nil {
+		return err
+	}
+	s.Go("api check", check.Run)
+	return s.while(ctx, a.Run)
 }
 
-// registerAll registers collectors, reporting the first failure.
-func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("register metrics: %w", err)
-		}
+// newAPICheck builds the readiness check's own client: one request per
+// interval, on a rate limiter of its own.
+func newAPICheck(base *rest.Config, clk clock.WithTicker, interval time.Duration) (*agent.APICheck, error) {
+	c := rest.CopyConfig(base)
+	c.QPS, c.Burst, c.UserAgent = 1, 2, base.UserAgent+" readiness"
+	c.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.QPS, c.Burst)
+	dc, err := discovery.NewDiscoveryClientForConfig(c)
+	if err != nil {
+		return nil, fmt.Errorf("readiness client: %w", err)
 	}
-	return nil
+	return agent.NewAPICheck(dc.RESTClient(), clk, interval), nil
+}
+
+// agentServers are the probe and metrics servers, their ports already
+// open, and what runs beside them.
+type agentServers struct {
+	stop   context.CancelFunc
+	group  *daemon.Group
+	groupC context.Context
+}
+
+// servers opens the probe and metrics ports now, so a port in use or a
+// bad certificate fails the start rather than a goroutine later.
+func (o *agentOptions) servers(ctx context.Context, base *rest.Config, reg *prometheus.Registry, probes http.Handler, clk clock.PassiveClock) (*agentServers, error) {
+	logger := log.FromContext(ctx)
+	// The servers outlive ctx: after SIGTERM the agent may drain on, and
+	// its probes and metrics keep answering until the work returns.
+	serveCtx, stop := context.WithCancel(log.IntoContext(context.WithoutCancel(ctx), logger))
+	s := &agentServers{stop: stop}
+	s.group, s.groupC = daemon.NewGroup(serveCtx)
+	if o.serving.ProbesEnabled() {
+		ln, err := daemon.Listen(o.serving.ProbeAddress)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("probes: %w", err)
+		}
+		logger.Info("serving probes", "addr", ln.Addr().String())
+		srv := daemon.Server{Name: "probes", Handler: probes, Limits: daemon.ProbeLimits()}
+		s.Go("probes", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
+	}
+	if o.serving.Metrics.Enabled() {
+		m, err := daemon.NewMetricsServer(ctx, o.serving.Metrics, base, daemon.Gatherer(reg), reg, clk)
+		if err != nil {
+			stop()
+			return nil, errors.Join(err, s.group.Wait())
+		}
+		logger.Info("serving metrics", "addr", m.Addr().String(), "secure", o.serving.Metrics.Secure)
+		s.Go("metrics", m.Run)
+	}
+	return s, nil
+}
+
+// Go runs fn beside the servers until they stop.
+func (s *agentServers) Go(name string, fn func(context.Context) error) {
+	s.group.Go(name, func() error { return fn(s.groupC) })
+}
+
+// while runs work, then stops the servers and what runs beside them.
+func (s *agentServers) while(ctx context.Context, work func(context.Context) error) error {
+	workErr := work(ctx)
+	s.stop()
+	return errors.Join(workErr, s.group.Wait())
 }

@@ -103,7 +103,7 @@ func (b *bench) timeOn(ctx context.Context, node string, endpoint asdeployed.Age
 	if err != nil {
 		return nil, fmt.Errorf("%w (agent log %s)", err, agent.LogPath())
 	}
-	printAgentHistogram(agent.Addr)
+	printAgentHistogram(ctx, b.metrics, agent.MetricsAddr)
 	return ms, nil
 }
 

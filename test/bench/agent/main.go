@@ -46,9 +46,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -101,6 +99,8 @@ type bench struct {
 	extra   []string
 	fleet   *gcefake.Fleet
 	webhook *localrun.Webhook
+	// metrics scrapes the webhook and the agents.
+	metrics *localrun.MetricsReader
 	// registration removes and restores the webhook configurations
 	// between the as-deployed and the other drains.
 	registration *registration
@@ -142,6 +142,9 @@ func run(ctx context.Context, o options) error {
 	}
 	defer webhook.Stop()
 	b.webhook = webhook
+	if b.metrics, err = asdeployed.MetricsReader(ctx, c); err != nil {
+		return err
+	}
 	if b.registration, err = saveRegistration(ctx, c, webhook.ConfigName); err != nil {
 		return err
 	}
@@ -323,7 +326,7 @@ func (b *bench) adminDrain(ctx context.Context) (issuedMS, goneMS float64, err e
 
 // confinementAnswers is the webhook's count of confinement decisions.
 func (b *bench) confinementAnswers(ctx context.Context) (float64, error) {
-	c, err := asdeployed.Counters(ctx, b.webhook.MetricsAddr, `termgate_webhook_decisions_total{gate="agent"`)
+	c, err := asdeployed.Counters(ctx, b.metrics, b.webhook.MetricsAddr, `termgate_webhook_decisions_total{gate="agent"`)
 	if err != nil {
 		return 0, err
 	}
@@ -370,7 +373,7 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 	if err != nil {
 		return nil, err
 	}
-	printAgentHistogram(agent.Addr)
+	printAgentHistogram(ctx, b.metrics, agent.MetricsAddr)
 	return ms, nil
 }
 
@@ -451,16 +454,14 @@ func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds())
 // printAgentHistogram shows the agent's own notice-to-mark histogram (from
 // receiving the metadata answer to the patch being accepted), which splits
 // the end-to-end figure into the agent's share and the watch's.
-func printAgentHistogram(addr string) {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get("http://" + addr + "/metrics")
+func printAgentHistogram(ctx context.Context, r *localrun.MetricsReader, addr string) {
+	b, err := r.Scrape(ctx, addr)
 	if err != nil {
+		fmt.Println("agent-side histogram:", err)
 		return
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	fmt.Println("agent-side termgate_agent_notice_to_mark_seconds (cumulative):")
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(b, "\n") {
 		if strings.HasPrefix(line, "termgate_agent_notice_to_mark_seconds_bucket") {
 			fmt.Println("  " + strings.TrimPrefix(line, "termgate_agent_notice_to_mark_seconds_bucket"))
 		}
