@@ -304,8 +304,13 @@ func TestReadinessFloodDoesNotSlowTheDrain(t *testing.T) {
 	if achieved < rate/2 {
 		t.Fatalf("the flood reached only %.0f probes a second, want about %d: the comparison says nothing", achieved, rate)
 	}
-	if ratio > 1.2 {
-		t.Fatalf("the drain took %.2fx as long under the readiness flood, want at most 1.2x", ratio)
+	// Answering the flood costs CPU the drain then lacks: on 2 cores the
+	// probes and their sender take about half a core, and drains measured
+	// 0.97x to 1.42x as long from that alone. Probes that spent the
+	// drain's request budget made it 8.4x (docs/serving.md): the bound
+	// lies between the two, far from both.
+	if ratio > 2 {
+		t.Fatalf("the drain took %.2fx as long under the readiness flood, want at most 2x", ratio)
 	}
 }
 
