@@ -345,21 +345,21 @@ func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark
 	left := m.Deadline.Sub(a.clock.Now()).Round(time.Millisecond)
 	switch {
 	case m.Terminating() && lateStart:
-		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice,
+		a.markEvent(m, nil, corev1.EventTypeWarning, nodemark.EventTerminationNotice,
 			"%s: the notice was already present when the agent started; assuming %s left and draining before %s",
 			m.Reason, left, m.Deadline.UTC().Format(time.RFC3339))
 	case m.Terminating():
-		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
+		a.markEvent(m, nil, corev1.EventTypeWarning, nodemark.EventTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
 	default:
-		a.event(corev1.EventTypeNormal, nodemark.EventMaintenanceScheduled, "maintenance window starts %s; drain starts %s before it", m.Deadline.UTC().Format(time.RFC3339), a.cfg.UpcomingLead)
+		a.markEvent(m, nil, corev1.EventTypeNormal, nodemark.EventMaintenanceScheduled, "maintenance window starts %s; drain starts %s before it", m.Deadline.UTC().Format(time.RFC3339), a.cfg.UpcomingLead)
 	}
 	return nil
 }
 
 func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark) error {
-	why := "the notice was withdrawn"
+	why, cause := "the notice was withdrawn", nodemark.UnmarkNoticeWithdrawn
 	if was.BootID != "" && was.BootID != node.Status.NodeInfo.BootID {
-		why = "the node came back with a new boot ID"
+		why, cause = "the node came back with a new boot ID", nodemark.UnmarkNewBoot
 	}
 	if a.cfg.DryRun {
 		log.FromContext(ctx).Info("dry run: would unmark node", "why", why)
@@ -371,11 +371,8 @@ func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark
 	a.metrics.restored.Inc()
 	seen := a.signals.latest()
 	log.FromContext(ctx).Info("node restored", "why", why, "reason", was.Reason, "withdrawalSeen", seen)
-	if a.events != nil {
-		at := map[string]string{nodemark.EventAnnotationWithdrawalSeen: seen.UTC().Format(time.RFC3339Nano)}
-		a.events.AnnotatedEventf(nodemark.NodeEventRef(a.cfg.NodeName), at, corev1.EventTypeNormal,
-			nodemark.EventTerminationCancelled, "termination marks removed: %s", why)
-	}
+	at := map[string]string{nodemark.EventAnnotationWithdrawalSeen: seen.UTC().Format(time.RFC3339Nano), nodemark.EventAnnotationUnmarkCause: cause}
+	a.markEvent(was, at, corev1.EventTypeNormal, nodemark.EventTerminationCancelled, "termination marks removed: %s", why)
 	return nil
 }
 
