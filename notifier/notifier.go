@@ -96,6 +96,8 @@ type Notifier struct {
 	lm    *ledger.Metrics
 	m     *metrics
 	state atomic.Pointer[termState]
+	// elector is the current election, for readiness.
+	elector atomic.Pointer[leaderelection.LeaderElector]
 
 	mu       sync.Mutex
 	secretOK error
@@ -194,6 +196,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 			endTerm()
 			return fmt.Errorf("leader election: %w", err)
 		}
+		n.elector.Store(elector)
 		elector.Run(term)
 		n.termMu.Lock() // the term's work is over
 		retry := failed
@@ -298,8 +301,9 @@ func (n *Notifier) lead(lctx context.Context, stopping <-chan struct{}) error {
 	return err
 }
 
-// Ready reports whether the replica can do its job: its sinks Secret is
-// read, and a leader's caches are synced.
+// Ready reports whether the replica does its job: its sinks Secret is
+// read, the election has a leader, and, if that is this replica, its
+// caches are synced and it follows what the agents write.
 func (n *Notifier) Ready() error {
 	n.mu.Lock()
 	err := n.secretOK
@@ -307,7 +311,14 @@ func (n *Notifier) Ready() error {
 	if err != nil {
 		return err
 	}
-	if st := n.state.Load(); st != nil && !st.src.HasSynced() {
+	e := n.elector.Load()
+	switch {
+	case e == nil || e.GetLeader() == "":
+		return errors.New("no leader elected yet")
+	case !e.IsLeader():
+		return nil // a standby, ready to take over
+	}
+	if st := n.state.Load(); st == nil || !st.src.HasSynced() {
 		return errors.New("leader: caches not synced")
 	}
 	return nil
