@@ -110,6 +110,7 @@ type Deliverer struct {
 // New returns a deliverer for sink. client must not follow redirects (see
 // NewHTTPClient); the timeout is applied per request.
 func New(sink Sender, cfg Config, client *http.Client, record Record, clk clock.WithTicker, m *Metrics) *Deliverer {
+	m.depth.WithLabelValues(sink.Name()).Set(0)
 	return &Deliverer{
 		sink: sink, cfg: cfg, client: client, record: record, clk: clk, metrics: m, settleWait: 5 * time.Second,
 		queued: map[string]bool{}, ready: make(chan struct{}, 1), logger: log.Log.WithValues("sink", sink.Name()),

@@ -202,6 +202,26 @@ func TestLeaderFailoverBetweenTwoReplicas(t *testing.T) {
 			t.Errorf("id %s sent %d times by the two replicas", id, c)
 		}
 	}
+
+	// A graceful stop (a rollout, a drain of its node) gives the Lease up
+	// at once: a standby leads within a retry period, not a lease duration.
+	standby := startNotifier(t, "notifier-c", sinkConfig(""), urls, flags...)
+	third := newNode(t, nil)
+	if err := replicas[h].Terminate(); err != nil {
+		t.Fatal(err)
+	}
+	<-replicas[h].Done()
+	stopped := time.Now()
+	third.md.SetPreempted(true)
+	got = waitTypes(t, r, third.name, markWithin+retry+deliverWithin, notification.KindMarked)
+	took := got[0].At.Sub(stopped)
+	t.Logf("%s stopped by SIGTERM; %s delivered the next notification %s later", h, standby.Name, took.Round(time.Millisecond))
+	if holder, err := leaseHolder(context.Background()); err != nil || holder != standby.Name {
+		t.Errorf("Lease held by %q after %s stopped (%v), want %s", holder, h, err, standby.Name)
+	}
+	if took >= lease {
+		t.Errorf("the standby took %s to deliver, not less than the lease duration %s: the Lease was not released", took, lease)
+	}
 }
 
 func countIDs(reqs []receiver.Request) map[string]int {
