@@ -311,7 +311,7 @@ func (a *Agent) markRefused(ctx context.Context, m nodemark.Mark, err error) {
 		return
 	}
 	a.refusedMark = &m
-	a.event(corev1.EventTypeWarning, nodemark.EventMarkRefused,
+	a.markEvent(m, nil, corev1.EventTypeWarning, nodemark.EventMarkRefused,
 		"%s: the node's mark could not be written (%v); draining before %s from the mark in memory, retrying the write",
 		m.Reason, err, m.Deadline.UTC().Format(time.RFC3339))
 }

@@ -71,7 +71,8 @@ const EventAnnotationStepTime = "termgate.dev/step-time"
 const EventAnnotationWithdrawalSeen = "termgate.dev/withdrawal-seen"
 
 // Events about one mark (EventTerminationNotice, EventMaintenanceScheduled,
-// EventDrainCompleted, EventDrainDeadlinePassed, EventTerminationCancelled)
+// EventMarkRefused, EventDrainCompleted, EventDrainDeadlinePassed,
+// EventTerminationCancelled)
 // also carry that mark's own annotations (Mark.Annotations, read back with
 // Read), so that a reader that did not see the Node at the time, such as
 // the notifier after a restart, still tells which notice each belongs to.

@@ -86,7 +86,8 @@ func derive(s nodeState, base notification.Notification, window time.Duration, n
 			continue
 		}
 		switch ev.Reason {
-		case nodemark.EventTerminationNotice, nodemark.EventMaintenanceScheduled:
+		case nodemark.EventTerminationNotice, nodemark.EventMaintenanceScheduled, nodemark.EventMarkRefused:
+			// A refused mark write still drains: the notice is as real.
 			d := mk(notification.KindOfMark(m), m, m.NoticeTime)
 			d.Message, d.fromEvent = ev.Message, true
 			add(d)

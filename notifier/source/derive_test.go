@@ -166,3 +166,13 @@ func TestEventsOfAnOlderAgentAttachToTheNodesMark(t *testing.T) {
 		t.Errorf("derived %v from an event that names no mark on an unmarked node", kinds(got))
 	}
 }
+
+func TestARefusedMarkWriteStillAnnouncesTheNotice(t *testing.T) {
+	// Admission refused the agent's Node patch: the drain runs from the
+	// mark in memory, and the agent's event carries it.
+	s := nodeState{name: "n1", exists: true, events: []*corev1.Event{nodeEvent("n1", nodemark.EventMarkRefused, &preempt, t0.Add(time.Second), nil)}}
+	got := derive(s, base, time.Hour, t0.Add(2*time.Second))
+	if len(got) != 1 || got[0].Kind != notification.KindMarked || got[0].ID != notification.ID(notification.KindMarked, "n1", preempt) {
+		t.Errorf("derived %v, want node.marked for the mark in memory", kinds(got))
+	}
+}
