@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/proc"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -34,23 +34,11 @@ const agentMemoryLimit = 64 << 20
 // residentKiB reads a memory line (VmRSS, VmHWM) of /proc/<pid>/status.
 func residentKiB(t *testing.T, pid int, field string) int64 {
 	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	kib, err := proc.ResidentKiB(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("parse %s: %v", field, err)
-			}
-			return kib
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return kib
 }
 
 // cpuTime is the CPU time a process has used so far (user and system),
@@ -304,8 +292,13 @@ func TestReadinessFloodDoesNotSlowTheDrain(t *testing.T) {
 	if achieved < rate/2 {
 		t.Fatalf("the flood reached only %.0f probes a second, want about %d: the comparison says nothing", achieved, rate)
 	}
-	if ratio > 1.2 {
-		t.Fatalf("the drain took %.2fx as long under the readiness flood, want at most 1.2x", ratio)
+	// Answering the flood costs CPU the drain then lacks: on 2 cores the
+	// probes and their sender take about half a core, and drains measured
+	// 0.97x to 1.42x as long from that alone. Probes that spent the
+	// drain's request budget made it 8.4x (docs/serving.md): the bound
+	// lies between the two, far from both.
+	if ratio > 2 {
+		t.Fatalf("the drain took %.2fx as long under the readiness flood, want at most 2x", ratio)
 	}
 }
 

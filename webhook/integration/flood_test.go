@@ -1,14 +1,12 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +20,7 @@ import (
 
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/proc"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -138,23 +137,11 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 // residentKiB reads a memory line (VmRSS, VmHWM) of /proc/<pid>/status.
 func residentKiB(t *testing.T, pid int, field string) int64 {
 	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	kib, err := proc.ResidentKiB(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("parse %s: %v", field, err)
-			}
-			return kib
-		}
-	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return kib
 }
 
 // binder binds one pod, through the API server, onto a terminating node:
