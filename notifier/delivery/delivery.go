@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -149,7 +150,7 @@ func (d *Deliverer) Offer(n notification.Notification) {
 		delete(d.queued, dropped.n.ID)
 		close(dropped.dropped)
 	}
-	d.queue = append(d.queue, &item{n: n, dropped: make(chan struct{})})
+	d.insert(&item{n: n, dropped: make(chan struct{})})
 	d.queued[n.ID] = true
 	d.metrics.depth.WithLabelValues(name).Set(float64(len(d.queue)))
 	logger := d.logger
@@ -163,6 +164,24 @@ func (d *Deliverer) Offer(n notification.Notification) {
 	case d.ready <- struct{}{}:
 	default:
 	}
+}
+
+// insert queues it in order of occurrence: the source emits each node's
+// notifications in order, but across nodes in the order it saw them (two
+// agents' writes race), and a term's first pass walks the nodes in no
+// order. A receiver that was down must still get the backlog as it
+// happened. A node's own notifications keep the order they were offered
+// in. Called with mu held.
+func (d *Deliverer) insert(it *item) {
+	i := len(d.queue)
+	for i > 0 {
+		prev := d.queue[i-1].n
+		if prev.Node.Name == it.n.Node.Name || !prev.OccurredAt.After(it.n.OccurredAt) {
+			break
+		}
+		i--
+	}
+	d.queue = slices.Insert(d.queue, i, it)
 }
 
 // Depth is how many notifications wait, the one in flight included.
@@ -192,10 +211,13 @@ func (d *Deliverer) Run(ctx context.Context, stopping <-chan struct{}) {
 				continue
 			}
 		}
-		if !d.deliver(ctx, stopping, it) {
+		settled, more := d.deliver(ctx, stopping, it)
+		if !more {
 			return
 		}
-		d.pop(it)
+		if settled {
+			d.pop(it)
+		}
 	}
 }
 
@@ -208,32 +230,35 @@ func (d *Deliverer) head() *item {
 	return d.queue[0]
 }
 
-// pop removes it if it is still the head (a full queue may have dropped it).
+// pop removes it wherever it is now (an earlier notification may have been
+// queued before it while it was in flight), if a full queue did not drop it.
 func (d *Deliverer) pop(it *item) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.queue) > 0 && d.queue[0] == it {
-		d.queue = d.queue[1:]
+	if i := slices.Index(d.queue, it); i >= 0 {
+		d.queue = slices.Delete(d.queue, i, i+1)
 		delete(d.queued, it.n.ID)
 	}
 	d.metrics.depth.WithLabelValues(d.sink.Name()).Set(float64(len(d.queue)))
 }
 
-// deliver sends it until it is settled or dropped; false means stop.
-func (d *Deliverer) deliver(ctx context.Context, stopping <-chan struct{}, it *item) bool {
+// deliver sends it until it is settled or dropped (settled), or until an
+// earlier notification is queued before it between two attempts (not
+// settled: that one goes first); more false means stop.
+func (d *Deliverer) deliver(ctx context.Context, stopping <-chan struct{}, it *item) (settled, more bool) {
 	logger := log.FromContext(ctx).WithValues("id", it.n.ID, "kind", it.n.Kind, "node", it.n.Node.Name)
 	name := d.sink.Name()
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-it.dropped:
-			return true
+			return true, true
 		case <-stopping:
-			return false
+			return false, false
 		default:
 		}
 		out := d.attempt(ctx, it.n)
 		if ctx.Err() != nil {
-			return false
+			return false, false
 		}
 		d.metrics.sent.WithLabelValues(name, out.result).Inc()
 		switch out.result {
@@ -242,22 +267,25 @@ func (d *Deliverer) deliver(ctx context.Context, stopping <-chan struct{}, it *i
 			d.metrics.latency.WithLabelValues(name).Observe(latency.Seconds())
 			logger.Info("notification delivered", "status", out.status, "attempts", attempt+1, "sinceOccurred", latency)
 			d.settle(ctx, it.n)
-			return true
+			return true, true
 		case ResultRejected, ResultUnsent:
 			logger.Error(out.err, "notification refused; not sending it again", "status", out.status, "attempts", attempt+1)
 			d.settle(ctx, it.n)
-			return true
+			return true, true
 		}
 		wait := d.retryDelay(attempt, out.retryAfter)
 		logger.Info("notification not delivered; will retry", "status", out.status, "error", errString(out.err), "attempt", attempt+1, "in", wait)
 		select {
 		case <-ctx.Done():
-			return false
+			return false, false
 		case <-stopping:
-			return false
+			return false, false
 		case <-it.dropped:
-			return true
+			return true, true
 		case <-d.clk.After(wait):
+		}
+		if d.head() != it {
+			return false, true
 		}
 	}
 }
