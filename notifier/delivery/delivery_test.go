@@ -390,3 +390,38 @@ func TestRetryDelayHonoursRetryAfterAndOtherwiseBacksOffWithJitter(t *testing.T)
 		}
 	}
 }
+
+func TestABacklogGoesOutInOrderOfOccurrenceAcrossNodes(t *testing.T) {
+	cfg := fast()
+	var mu sync.Mutex
+	refused := 0
+	f := start(t, cfg, func(*http.Request, string, int) (int, http.Header) {
+		mu.Lock()
+		defer mu.Unlock()
+		if refused < 3 {
+			refused++
+			return http.StatusServiceUnavailable, nil
+		}
+		return http.StatusOK, nil
+	})
+	t0 := time.Now()
+	on := func(id, node string, at time.Duration) notification.Notification {
+		n := note(id)
+		n.Node.Name, n.OccurredAt = node, t0.Add(at)
+		return n
+	}
+	// b-late is offered first and refused; a-early, seen later but
+	// earlier, goes before it; b-after stays after b-late, its node's
+	// order, though its time says otherwise.
+	f.d.Offer(on("b-late", "b", 2*time.Second))
+	waitFor(t, budget(cfg, 1, 0), "b-late refused", func() bool { return len(f.rec.requests()) >= 1 })
+	f.d.Offer(on("a-early", "a", time.Second))
+	f.d.Offer(on("b-after", "b", 0))
+	waitFor(t, budget(cfg, 6, 3), "three deliveries", func() bool { return f.sent(ResultDelivered) == 3 })
+	var accepted []string
+	got := f.rec.requests()
+	accepted = got[len(got)-3:]
+	if fmt.Sprint(accepted) != "[a-early b-late b-after]" {
+		t.Errorf("accepted %v (all requests %v), want [a-early b-late b-after]", accepted, got)
+	}
+}
