@@ -69,6 +69,10 @@ type AgentSpec struct {
 // StartAgent starts an agent and waits until it reports ready, or until the
 // agent's own start-up budget passes.
 func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
+	return proc.RetryOnTakenPort(func() (*Agent, error) { return startAgentOnce(ctx, s) })
+}
+
+func startAgentOnce(ctx context.Context, s AgentSpec) (*Agent, error) {
 	ports, err := proc.FreePorts(2)
 	if err != nil {
 		return nil, err

@@ -3,14 +3,12 @@ package localrun
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -133,21 +131,8 @@ func StartNotifier(ctx context.Context, s NotifierSpec) (*Notifier, error) {
 	if err := os.WriteFile(config, []byte(s.Config), 0o600); err != nil {
 		return nil, fmt.Errorf("notifier config: %w", err)
 	}
-	// The ports are free when picked and bound by the notifier a moment
-	// later: another process can take one in between. Such a start is
-	// tried again on fresh ports; any other failure is returned with the
-	// notifier's log.
-	const attempts = 3
-	for i := 1; ; i++ {
-		n, err := startNotifierOnce(ctx, s, config)
-		if err == nil || !errors.Is(err, errPortTaken) || i == attempts {
-			return n, err
-		}
-	}
+	return proc.RetryOnTakenPort(func() (*Notifier, error) { return startNotifierOnce(ctx, s, config) })
 }
-
-// errPortTaken marks a start that failed because a port was taken.
-var errPortTaken = errors.New("a listen port was taken")
 
 func startNotifierOnce(ctx context.Context, s NotifierSpec, config string) (*Notifier, error) {
 	ports, err := proc.FreePorts(2)
@@ -171,22 +156,9 @@ func startNotifierOnce(ctx context.Context, s NotifierSpec, config string) (*Not
 	}
 	if err := n.waitReady(ctx); err != nil {
 		n.Stop()
-		log := n.Log()
-		if strings.Contains(log, "address already in use") {
-			err = fmt.Errorf("%w: %w", errPortTaken, err)
-		}
-		return nil, fmt.Errorf("%w; log:\n%s", err, lastLines(log, 20))
+		return nil, err
 	}
 	return n, nil
-}
-
-// lastLines returns the last n lines of a log.
-func lastLines(log string, n int) string {
-	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // waitReady polls /readyz. Ten seconds covers reading the Secret many
@@ -198,7 +170,7 @@ func (n *Notifier) waitReady(ctx context.Context) error {
 	last := ""
 	for {
 		if gone, err := n.proc.Exited(); gone {
-			return fmt.Errorf("notifier %s exited before it was ready: %w", n.Name, err)
+			return err
 		}
 		resp, err := hc.Get("http://" + n.HealthAddr + "/readyz")
 		if err == nil {

@@ -82,6 +82,10 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	if err != nil {
 		return nil, err
 	}
+	return proc.RetryOnTakenPort(func() (*Webhook, error) { return startWebhookOnce(ctx, s, configs) })
+}
+
+func startWebhookOnce(ctx context.Context, s WebhookSpec, configs *WebhookConfigurations) (*Webhook, error) {
 	ports, err := proc.FreePorts(3)
 	if err != nil {
 		return nil, err

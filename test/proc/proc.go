@@ -53,13 +53,51 @@ func Start(dir, name string, env []string, bin string, args ...string) (*Process
 	return p, nil
 }
 
-// Exited reports whether the process has ended, and how.
+// Exited reports whether the process has ended, and how: the exit status
+// and the last lines of its log, which a test's own log directory may not
+// outlive. The error wraps ErrPortTaken when the process could not bind a
+// port.
 func (p *Process) Exited() (bool, error) {
 	select {
 	case <-p.done:
-		return true, fmt.Errorf("%s exited: %v (log: %s)", p.name, p.err, p.logPath)
 	default:
 		return false, nil
+	}
+	b, _ := os.ReadFile(p.logPath)
+	err := fmt.Errorf("%s exited: %v (log: %s, ending:\n%s)", p.name, p.err, p.logPath, lastLines(string(b), exitLogLines))
+	if strings.Contains(string(b), "address already in use") {
+		err = fmt.Errorf("%w: %w", ErrPortTaken, err)
+	}
+	return true, err
+}
+
+// exitLogLines is how much of a log an exit error quotes.
+const exitLogLines = 15
+
+// lastLines returns the last n lines of a log.
+func lastLines(log string, n int) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ErrPortTaken: a process exited because a port picked for it by FreePorts
+// was bound by another process in between.
+var ErrPortTaken = errors.New("a port picked for the process was taken before it bound it")
+
+// RetryOnTakenPort calls start, which picks its ports with FreePorts, again
+// when it failed with ErrPortTaken: the ports are free when picked and bound
+// by the child a moment later, and on a busy machine another process can
+// take one in between. Any other failure is returned as it is.
+func RetryOnTakenPort[T any](start func() (T, error)) (T, error) {
+	const attempts = 3
+	for i := 1; ; i++ {
+		v, err := start()
+		if err == nil || !errors.Is(err, ErrPortTaken) || i == attempts {
+			return v, err
+		}
 	}
 }
 
