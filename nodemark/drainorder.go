@@ -94,8 +94,8 @@ func DrainOrderFor(pod *corev1.Pod, effect corev1.TaintEffect) DrainOrder {
 	return DefaultDrainOrder(pod, effect)
 }
 
-// DefaultDrainOrder is the drain-order policy (documented as a table in the
-// README). Tolerations are read the way the kubelet reads them for NoExecute
+// DefaultDrainOrder is the drain-order policy (documented as a table in
+// docs/design.md). Tolerations are read the way the kubelet reads them for NoExecute
 // taints: a toleration of the termination taint without tolerationSeconds
 // keeps the pod; with tolerationSeconds it delays the eviction. A toleration
 // that matches every taint (operator Exists, no key) counts too, which is what

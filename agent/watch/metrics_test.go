@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// The metric names are documented in the README and dashboards use them.
+// The metric names are documented in docs/reference.md and dashboards use them.
 func TestMetricNamesAreStableAndRegisteringTwiceIsAnError(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m, err := NewMetrics(reg)

@@ -16,8 +16,8 @@ import (
 
 // The webhook counts calls from outside the control plane's range, and the
 // NetworkPolicy admits the control plane by that range. The user relies
-// on the two saying the same thing as shipped, so that changing the one the
-// README points at, and not the other, is caught here first.
+// on the two saying the same thing as shipped, so that changing the one
+// docs/security.md tells users to set, and not the other, is caught here first.
 func TestTheWebhookExpectsCallsFromTheNetworkPolicysControlPlaneRange(t *testing.T) {
 	root, err := cluster.RepoRoot()
 	if err != nil {
