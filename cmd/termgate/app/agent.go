@@ -34,10 +34,11 @@ type agentOptions struct {
 	listen string
 	taint  string
 	log    daemon.LogOptions
+	lb     lbOptions
 }
 
 func newAgentOptions() *agentOptions {
-	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), log: daemon.LogOptions{Format: "json"}}
+	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), log: daemon.LogOptions{Format: "json"}, lb: newLBOptions()}
 	o.drain = drain.Config{}.WithDefaults()
 	return o
 }
@@ -67,6 +68,7 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.drain.BackoffCap, "eviction-backoff-cap", o.drain.BackoffCap, "longest retry delay after refused evictions")
 	fs.DurationVar(&o.drain.MinDeleteGrace, "min-delete-grace", o.drain.MinDeleteGrace, "shortest grace period of an escalated delete")
 	fs.DurationVar(&o.watch.PollTimeout, "metadata-poll-timeout", o.watch.PollTimeout, "timeout_sec of each hanging GET; bounds how stale the watch can be unnoticed")
+	o.lb.addFlags(fs)
 	o.log.AddFlags(fs)
 }
 
@@ -76,6 +78,7 @@ func (o *agentOptions) Complete() {
 	o.drain.TaintEffect = o.agent.TaintEffect
 	o.drain.NodeName = o.agent.NodeName
 	o.drain.DryRun = o.agent.DryRun
+	o.drain.LBWaitCaps, o.drain.LBMargin = o.lb.caps.caps, o.lb.margin
 }
 
 // Validate checks the completed options once at start-up.
@@ -84,7 +87,7 @@ func (o *agentOptions) Validate() error {
 	if o.watch.PollTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("metadata poll timeout %s must be at least 1s", o.watch.PollTimeout))
 	}
-	errs = append(errs, o.client.Validate(), o.log.Validate())
+	errs = append(errs, o.client.Validate(), o.log.Validate(), o.lb.validate())
 	return errors.Join(errs...)
 }
 
@@ -151,6 +154,10 @@ func (o *agentOptions) run(ctx context.Context) error {
 
 	clk := clock.RealClock{}
 	pods := drain.NewPodSource(client, o.agent.NodeName)
+	lbs := o.lb.tracker(client, clk, o.agent.NodeName)
+	if lbs != nil {
+		o.drain.LoadBalancers = lbs
+	}
 	a, err := agent.New(o.agent, agent.Parts{
 		Client:  client,
 		Clock:   clk,
@@ -163,7 +170,7 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return serveWhile(ctx, o.listen, a.Handler(reg), a.Run)
+	return serveWhile(ctx, o.listen, a.Handler(reg), runBeside(lbs, a.Run))
 }
 
 // serveWhile runs work and the probe and metrics server beside it. The
