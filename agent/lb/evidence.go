@@ -52,13 +52,31 @@ type evidence struct {
 	synced       map[types.UID]bool
 	left         map[types.UID]time.Time
 	failure      map[types.UID]string
+
+	// A node-sync occurrence that may come from a call under way at the
+	// mark waits in ambiguous until the controller has been quiet for
+	// longer than any of its calls took: the pass that was under way is
+	// then over, and it would have updated the Service again. lastSync is
+	// the latest node-sync occurrence and longest the longest gap between
+	// two (the first counted from the earliest moment a call under way at
+	// the mark can have begun).
+	ambiguous map[types.UID]time.Time
+	lastSync  time.Time
+	longest   time.Duration
 }
 
-func newEvidence(idle, serial bool) *evidence {
+// settleSlack is added to the longest call before the controller counts
+// as quiet: calls of the same cloud vary.
+const settleSlack = time.Second
+
+// newEvidence starts the evidence of a drain. busySince is the earliest
+// moment a call still under way at the mark can have begun (only read when
+// not idle).
+func newEvidence(idle, serial bool, busySince time.Time) *evidence {
 	return &evidence{
-		idle: idle, serial: serial,
+		idle: idle, serial: serial, lastSync: busySince,
 		ensuring: map[types.UID]bool{}, synced: map[types.UID]bool{},
-		left: map[types.UID]time.Time{}, failure: map[types.UID]string{},
+		left: map[types.UID]time.Time{}, failure: map[types.UID]string{}, ambiguous: map[types.UID]time.Time{},
 	}
 }
 
@@ -77,8 +95,16 @@ func (e *evidence) observe(o occurrence) bool {
 		trusted := e.idle || (e.serial && e.nodeSyncSeen) || e.synced[o.service]
 		e.nodeSyncSeen = true
 		e.synced[o.service] = true
+		if !e.lastSync.IsZero() {
+			e.longest = max(e.longest, o.at.Sub(e.lastSync))
+		}
+		e.lastSync = o.at
 		if trusted {
+			delete(e.ambiguous, o.service)
 			return e.confirm(o)
+		}
+		if _, done := e.left[o.service]; !done {
+			e.ambiguous[o.service] = o.at
 		}
 	case ReasonUpdateFailed, ReasonSyncFailed:
 		if _, done := e.left[o.service]; !done {
@@ -87,6 +113,21 @@ func (e *evidence) observe(o occurrence) bool {
 		}
 	}
 	return false
+}
+
+// settle confirms the ambiguous occurrences once the controller has made no
+// node-sync call for longer than its longest one: no pass is under way, so
+// none of them came from a call that began before the mark and still awaits
+// its redo. It reports whether it confirmed any.
+func (e *evidence) settle(now time.Time) bool {
+	if len(e.ambiguous) == 0 || now.Sub(e.lastSync) <= e.longest+settleSlack {
+		return false
+	}
+	for svc, at := range e.ambiguous {
+		e.confirm(occurrence{service: svc, reason: ReasonUpdated, at: at})
+	}
+	clear(e.ambiguous)
+	return true
 }
 
 func (e *evidence) confirm(o occurrence) bool {

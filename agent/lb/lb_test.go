@@ -81,7 +81,7 @@ func occ(svc types.UID, reason string, at int) occurrence {
 
 func TestEvidenceTrustsOnlyCallsThatBeganAfterTheMark(t *testing.T) {
 	t.Run("idle controller: the first update counts", func(t *testing.T) {
-		e := newEvidence(true, true)
+		e := newEvidence(true, true, time.Time{})
 		e.observe(occ(svcA, ReasonUpdated, 5))
 		if e.left[svcA] != time.Unix(5, 0) {
 			t.Errorf("left %v, want 5", e.left)
@@ -90,7 +90,7 @@ func TestEvidenceTrustsOnlyCallsThatBeganAfterTheMark(t *testing.T) {
 	t.Run("a sync under way: the call that was in flight does not count", func(t *testing.T) {
 		// Another node was preempted just before: the controller's call
 		// for A listed the hosts before this node's label.
-		e := newEvidence(false, true)
+		e := newEvidence(false, true, time.Unix(1, 0))
 		e.observe(occ(svcA, ReasonUpdated, 3))
 		if _, ok := e.left[svcA]; ok {
 			t.Fatal("the update in flight at the mark was taken as evidence")
@@ -107,7 +107,7 @@ func TestEvidenceTrustsOnlyCallsThatBeganAfterTheMark(t *testing.T) {
 		}
 	})
 	t.Run("parallel syncs: only a Service's own second update vouches", func(t *testing.T) {
-		e := newEvidence(false, false)
+		e := newEvidence(false, false, time.Unix(1, 0))
 		e.observe(occ(svcA, ReasonUpdated, 3))
 		e.observe(occ(svcB, ReasonUpdated, 4))
 		if len(e.left) != 0 {
@@ -118,8 +118,32 @@ func TestEvidenceTrustsOnlyCallsThatBeganAfterTheMark(t *testing.T) {
 			t.Errorf("B's second update did not count: %v", e.left)
 		}
 	})
+	t.Run("an update that may have been in flight counts once the controller is quiet", func(t *testing.T) {
+		// A node joined 2 s before the mark (busy since 1); the one update
+		// after it took 2 s. A pass under way would make its next call
+		// within about as long: past that and a second, nothing was.
+		e := newEvidence(false, true, time.Unix(1, 0))
+		e.observe(occ(svcA, ReasonUpdated, 3))
+		if e.settle(time.Unix(5, 0)) || len(e.left) != 0 {
+			t.Fatalf("settled while a pass may still be under way: %v", e.left)
+		}
+		if !e.settle(time.Unix(6, 500e6)) || e.left[svcA] != time.Unix(3, 0) {
+			t.Errorf("not settled once quiet: %v", e.left)
+		}
+	})
+	t.Run("a further update resets the quiet", func(t *testing.T) {
+		e := newEvidence(false, false, time.Unix(1, 0))
+		e.observe(occ(svcA, ReasonUpdated, 3))
+		e.observe(occ(svcB, ReasonUpdated, 6)) // the controller is still busy
+		if e.settle(time.Unix(8, 0)) {
+			t.Fatal("settled 2 s after an update, with 3 s calls")
+		}
+		if !e.settle(time.Unix(10, 100e6)) || len(e.left) != 2 {
+			t.Errorf("left %v after the quiet, want both", e.left)
+		}
+	})
 	t.Run("service sync counts only when it started after the mark", func(t *testing.T) {
-		e := newEvidence(true, true)
+		e := newEvidence(true, true, time.Time{})
 		e.observe(occ(svcA, ReasonEnsured, 2))
 		if len(e.left) != 0 {
 			t.Fatal("an ensure that began before the mark counted")
@@ -131,7 +155,7 @@ func TestEvidenceTrustsOnlyCallsThatBeganAfterTheMark(t *testing.T) {
 		}
 	})
 	t.Run("a failure is kept until a success", func(t *testing.T) {
-		e := newEvidence(true, true)
+		e := newEvidence(true, true, time.Time{})
 		e.observe(occurrence{service: svcA, reason: ReasonUpdateFailed, at: time.Unix(2, 0), message: "quota"})
 		if e.failure[svcA] != "quota" {
 			t.Fatalf("failure %v", e.failure)
@@ -143,7 +167,7 @@ func TestEvidenceTrustsOnlyCallsThatBeganAfterTheMark(t *testing.T) {
 	})
 	t.Run("a resumed drain adopts what happened in a later second", func(t *testing.T) {
 		mark := time.Unix(100, 400e6)
-		e := newEvidence(false, true)
+		e := newEvidence(false, true, time.Unix(1, 0))
 		e.adopt(svcA, ReasonUpdated, time.Unix(100, 0), mark) // same second: maybe before
 		e.adopt(svcB, ReasonUpdated, time.Unix(101, 0), mark)
 		if _, ok := e.left[svcA]; ok || e.left[svcB].IsZero() {

@@ -96,7 +96,7 @@ func (s *session) follow(ctx context.Context) {
 		}
 	}
 	idle := idleAt(markAt, s.t.cfg.QuietWindow, recent)
-	s.ev = newEvidence(idle, s.t.cfg.SerialNodeSync)
+	s.ev = newEvidence(idle, s.t.cfg.SerialNodeSync, busySince(markAt, s.t.cfg.QuietWindow, recent))
 	resumed := s.t.clk.Since(markAt) > resumedAfter
 	if resumed {
 		for _, b := range s.baseline {
@@ -110,7 +110,37 @@ func (s *session) follow(ctx context.Context) {
 	s.mu.Unlock()
 	logger.Info("following the service controller", "idleAtMark", idle, "resumed", resumed, "labelledAt", labelledAt)
 	s.poke()
-	<-ctx.Done()
+	tick := time.NewTicker(settleEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.mu.Lock()
+		settled := s.ev.settle(s.t.clk.Now())
+		s.mu.Unlock()
+		if settled {
+			logger.Info("the service controller is quiet: its updates after the mark count")
+			s.poke()
+		}
+	}
+}
+
+// settleEvery is how often a session looks whether the controller is quiet.
+const settleEvery = 250 * time.Millisecond
+
+// busySince is the earliest moment a call still under way at mark can have
+// begun: the latest sign of activity before it, within the quiet window.
+func busySince(mark time.Time, quiet time.Duration, recent []time.Time) time.Time {
+	b := mark.Add(-quiet)
+	for _, t := range recent {
+		if t.After(b) && !t.After(mark) {
+			b = t
+		}
+	}
+	return b
 }
 
 // exclusions returns when this node got the exclusion label and when the

@@ -34,8 +34,9 @@ type Config struct {
 	QuietWindow time.Duration
 }
 
-// DefaultQuietWindow is longer than a GCE operation takes in practice.
-const DefaultQuietWindow = time.Minute
+// DefaultQuietWindow is longer than the GCE operations of one load
+// balancer's update take in practice (seconds to about fifteen).
+const DefaultQuietWindow = 30 * time.Second
 
 // byNamespace indexes the Services that front pods the drain treats apart
 // (class node or neg) by namespace; the others are never looked at.

@@ -24,11 +24,12 @@ type lbOptions struct {
 	margin                 time.Duration
 	ignore, force, first   string
 	serviceControllerSyncs int
+	syncWindow             time.Duration
 	selectors              lb.Selectors
 }
 
 func newLBOptions() lbOptions {
-	return lbOptions{wait: true, caps: waitCapsFlag{caps: drain.DefaultWaitCaps()}, margin: drain.DefaultLBMargin, serviceControllerSyncs: 1}
+	return lbOptions{wait: true, caps: waitCapsFlag{caps: drain.DefaultWaitCaps()}, margin: drain.DefaultLBMargin, serviceControllerSyncs: 1, syncWindow: lb.DefaultQuietWindow}
 }
 
 func (o *lbOptions) addFlags(fs *flag.FlagSet) {
@@ -38,6 +39,7 @@ func (o *lbOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.force, "lb-wait-selector", "", "label selector of Services whose backends wait whatever their type")
 	fs.StringVar(&o.first, "lb-evict-first-selector", "", "label selector of Services whose backends are evicted first, like NEG backends")
 	fs.StringVar(&o.ignore, "lb-ignore-selector", "", "label selector of Services the drain ignores")
+	fs.DurationVar(&o.syncWindow, "lb-sync-window", o.syncWindow, "a load-balancer update, or another node leaving the load balancers, this long before the mark means the service controller may have been mid-sync: keep it above the cloud's longest load-balancer operation")
 	fs.IntVar(&o.serviceControllerSyncs, "lb-service-controller-syncs", o.serviceControllerSyncs, "the service controller's --concurrent-service-syncs (1 on GKE): with 1, one Service's update shows the next call began after the mark")
 }
 
@@ -45,6 +47,9 @@ func (o *lbOptions) validate() error {
 	var err error
 	if o.selectors, err = lb.ParseSelectors(o.ignore, o.force, o.first); err != nil {
 		return err
+	}
+	if o.syncWindow <= 0 {
+		return fmt.Errorf("--lb-sync-window %s must be positive", o.syncWindow)
 	}
 	if o.serviceControllerSyncs < 1 {
 		return fmt.Errorf("--lb-service-controller-syncs %d must be at least 1", o.serviceControllerSyncs)
@@ -58,7 +63,7 @@ func (o *lbOptions) tracker(client kubernetes.Interface, clk clock.Clock, node s
 	if !o.wait {
 		return nil
 	}
-	return lb.NewTracker(client, clk, lb.Config{NodeName: node, Selectors: o.selectors, SerialNodeSync: o.serviceControllerSyncs == 1})
+	return lb.NewTracker(client, clk, lb.Config{NodeName: node, Selectors: o.selectors, SerialNodeSync: o.serviceControllerSyncs == 1, QuietWindow: o.syncWindow})
 }
 
 // runBeside runs t's watch for as long as work runs. The watch outlives
