@@ -59,6 +59,7 @@ type Env struct {
 	AcceleratorBudget time.Duration
 
 	agents []*localrun.Agent
+	binary string // the agents' binary, to restart one
 	// certManager is the webhook when cert-manager issues its certificate.
 	certManager *localrun.CertManagerWebhook
 	// RealNode is set when termgate runs as pods on the real node
@@ -171,6 +172,7 @@ func (e *Env) startMetadata() error {
 // pod-bound identity: each waits for its own cache sync and first metadata
 // reads.
 func (e *Env) startAgents(ctx context.Context, binary string) error {
+	e.binary = binary
 	// Each agent runs as its DaemonSet pod would: with a token bound to a
 	// pod on its node, under the shipped RBAC and Node policy, installed
 	// once for all of them.
