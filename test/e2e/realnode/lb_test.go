@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
@@ -29,6 +30,9 @@ const (
 	// SIGTERM, as a server behind a load balancer should.
 	lbExitDelay = time.Second
 	lbPort      = 8080
+	// lbSyncWindow is above the test cloud's 5 s calls, as a user sizes
+	// --lb-sync-window to the cloud's operations.
+	lbSyncWindow = 8 * time.Second
 )
 
 // lbCase is one Service of type LoadBalancer with two backends on the real
@@ -141,43 +145,64 @@ func (c *lbCase) close(t *testing.T) {
 	c.standIns.Stop()
 }
 
-// lbQuiet waits until no cloud call is under way.
+// lbQuiet waits until no cloud call is under way and none ended within the
+// agent's sync window: the drain then sees an idle controller.
 func lbQuiet(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, "the cloud idle", func(ctx context.Context) (bool, string, error) {
 		s, err := shared.LoadBalancers().State(ctx)
-		return err == nil && len(s.InFlight) == 0, fmt.Sprintf("%d calls under way", len(s.InFlight)), err
+		if err != nil {
+			return false, "", err
+		}
+		var last time.Time
+		for _, c := range s.Calls {
+			if c.Ended.After(last) {
+				last = c.Ended
+			}
+		}
+		return len(s.InFlight) == 0 && time.Since(last) > lbSyncWindow+time.Second,
+			fmt.Sprintf("%d calls under way, last ended %s ago", len(s.InFlight), time.Since(last).Round(time.Millisecond)), nil
 	})
 }
 
-// setAgentLBWait turns the installed agent's --lb-wait on or off and waits
-// for its new pod; the test's cleanup re-applies the install.
-func setAgentLBWait(t *testing.T, on bool) {
+// setAgentFlags sets flags of the installed agent (adding those it lacks)
+// and waits for its new pod; the test's cleanup re-applies the install.
+func setAgentFlags(t *testing.T, flags ...string) {
 	t.Helper()
 	ctx := context.Background()
-	ds, err := shared.Client.AppsV1().DaemonSets(termgateNS).Get(ctx, "termgate-agent", metav1.GetOptions{})
+	// The DaemonSet controller writes the status meanwhile.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ds, err := shared.Client.AppsV1().DaemonSets(termgateNS).Get(ctx, "termgate-agent", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		c := &ds.Spec.Template.Spec.Containers[0]
+		for _, f := range flags {
+			name, _, _ := strings.Cut(f, "=")
+			i := slices.IndexFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, name+"=") })
+			if i < 0 {
+				c.Args = append(c.Args, f)
+			} else {
+				c.Args[i] = f
+			}
+		}
+		_, err = shared.Client.AppsV1().DaemonSets(termgateNS).Update(ctx, ds, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("--lb-wait=%v", on)
-	args := ds.Spec.Template.Spec.Containers[0].Args
-	for i, a := range args {
-		if strings.HasPrefix(a, "--lb-wait=") {
-			args[i] = want
-		}
-	}
-	if !slices.Contains(args, want) {
-		t.Fatalf("the installed agent has no --lb-wait flag: %v", args)
-	}
-	if _, err := shared.Client.AppsV1().DaemonSets(termgateNS).Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 90*time.Second, "the agent running with "+want, func(ctx context.Context) (bool, string, error) {
+	testenv.Eventually(t, 90*time.Second, "the agent running with "+strings.Join(flags, " "), func(ctx context.Context) (bool, string, error) {
 		p := agentPodReady(ctx)
 		if p == nil {
 			return false, "no Ready agent pod", nil
 		}
-		return slices.Contains(p.Spec.Containers[0].Args, want), "Ready pod has " + strings.Join(p.Spec.Containers[0].Args, " "), nil
+		for _, f := range flags {
+			if !slices.Contains(p.Spec.Containers[0].Args, f) {
+				return false, "Ready pod has " + strings.Join(p.Spec.Containers[0].Args, " "), nil
+			}
+		}
+		return true, "", nil
 	})
 }
 
@@ -250,6 +275,7 @@ func TestRealNodeLoadBalancerPreemptionLosesNoRequest(t *testing.T) {
 			t.Logf("%-24s %s", r.name, r.o.Summary())
 		}
 	}()
+	setAgentFlags(t, "--lb-sync-window="+lbSyncWindow.String())
 	// One Service at a time: the drain waits for every load balancer the
 	// node's pods back.
 	local := newLBCase(t, corev1.ServiceExternalTrafficPolicyLocal)
@@ -286,7 +312,7 @@ func TestRealNodeLoadBalancerPreemptionLosesNoRequest(t *testing.T) {
 	clusterPolicy.close(t)
 
 	// Today's behaviour, and the peers': evict at once.
-	setAgentLBWait(t, false)
+	setAgentFlags(t, "--lb-wait=false")
 	for _, policy := range []corev1.ServiceExternalTrafficPolicy{corev1.ServiceExternalTrafficPolicyLocal, corev1.ServiceExternalTrafficPolicyCluster} {
 		c := newLBCase(t, policy)
 		o := c.play(t)
