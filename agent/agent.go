@@ -92,7 +92,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 	})
 	return &Agent{
 		cfg: cfg, client: p.Client, clock: p.Clock, watcher: p.Watcher,
-		marker:  mark.New(p.Client, p.Clock, cfg.NodeName, cfg.DryRun),
+		marker:  markerWith(mark.New(p.Client, p.Clock, cfg.NodeName, cfg.DryRun), cfg.LBMarks),
 		drainer: p.Drainer, pods: p.Pods, nodes: nodes, events: p.Events, metrics: p.Metrics,
 		signals: signals{},
 	}, nil
@@ -447,4 +447,9 @@ func (a *Agent) Ready() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.lastErr
+}
+
+func markerWith(mk *mark.Marker, e mark.Extras) *mark.Marker {
+	mk.SetExtras(e)
+	return mk
 }

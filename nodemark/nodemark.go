@@ -30,6 +30,16 @@ const (
 	// comes back with another boot ID is a new machine and gets unmarked.
 	AnnotationBootID = "termgate.dev/boot-id"
 
+	// TaintToBeDeleted is the cluster autoscaler's taint of a node it
+	// deletes; kube-proxy's /healthz fails for it. The agent adds it only
+	// with --lb-autoscaler-taint, recording AnnotationAutoscalerTaintAdded.
+	TaintToBeDeleted = "ToBeDeletedByClusterAutoscaler"
+	// AnnotationAutoscalerTaintAdded and AnnotationCordoned record that the
+	// agent added TaintToBeDeleted or cordoned the node (--lb-cordon), so
+	// that unmarking takes back only that.
+	AnnotationAutoscalerTaintAdded = "termgate.dev/autoscaler-taint-added"
+	AnnotationCordoned             = "termgate.dev/cordoned"
+
 	// LabelExcludeFromLB removes the node from external load balancers.
 	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
 

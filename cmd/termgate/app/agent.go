@@ -68,7 +68,7 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.drain.BackoffCap, "eviction-backoff-cap", o.drain.BackoffCap, "longest retry delay after refused evictions")
 	fs.DurationVar(&o.drain.MinDeleteGrace, "min-delete-grace", o.drain.MinDeleteGrace, "shortest grace period of an escalated delete")
 	fs.DurationVar(&o.watch.PollTimeout, "metadata-poll-timeout", o.watch.PollTimeout, "timeout_sec of each hanging GET; bounds how stale the watch can be unnoticed")
-	o.lb.addFlags(fs)
+	o.lb.addFlags(fs, &o.agent.LBMarks)
 	o.log.AddFlags(fs)
 }
 
