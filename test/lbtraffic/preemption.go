@@ -207,5 +207,28 @@ func (o Outcome) Summary() string {
 	if !o.Stopped.IsZero() {
 		fmt.Fprintf(&b, "; VM stopped in the host set at +%s", o.Stopped.Sub(o.Notice).Round(time.Millisecond))
 	}
+	var failed []string
+	for _, r := range o.Requests {
+		if !r.OK() && !r.At.Before(o.Notice) {
+			if len(failed) == 5 {
+				failed = append(failed, "...")
+				break
+			}
+			failed = append(failed, fmt.Sprintf("+%s (%s)", r.At.Sub(o.Notice).Round(time.Millisecond), shorten(r.Err)))
+		}
+	}
+	if len(failed) > 0 {
+		fmt.Fprintf(&b, "; failures at %s", strings.Join(failed, ", "))
+	}
 	return b.String()
+}
+
+func shorten(s string) string {
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		s = s[i+2:]
+	}
+	if len(s) > 40 {
+		s = s[:40]
+	}
+	return s
 }
