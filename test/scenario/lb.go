@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/lbtraffic"
 	"termgate.dev/termgate/test/localrun"
@@ -85,6 +86,7 @@ func playLBPreemption(r *run) error {
 
 	on, err := r.lbRun(service, ns, true, func(give func()) {
 		r.announce("instance/preempted = TRUE on "+r.node+" (agent waits for the load balancers)", give)
+		r.expectMarked(nodemark.ReasonPreempted, preemptionNotice)
 	})
 	if err != nil {
 		return err
@@ -106,7 +108,10 @@ func playLBPreemption(r *run) error {
 	if err != nil {
 		return err
 	}
-	off, err := r.lbRun(service, ns, false, func(give func()) { give() })
+	off, err := r.lbRun(service, ns, false, func(give func()) {
+		r.tl.Add(KindNotice, r.node, "instance/preempted = TRUE again on "+r.node+", agent restarted with --lb-wait=false")
+		give()
+	})
 	restoreErr := restore()
 	if err != nil {
 		return err
