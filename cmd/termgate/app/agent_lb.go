@@ -37,7 +37,7 @@ func (o *lbOptions) addFlags(fs *flag.FlagSet, marks *mark.Extras) {
 	fs.BoolVar(&marks.AutoscalerTaint, "lb-autoscaler-taint", false, "also taint a draining node ToBeDeletedByClusterAutoscaler, so that kube-proxy's /healthz fails and health checks take it out of Cluster-policy load balancers; the taint is the cluster autoscaler's (it removes it when it starts) and the shipped Node policy refuses it: allow it there first")
 	fs.BoolVar(&marks.Cordon, "lb-cordon", false, "also cordon a draining node (spec.unschedulable); load balancers ignore it; the shipped Node policy refuses it: allow it there first")
 	fs.BoolVar(&o.wait, "lb-wait", o.wait, "hold the backends of node-level load balancers (Services of type LoadBalancer) until the node has left them, and evict container-native (NEG) backends first")
-	fs.Var(&o.caps, "lb-wait-cap", "the longest wait for load balancers per notice reason, as REASON:FRACTION:MAX (fraction of the notice, absolute bound), repeatable; default "+o.caps.String())
+	fs.Var(&o.caps, "lb-wait-cap", "the longest wait for load balancers per notice reason, as REASON:FRACTION:MAX (fraction of the notice, absolute bound), repeatable or comma-separated")
 	fs.DurationVar(&o.margin, "lb-health-check-margin", o.margin, "time between the evidence that the node left a load balancer and the eviction of its backends there")
 	fs.StringVar(&o.force, "lb-wait-selector", "", "label selector of Services whose backends wait whatever their type")
 	fs.StringVar(&o.first, "lb-evict-first-selector", "", "label selector of Services whose backends are evicted first, like NEG backends")
