@@ -69,6 +69,21 @@ func startSession(ctx context.Context, t *Tracker, mark nodemark.Mark) *session 
 // watches the events on Services until ctx ends.
 func (s *session) follow(ctx context.Context) {
 	logger := log.FromContext(ctx).WithName("lb")
+	// A cluster without a single load-balancer or NEG Service has nothing
+	// to follow: the drain pays nothing until one appears.
+	if s.t.HasSynced() && !s.t.anyFronting() {
+		changed := make(chan struct{}, 1)
+		unsubscribe := s.t.subscribe(changed)
+		for !s.t.anyFronting() {
+			select {
+			case <-ctx.Done():
+				unsubscribe()
+				return
+			case <-changed:
+			}
+		}
+		unsubscribe()
+	}
 	labelledAt, others := s.exclusions(ctx)
 	selector := fields.OneTermEqualSelector("involvedObject.kind", "Service").String()
 	inf := coreinformers.NewFilteredEventInformer(s.t.client, metav1.NamespaceAll, 0, cache.Indexers{},

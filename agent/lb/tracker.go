@@ -119,6 +119,12 @@ func (t *Tracker) subscribe(ch chan struct{}) func() {
 	}
 }
 
+// anyFronting reports whether the cache holds a Service of class node or
+// neg with a selector.
+func (t *Tracker) anyFronting() bool {
+	return len(t.services.GetIndexer().ListIndexFuncValues(byNamespace)) > 0
+}
+
 func (t *Tracker) generation() uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -26,7 +26,8 @@ const (
 
 // lbWaitTrials measures, as deployed, how long a preemption holds the
 // backends of n Services of type LoadBalancer on the spot node (one backend
-// each): from the metadata flip until the first backend is being deleted.
+// each): from the metadata flip until the last backend is being deleted
+// (each goes once its own Service's load balancer has let the node go).
 // The real service controller updates the n load balancers one after the
 // other, lbOperation each, then the agent waits its margin.
 func (b *bench) lbWaitTrials(ctx context.Context, n, trials int) ([]float64, error) {
@@ -78,7 +79,7 @@ func (b *bench) lbWaitTrials(ctx context.Context, n, trials int) ([]float64, err
 		}
 		flip := time.Now()
 		b.md.SetPreempted(true)
-		held, err := firstDeletion(ctx, w, ns.Name, drainBudget)
+		held, err := allDeleting(ctx, w, ns.Name, n, drainBudget)
 		w.Stop()
 		if err != nil {
 			return nil, fmt.Errorf("trial %d: %w (agent log %s)", i+1, err, agent.LogPath())
@@ -126,9 +127,10 @@ func (b *bench) lbServing(ctx context.Context, ns string, services []string) err
 	})
 }
 
-// firstDeletion reads pod events until a pod of ns is being deleted.
-func firstDeletion(ctx context.Context, w watch.Interface, ns string, budget time.Duration) (time.Time, error) {
+// allDeleting reads pod events until n pods of ns are being deleted.
+func allDeleting(ctx context.Context, w watch.Interface, ns string, n int, budget time.Duration) (time.Time, error) {
 	timeout := time.After(budget)
+	deleting := map[string]bool{}
 	for {
 		select {
 		case ev, ok := <-w.ResultChan():
@@ -136,10 +138,13 @@ func firstDeletion(ctx context.Context, w watch.Interface, ns string, budget tim
 				return time.Time{}, errors.New("pod watch closed")
 			}
 			if p, isPod := ev.Object.(*corev1.Pod); isPod && p.Namespace == ns && (p.DeletionTimestamp != nil || ev.Type == watch.Deleted) {
-				return time.Now(), nil
+				deleting[p.Name] = true
+				if len(deleting) == n {
+					return time.Now(), nil
+				}
 			}
 		case <-timeout:
-			return time.Time{}, fmt.Errorf("no backend evicted within %s", budget)
+			return time.Time{}, fmt.Errorf("%d of %d backends evicted within %s", len(deleting), n, budget)
 		case <-ctx.Done():
 			return time.Time{}, ctx.Err()
 		}

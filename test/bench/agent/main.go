@@ -31,7 +31,7 @@
 //     as shipped) against the same drain with --lb-wait=false, interleaved
 //     in the rounds; the pods back no Service, so nothing should wait
 //   - lb_wait_ms_p50_1svc, lb_wait_ms_p50_10svc: a node backing 1 or 10
-//     Services of type LoadBalancer is preempted; flip until the first
+//     Services of type LoadBalancer is preempted; flip until the last
 //     backend is being deleted
 //
 // Fat pods, as deployed on a second node: 60 pods, each with 250 KiB of
@@ -191,7 +191,7 @@ func run(ctx context.Context, o options) error {
 			}
 			fmt.Printf("load-balancer wait with %d Services: %v ms\n", n, ms)
 			figures = append(figures, asdeployed.Figure{Key: fmt.Sprintf("lb_wait_ms_p50_%dsvc", n), Value: asdeployed.Percentile(ms, 50),
-				Note: fmt.Sprintf("flip to the first backend evicted; %d trials, cloud calls of %s one after the other, 2 s margin", len(ms), lbOperation)})
+				Note: fmt.Sprintf("flip to the last backend evicted; %d trials, cloud calls of %s one after the other, 2 s margin", len(ms), lbOperation)})
 		}
 	}
 	if o.fatPods > 0 {
