@@ -9,6 +9,7 @@ export PATH := $(BIN):$(PATH)
 K8S_VERSION := v1.37.2
 K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
 KWOK_VERSION := v0.8.0
+AEMM_VERSION := v1.13.0
 VERSION_PKG := k8s.io/component-base/version
 CONTROLPLANE_LDFLAGS := -s -w \
 	-X $(VERSION_PKG).gitVersion=$(K8S_VERSION) \
@@ -26,7 +27,8 @@ build:
 	$(GO) build -o $(BIN)/termgate ./cmd/termgate
 
 ## binaries: the local cluster's control plane, kwok, cert-manager and service controller, rebuilt only when their pins change.
-binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/cert-manager $(BIN)/service-controller real-node-binaries
+binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/cert-manager $(BIN)/service-controller real-node-binaries \
+	$(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp
 
 # One multi-call binary: etcd, kube-apiserver, kube-scheduler,
 # kube-controller-manager and kubectl link once.
@@ -41,6 +43,13 @@ $(BIN)/kwok-$(KWOK_VERSION).stamp:
 	GOBIN=$(BIN) GOFLAGS= $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
 	dir=$$($(GO) env GOMODCACHE)/sigs.k8s.io/kwok@$(KWOK_VERSION)/kustomize/stage; \
 	for s in $(KWOK_STAGES); do install -m 0644 $$dir/$$s.yaml $(BIN)/kwok-stages/; done
+	touch $@
+
+# AWS's own IMDS simulator, which the EC2 integration tests run where it
+# covers the case (test/ec2fake covers the rest).
+$(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp:
+	@mkdir -p $(BIN)
+	GOBIN=$(BIN) GOFLAGS= $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(AEMM_VERSION)
 	touch $@
 
 # cert-manager's certificates controllers, CA and SelfSigned issuers and CA

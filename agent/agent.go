@@ -1,7 +1,9 @@
-// Package agent is termgate's per-node agent: it follows the GCE metadata
-// server's termination notices (package watch), marks its Node (package
-// mark), drains it in waves before the deadline (package drain) and removes
-// the marks when the notice is withdrawn or the VM comes back.
+// Package agent is termgate's per-node agent: it follows its cloud's
+// termination notices (a notice.Source: GCE's metadata server in package
+// watch, EC2's instance metadata in package aws, Azure's Scheduled Events in
+// package azure), marks its Node (package mark), drains it in waves before
+// the deadline (package drain) and removes the marks when the notice is
+// withdrawn or the VM comes back.
 package agent
 
 import (
@@ -23,7 +25,7 @@ import (
 
 	"termgate.dev/termgate/agent/drain"
 	"termgate.dev/termgate/agent/mark"
-	"termgate.dev/termgate/agent/watch"
+	"termgate.dev/termgate/agent/notice"
 	"termgate.dev/termgate/nodemark"
 )
 
@@ -33,7 +35,7 @@ type Agent struct {
 	cfg     Config
 	client  kubernetes.Interface
 	clock   clock.WithTicker
-	watcher *watch.Watcher
+	sources SourceFor
 	marker  *mark.Marker
 	drainer *drain.Drainer
 	pods    *drain.PodSource
@@ -41,13 +43,17 @@ type Agent struct {
 	events  record.EventRecorder
 	metrics *Metrics
 
-	signals signals
-	drain   *drainRun
+	reading notice.Reading
+	// reported holds the unreadable values already raised as events.
+	reported map[notice.Unreadable]bool
+	drain    *drainRun
 	// refusedMark is the last mark whose write failed and was reported.
 	refusedMark *nodemark.Mark
 
-	mu      sync.Mutex
-	lastErr error // last reconcile error, for readiness
+	mu        sync.Mutex
+	lastErr   error         // last reconcile error, for readiness
+	source    notice.Source // nil until resolved from the Node
+	sourceErr error         // why the source could not be resolved
 }
 
 // drainRun is a drain in progress for one mark.
@@ -63,11 +69,17 @@ type drainOutcome struct {
 	err error
 }
 
+// SourceFor returns the notice source for the agent's Node: the cloud named
+// by a flag, or told by the Node's spec.providerID. An error leaves the
+// agent not ready; it tries again when the Node changes (a cloud controller
+// may set the provider ID after the agent started).
+type SourceFor func(node *corev1.Node) (notice.Source, error)
+
 // Parts are the collaborators New wires together; cmd/termgate/app builds them.
 type Parts struct {
 	Client  kubernetes.Interface
 	Clock   clock.WithTicker
-	Watcher *watch.Watcher
+	Sources SourceFor
 	Drainer *drain.Drainer
 	Pods    *drain.PodSource
 	Events  record.EventRecorder
@@ -91,10 +103,10 @@ func New(cfg Config, p Parts) (*Agent, error) {
 		return obj, nil
 	})
 	return &Agent{
-		cfg: cfg, client: p.Client, clock: p.Clock, watcher: p.Watcher,
+		cfg: cfg, client: p.Client, clock: p.Clock, sources: p.Sources,
 		marker:  markerWith(mark.New(p.Client, p.Clock, cfg.NodeName, cfg.DryRun), cfg.LBMarks),
 		drainer: p.Drainer, pods: p.Pods, nodes: nodes, events: p.Events, metrics: p.Metrics,
-		signals: signals{},
+		reported: map[notice.Unreadable]bool{},
 	}, nil
 }
 
@@ -120,13 +132,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer stop()
-	observations := make(chan watch.Observation, 8)
-	wg.Go(func() { a.watcher.Run(work, observations) })
+	readings := make(chan notice.Reading, 8)
 	wg.Go(func() { a.nodes.RunWithContext(work) })
 	wg.Go(func() { a.pods.Run(work) })
 	if !cache.WaitForCacheSync(ctx.Done(), a.nodes.HasSynced) {
 		return nil
 	}
+	a.startSource(work, &wg, readings)
 	logger.Info("agent started", "dryRun", a.cfg.DryRun, "taintEffect", a.cfg.TaintEffect)
 
 	wake := a.clock.NewTimer(time.Hour)
@@ -149,9 +161,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-exit:
 			logger.Info("stopping: the grace period after the signal is over; the next agent resumes the drain")
 			return nil
-		case o := <-observations:
-			a.observe(work, o)
+		case r := <-readings:
+			a.observe(work, r)
 		case <-nodeChanged:
+			a.startSource(work, &wg, readings)
 		case <-wake.C():
 		case out := <-drainDone:
 			a.drainFinished(work, out)
@@ -217,23 +230,6 @@ func poke(ch chan struct{}) {
 	}
 }
 
-// observe records a parsed metadata value.
-func (a *Agent) observe(ctx context.Context, o watch.Observation) {
-	prev, seen := a.signals[o.Key]
-	a.signals[o.Key] = o
-	if seen && prev.Kind == o.Kind && prev.Raw == o.Raw {
-		return
-	}
-	log.FromContext(ctx).Info("metadata changed", "key", o.Key, "value", o.Raw, "kind", o.Kind)
-	switch {
-	case o.Kind == watch.KindMigrate:
-		a.event(corev1.EventTypeNormal, nodemark.EventLiveMigration, "GCE is live-migrating this VM (%s); nothing to drain", o.Raw)
-	case o.Unreadable != "" && (!seen || prev.Unreadable == ""):
-		a.event(corev1.EventTypeWarning, nodemark.EventMaintenanceUnreadable,
-			"%s could not be read (%s); treating it as no maintenance window", o.Key, o.Unreadable)
-	}
-}
-
 // reconcile brings the Node in line with the signals and returns when it
 // must run again by itself.
 func (a *Agent) reconcile(ctx context.Context) time.Time {
@@ -262,7 +258,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 	if node == nil {
 		return time.Time{}, fmt.Errorf("node %s not found", a.cfg.NodeName)
 	}
-	if len(a.signals) == 0 {
+	if a.reading.Empty() {
 		return time.Time{}, nil
 	}
 	cur, marked, err := nodemark.Read(node.Annotations)
@@ -270,7 +266,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) (time.Time, error) {
 		log.FromContext(ctx).Error(err, "node carries a malformed mark; it will be rewritten or removed")
 		marked = true
 	}
-	d := decide(a.cfg, a.signals, node, a.clock.Now())
+	d := decideReading(a.cfg, a.reading, node, a.clock.Now())
 	want := d.mark
 	switch {
 	case d.hold:
@@ -351,7 +347,8 @@ func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark
 	case m.Terminating():
 		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
 	default:
-		a.event(corev1.EventTypeNormal, nodemark.EventMaintenanceScheduled, "maintenance window starts %s; drain starts %s before it", m.Deadline.UTC().Format(time.RFC3339), a.cfg.UpcomingLead)
+		reason, msg := a.advanceEvent(m)
+		a.event(corev1.EventTypeNormal, reason, "%s", msg)
 	}
 	return nil
 }
@@ -369,7 +366,7 @@ func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark
 		return err
 	}
 	a.metrics.restored.Inc()
-	seen := a.signals.latest()
+	seen := a.reading.At
 	log.FromContext(ctx).Info("node restored", "why", why, "reason", was.Reason, "withdrawalSeen", seen)
 	if a.events != nil {
 		at := map[string]string{nodemark.EventAnnotationWithdrawalSeen: seen.UTC().Format(time.RFC3339Nano)}
@@ -428,12 +425,15 @@ func (a *Agent) drainFinished(ctx context.Context, out drainOutcome) {
 	}
 	if a.drain != nil {
 		a.drain.finished = true
+		if out.err == nil {
+			a.acknowledge(ctx, a.drain.mark)
+		}
 	}
 }
 
-// Ready returns an error until the agent can act: caches synced, a first
-// metadata value read (each key acts on its own as soon as it is read), and
-// the last reconcile succeeded.
+// Ready returns an error until the agent can act: caches synced, its
+// cloud known, a first notice value read (each channel acts on its own as
+// soon as it is read), and the last reconcile succeeded.
 func (a *Agent) Ready() error {
 	if !a.nodes.HasSynced() {
 		return errors.New("node cache not synced")
@@ -441,12 +441,19 @@ func (a *Agent) Ready() error {
 	if !a.pods.HasSynced() {
 		return errors.New("pod cache not synced")
 	}
-	if unread := a.watcher.Unread(); len(unread) == len(watch.Keys) {
-		return fmt.Errorf("metadata not read yet: %v", unread)
-	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.lastErr
+	src, srcErr, lastErr := a.source, a.sourceErr, a.lastErr
+	a.mu.Unlock()
+	switch {
+	case srcErr != nil:
+		return srcErr
+	case src == nil:
+		return errors.New("notice source not started yet")
+	}
+	if err := src.Ready(); err != nil {
+		return err
+	}
+	return lastErr
 }
 
 func markerWith(mk *mark.Marker, e mark.Extras) *mark.Marker {

@@ -28,9 +28,18 @@ type Config struct {
 	AcceleratorMaintenanceBudget time.Duration
 	// AcceleratorLabel marks accelerator nodes.
 	AcceleratorLabel string
-	// UpcomingLead is how long before an announced maintenance window the
-	// drain starts. Until then the node is only discouraged (PreferNoSchedule).
+	// UpcomingLead is how long before a disruption time the cloud gives
+	// (a maintenance window, a scheduled event's NotBefore) the drain
+	// starts. Until then the node is only discouraged (PreferNoSchedule).
 	UpcomingLead time.Duration
+	// AdvisoryBudget is the deadline assumed after an advisory notice that
+	// gives no time of its own (an EC2 rebalance recommendation): what the
+	// drain gets with DrainOnAdvisory, and the advance mark's deadline.
+	AdvisoryBudget time.Duration
+	// DrainOnAdvisory drains on advisory notices instead of only
+	// discouraging new pods; DrainOnPause does the same for notices that
+	// freeze the VM for a moment (Azure Freeze, EC2 system-maintenance).
+	DrainOnAdvisory, DrainOnPause bool
 	// LateStartBudget is the time a VM is assumed to have left when
 	// instance/preempted is already TRUE at the agent's first read: the
 	// notice may be most of PreemptionNotice old.
@@ -64,6 +73,7 @@ func DefaultConfig() Config {
 		AcceleratorMaintenanceBudget: 60 * time.Minute,
 		AcceleratorLabel:             "cloud.google.com/gke-accelerator",
 		UpcomingLead:                 15 * time.Minute,
+		AdvisoryBudget:               2 * time.Minute,
 		LateStartBudget:              15 * time.Second,
 	}
 }
@@ -80,6 +90,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"preemption notice": c.PreemptionNotice, "maintenance budget": c.MaintenanceBudget,
 		"accelerator maintenance budget": c.AcceleratorMaintenanceBudget,
+		"advisory budget":                c.AdvisoryBudget,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s %s must be positive", name, d))

@@ -17,6 +17,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -58,7 +59,7 @@ func (n *node) evictable(ctx context.Context) (left, terminating int, err error)
 		return 0, 0, err
 	}
 	for _, p := range list.Items {
-		if p.Namespace == "termgate" {
+		if p.Namespace == localrun.AgentNamespace {
 			continue
 		}
 		left++

@@ -29,8 +29,12 @@ func TestMain(m *testing.M) {
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), LoadBalancers: &cluster.LoadBalancerOptions{}}
 	os.Exit(testenv.RunUnitsAndCluster(m, opts, &env, func(dir string) error {
 		var err error
-		binary, err = localrun.Build(context.Background(), dir)
-		return err
+		if binary, err = localrun.Build(context.Background(), dir); err != nil {
+			return err
+		}
+		// Tests about the agent's writes passing the shipped policies
+		// mean something only once the API server enforces them.
+		return localrun.WaitAgentPoliciesEnforced(context.Background(), env)
 	}))
 }
 

@@ -32,6 +32,21 @@ const (
 	// EventMaintenanceUnreadable: instance/upcoming-maintenance served a
 	// value the agent cannot schedule by; it counts as no window.
 	EventMaintenanceUnreadable = "MaintenanceValueUnreadable"
+	// EventNoticeUnreadable: a notice source served a value the agent does
+	// not understand (an unknown maintenance-event value, a malformed EC2
+	// or Azure document). It is ignored; every other notice still counts.
+	EventNoticeUnreadable = "NoticeValueUnreadable"
+	// EventDisruptionAdvised: the cloud warns of a disruption that does not
+	// end the VM (an EC2 rebalance recommendation, an Azure Freeze); new
+	// pods are discouraged, nothing is drained unless the user opts in.
+	EventDisruptionAdvised = "DisruptionAdvised"
+	// EventNoticeAcknowledged: the agent told the cloud that the drain is
+	// done and the event may start now (Azure StartRequests, opt-in).
+	EventNoticeAcknowledged = "NoticeAcknowledged"
+	// EventNoticeSourceUnknown: the agent cannot tell which cloud's
+	// notices to follow (--cloud=auto and no known spec.providerID); it
+	// stays not ready.
+	EventNoticeSourceUnknown = "NoticeSourceUnknown"
 
 	// EventDrainWaveStarted: a drain step first acted.
 	EventDrainWaveStarted = "DrainWaveStarted"

@@ -5,6 +5,8 @@
 package nodemark
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -29,6 +31,13 @@ const (
 	// AnnotationBootID is the node's boot ID when it was marked; a node that
 	// comes back with another boot ID is a new machine and gets unmarked.
 	AnnotationBootID = "termgate.dev/boot-id"
+	// AnnotationSource names the notice source that made the mark (gce,
+	// aws, azure) and AnnotationNoticeID the notice's id within it (a
+	// metadata key, an EC2 EventId, an Azure EventId): a withdrawal removes
+	// exactly the mark its notice made, and a restarted agent recognises
+	// its predecessor's mark by them.
+	AnnotationSource   = "termgate.dev/source"
+	AnnotationNoticeID = "termgate.dev/notice-id"
 
 	// TaintToBeDeleted is the cluster autoscaler's taint of a node it
 	// deletes; kube-proxy's /healthz fails for it. The agent adds it only
@@ -69,6 +78,12 @@ const (
 	ReasonPreempted           Reason = "Preempted"
 	ReasonHostMaintenance     Reason = "HostMaintenance"
 	ReasonUpcomingMaintenance Reason = "UpcomingMaintenance"
+	// ReasonTermination: the VM is being deleted on purpose (an Azure
+	// scale-set Terminate notification).
+	ReasonTermination Reason = "Termination"
+	// ReasonRebalanceRecommended: the cloud warns that the VM is at an
+	// elevated risk of interruption (an EC2 rebalance recommendation).
+	ReasonRebalanceRecommended Reason = "RebalanceRecommended"
 )
 
 // Mark is what the agent records on a Node.
@@ -78,24 +93,53 @@ type Mark struct {
 	NoticeTime time.Time
 	Deadline   time.Time
 	BootID     string
+	// Source and NoticeID say which notice the mark stands for; empty on
+	// marks written before termgate recorded them.
+	Source   string
+	NoticeID string
 }
 
 // timeLayout keeps milliseconds: a 30 s budget is tracked to the millisecond.
 const timeLayout = "2006-01-02T15:04:05.000Z07:00"
 
-// Annotations renders the mark as Node annotations.
+// Annotations renders the mark as Node annotations. Source and NoticeID are
+// left out when empty.
 func (m Mark) Annotations() map[string]string {
-	return map[string]string{
+	a := map[string]string{
 		AnnotationState:      string(m.State),
 		AnnotationReason:     string(m.Reason),
 		AnnotationNoticeTime: m.NoticeTime.UTC().Format(timeLayout),
 		AnnotationDeadline:   m.Deadline.UTC().Format(timeLayout),
 		AnnotationBootID:     m.BootID,
 	}
+	if m.Source != "" {
+		a[AnnotationSource] = m.Source
+	}
+	if m.NoticeID != "" {
+		a[AnnotationNoticeID] = m.NoticeID
+	}
+	return a
+}
+
+// MaxNoticeIDLength bounds AnnotationNoticeID's value; the Node policy
+// bounds every annotation the agent writes to 63 characters.
+const MaxNoticeIDLength = 63
+
+// NoticeIDValue is the value AnnotationNoticeID records for a notice id:
+// the id itself, or for an id longer than MaxNoticeIDLength its start and a
+// digest of the whole, which stays stable and distinct.
+func NoticeIDValue(id string) string {
+	if len(id) <= MaxNoticeIDLength {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	digest := hex.EncodeToString(sum[:8])
+	return id[:MaxNoticeIDLength-len(digest)-1] + "~" + digest
 }
 
 // AnnotationKeys lists every annotation a Mark writes.
-var AnnotationKeys = []string{AnnotationState, AnnotationReason, AnnotationNoticeTime, AnnotationDeadline, AnnotationBootID}
+var AnnotationKeys = []string{AnnotationState, AnnotationReason, AnnotationNoticeTime, AnnotationDeadline, AnnotationBootID,
+	AnnotationSource, AnnotationNoticeID}
 
 // OwnedAnnotationKeys lists every annotation termgate may leave on a Node,
 // the mark's and AnnotationLBLabelAdded: what unmarking removes.
@@ -111,7 +155,8 @@ func Read(annotations map[string]string) (m Mark, ok bool, err error) {
 	if !ok {
 		return Mark{}, false, nil
 	}
-	m = Mark{State: State(state), Reason: Reason(annotations[AnnotationReason]), BootID: annotations[AnnotationBootID]}
+	m = Mark{State: State(state), Reason: Reason(annotations[AnnotationReason]), BootID: annotations[AnnotationBootID],
+		Source: annotations[AnnotationSource], NoticeID: annotations[AnnotationNoticeID]}
 	if m.State != StateAdvance && m.State != StateTerminating {
 		return m, true, fmt.Errorf("annotation %s: unknown state %q", AnnotationState, state)
 	}

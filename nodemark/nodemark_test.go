@@ -1,6 +1,8 @@
 package nodemark_test
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,14 +12,30 @@ import (
 func TestMarkRoundTripsThroughAnnotations(t *testing.T) {
 	notice := time.Date(2026, 11, 25, 14, 0, 0, 123_000_000, time.UTC)
 	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted,
-		NoticeTime: notice, Deadline: notice.Add(30 * time.Second), BootID: "b-1"}
+		NoticeTime: notice, Deadline: notice.Add(30 * time.Second), BootID: "b-1", Source: "aws", NoticeID: "instance-event-0123"}
 	got, ok, err := nodemark.Read(m.Annotations())
 	if !ok || err != nil {
 		t.Fatalf("Read = %v, %v", ok, err)
 	}
-	if got.State != m.State || got.Reason != m.Reason || got.BootID != m.BootID ||
+	if got.State != m.State || got.Reason != m.Reason || got.BootID != m.BootID || got.Source != m.Source || got.NoticeID != m.NoticeID ||
 		!got.NoticeTime.Equal(m.NoticeTime) || !got.Deadline.Equal(m.Deadline) {
 		t.Fatalf("got %+v, want %+v", got, m)
+	}
+}
+
+// Every annotation a mark writes is in the key lists that unmarking and
+// the Node policy go by, or it would be left behind or refused.
+func TestEveryAnnotationAMarkWritesIsListed(t *testing.T) {
+	m := nodemark.Mark{State: nodemark.StateAdvance, Reason: nodemark.ReasonRebalanceRecommended, BootID: "b",
+		Source: "azure", NoticeID: "602d9444-d2cd-49c7-8624-8643e7171297"}
+	for k := range m.Annotations() {
+		if !slices.Contains(nodemark.AnnotationKeys, k) || !slices.Contains(nodemark.OwnedAnnotationKeys, k) {
+			t.Errorf("annotation %s is written but not listed", k)
+		}
+	}
+	legacy := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted}
+	if a := legacy.Annotations(); a[nodemark.AnnotationSource] != "" || len(a) != 5 {
+		t.Errorf("a mark without source writes %v", a)
 	}
 }
 
@@ -47,4 +65,16 @@ func FuzzRead(f *testing.F) {
 			nodemark.AnnotationState: state, nodemark.AnnotationNoticeTime: notice, nodemark.AnnotationDeadline: deadline,
 		})
 	})
+}
+
+func TestLongNoticeIDsAreShortenedStablyAndDistinctly(t *testing.T) {
+	short := "602d9444-d2cd-49c7-8624-8643e7171297"
+	if got := nodemark.NoticeIDValue(short); got != short {
+		t.Fatalf("a short id changed: %q", got)
+	}
+	long := strings.Repeat("x", 100)
+	a, b := nodemark.NoticeIDValue(long), nodemark.NoticeIDValue(long+"y")
+	if len(a) > nodemark.MaxNoticeIDLength || a != nodemark.NoticeIDValue(long) || a == b {
+		t.Fatalf("long ids: %q and %q", a, b)
+	}
 }

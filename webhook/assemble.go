@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -43,6 +44,9 @@ type Options struct {
 	ConfinePods nodepods.Options
 	// Limits bound the admission server.
 	Limits Limits
+	// ExpectedPeers are the ranges the API server calls from (see
+	// Server.ExpectedPeers).
+	ExpectedPeers []netip.Prefix
 	// ShutdownDelay and ShutdownTimeout pace the server's shutdown.
 	ShutdownDelay, ShutdownTimeout time.Duration
 	// CertDir holds the serving pair, reloaded on change.
@@ -139,6 +143,7 @@ func New(o Options, c Clients, certSource CertSource, reg prometheus.Registerer,
 		Clock:           clk,
 		Limits:          o.Limits,
 		Metrics:         metrics,
+		ExpectedPeers:   o.ExpectedPeers,
 	}
 	return w, nil
 }

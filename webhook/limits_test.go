@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -67,7 +68,7 @@ func TestCallsBeyondTheLimitsAreRefusedAtOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			held := &heldHandler{entered: make(chan struct{}), release: make(chan struct{})}
-			h := newLimitCalls(held, tc.limits, metrics)
+			h := newLimitCalls(held, tc.limits.withDefaults(), metrics, nil)
 			var wg sync.WaitGroup
 			for _, n := range tc.held {
 				wg.Go(func() { call(h, "", n) })
@@ -111,7 +112,7 @@ func TestAnUndeclaredBodyIsCutAtTheCap(t *testing.T) {
 	var readErr error
 	h := newLimitCalls(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, readErr = io.Copy(io.Discard, r.Body)
-	}), Limits{MaxBodyBytes: 1000, MaxInFlight: 1, MaxInFlightBodyBytes: 1 << 20}, nil)
+	}), Limits{MaxBodyBytes: 1000, MaxInFlight: 1, MaxInFlightBodyBytes: 1 << 20}.withDefaults(), nil, nil)
 	call(h, strings.Repeat("x", 1001), -1)
 	var tooLarge *http.MaxBytesError
 	if !errors.As(readErr, &tooLarge) {
@@ -133,4 +134,134 @@ func TestLimitsAreValidated(t *testing.T) {
 	if err := l.Validate(); err == nil {
 		t.Fatal("a zero read timeout was accepted")
 	}
+}
+
+// readingCall is a call whose body arrives only when finish is called; the
+// handler reads it to the end.
+type readingCall struct {
+	w      *httptest.ResponseRecorder
+	body   *io.PipeWriter
+	done   chan struct{}
+	reader sync.Once
+}
+
+func (c *readingCall) finish() { c.reader.Do(func() { c.body.Close() }) }
+
+// startCall sends a call of declared bytes from peer and returns once the
+// handler is reading its body or the call was answered.
+func startCall(t *testing.T, h http.Handler, entered chan struct{}, peer string, declared int64) *readingCall {
+	t.Helper()
+	pr, pw := io.Pipe()
+	r := httptest.NewRequest(http.MethodPost, "/validate-binding", pr)
+	r.ContentLength, r.RemoteAddr = declared, peer
+	c := &readingCall{w: httptest.NewRecorder(), body: pw, done: make(chan struct{})}
+	go func() { h.ServeHTTP(c.w, r); close(c.done) }()
+	select {
+	case <-entered:
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call neither got in nor was refused")
+	}
+	t.Cleanup(func() { c.finish(); <-c.done })
+	return c
+}
+
+func (c *readingCall) refused() bool {
+	select {
+	case <-c.done:
+		return c.w.Code == http.StatusTooManyRequests
+	default:
+		return false
+	}
+}
+
+func TestAPeerWithBodiesStillArrivingCannotTakeEverySlot(t *testing.T) {
+	metrics, err := review.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{}, 16)
+	reader := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		_, _ = io.Copy(io.Discard, r.Body)
+	})
+	l := Limits{MaxBodyBytes: 1 << 20, MaxInFlight: 10, MaxInFlightBodyBytes: 8 << 20, MaxReadingPerPeer: 2}.withDefaults()
+	h := newLimitCalls(reader, l, metrics, []netip.Prefix{netip.MustParsePrefix("172.16.0.0/28")})
+	const a, b = "192.0.2.1:40000", "192.0.2.2:40000"
+	first := startCall(t, h, entered, a, 100)
+	startCall(t, h, entered, a, 100)
+	if c := startCall(t, h, entered, a, 100); !c.refused() {
+		t.Fatalf("a third call of a peer with two bodies arriving was not refused (%d)", c.w.Code)
+	}
+	if c := startCall(t, h, entered, b, 100); c.refused() {
+		t.Fatal("another peer's call was refused")
+	}
+	// Once a body has arrived the call no longer counts against its peer.
+	first.finish()
+	<-first.done
+	if c := startCall(t, h, entered, a, 100); c.refused() {
+		t.Fatal("the peer's call was refused after one of its bodies had arrived")
+	}
+	// A peer's declared bodies may hold a quarter of the budget (2 MiB).
+	const big = "192.0.2.3:40000"
+	startCall(t, h, entered, big, 1<<20)
+	startCall(t, h, entered, big, 1<<20-minCallWeight)
+	if c := startCall(t, h, entered, big, minCallWeight+1); !c.refused() {
+		t.Fatal("a peer's bodies were admitted beyond its share of the body budget")
+	}
+}
+
+// With the control plane's range given, calls from elsewhere are counted,
+// and only they are bounded per peer; without it nobody is.
+func TestCallsFromOutsideTheExpectedRangesAreCountedAndBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metrics, err := review.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered := make(chan struct{}, 16)
+	reader := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		_, _ = io.Copy(io.Discard, r.Body)
+	})
+	l := Limits{MaxBodyBytes: 1 << 20, MaxInFlight: 10, MaxInFlightBodyBytes: 8 << 20, MaxReadingPerPeer: 1}.withDefaults()
+	h := newLimitCalls(reader, l, metrics, []netip.Prefix{netip.MustParsePrefix("172.16.0.0/28")})
+	for range 3 {
+		if c := startCall(t, h, entered, "172.16.0.2:443", 100); c.refused() {
+			t.Fatal("the control plane was bounded per peer")
+		}
+	}
+	startCall(t, h, entered, "10.8.0.5:5000", 100)
+	if c := startCall(t, h, entered, "10.8.0.5:5001", 100); !c.refused() {
+		t.Fatal("an unexpected peer was not bounded")
+	}
+	if c := startCall(t, h, entered, "[::ffff:172.16.0.3]:443", 100); c.refused() {
+		t.Fatal("an IPv4-mapped control-plane address was taken for another peer")
+	}
+	if got := unexpectedCalls(t, reg); got != 2 {
+		t.Fatalf("counted %v calls from unexpected peers, want 2", got)
+	}
+	open := newLimitCalls(reader, l, metrics, nil)
+	for range 3 {
+		if c := startCall(t, open, entered, "10.8.0.6:5000", 100); c.refused() {
+			t.Fatal("a peer was bounded without expected ranges")
+		}
+	}
+	if got := unexpectedCalls(t, reg); got != 2 {
+		t.Fatalf("calls counted as unexpected without expected ranges (%v)", got)
+	}
+}
+
+func unexpectedCalls(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "termgate_webhook_unexpected_peer_calls_total" {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }

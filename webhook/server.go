@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,12 @@ type Server struct {
 	Limits Limits
 	// Metrics counts refused calls; may be nil.
 	Metrics *review.Metrics
+	// ExpectedPeers are the address ranges the API server calls from (the
+	// NetworkPolicy's control-plane range). Calls from elsewhere are
+	// counted, so a policy that is not enforced, or holds the wrong range,
+	// shows up, and bounded per peer (Limits.MaxReadingPerPeer). Empty:
+	// nothing is counted or bounded per peer.
+	ExpectedPeers []netip.Prefix
 
 	draining atomic.Bool
 }
@@ -57,7 +64,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	base := log.IntoContext(context.WithoutCancel(ctx), logger)
 	limits := s.Limits.withDefaults()
 	srv := &http.Server{
-		Handler:           newLimitCalls(s.Handler, limits, s.Metrics),
+		Handler:           newLimitCalls(s.Handler, limits, s.Metrics, s.ExpectedPeers),
 		TLSConfig:         s.TLSConfig,
 		ReadHeaderTimeout: limits.ReadHeaderTimeout,
 		ReadTimeout:       limits.ReadTimeout,

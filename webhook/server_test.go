@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -243,31 +242,6 @@ func TestShutdownKeepsServingThroughTheDelay(t *testing.T) {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("server did not stop after the delay")
-	}
-}
-
-func TestReadinessListsWhatIsMissing(t *testing.T) {
-	ok := webhook.Check{Name: "node-cache", Fn: func() error { return nil }}
-	bad := webhook.Check{Name: "serving-certificate", Fn: func() error { return fmt.Errorf("not loaded yet") }}
-	tests := map[string]struct {
-		checks   []webhook.Check
-		path     string
-		wantCode int
-		wantBody string
-	}{
-		"Ready when every check holds.":                 {checks: []webhook.Check{ok}, path: "/readyz", wantCode: 200, wantBody: "ok"},
-		"Not ready names the failing check and why.":    {checks: []webhook.Check{ok, bad}, path: "/readyz", wantCode: 503, wantBody: "[-]serving-certificate failed: not loaded yet"},
-		"Verbose readiness lists every check.":          {checks: []webhook.Check{ok}, path: "/readyz?verbose", wantCode: 200, wantBody: "[+]node-cache ok"},
-		"Liveness does not depend on readiness checks.": {checks: []webhook.Check{bad}, path: "/healthz", wantCode: 200, wantBody: "ok"},
-	}
-	for name, tc := range tests {
-		t.Run(name, func(t *testing.T) {
-			w := httptest.NewRecorder()
-			webhook.Probes(tc.checks).ServeHTTP(w, httptest.NewRequest(http.MethodGet, tc.path, nil))
-			if w.Code != tc.wantCode || !strings.Contains(w.Body.String(), tc.wantBody) {
-				t.Fatalf("got %d %q", w.Code, w.Body.String())
-			}
-		})
 	}
 }
 

@@ -1,58 +1,37 @@
 package watch
 
 import (
-	"fmt"
 	"net/http"
-	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"termgate.dev/termgate/agent/notice"
 )
 
-// Metrics of the metadata watch.
+// Metrics of the metadata watch: the notice source metrics, by GCE key.
 type Metrics struct {
 	responses     *prometheus.CounterVec
 	watchErrors   *prometheus.CounterVec
 	invalidValues *prometheus.CounterVec
+	source        *notice.Metrics
 }
 
 // NewMetrics creates the watch's metrics and registers them on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
-	m := &Metrics{
-		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "termgate", Subsystem: "agent", Name: "metadata_responses_total",
-			Help: "HTTP responses from the GCE metadata server, by status code (0 = transport error). The client retries 5xx and 429 itself.",
-		}, []string{"code"}),
-		watchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "termgate", Subsystem: "agent", Name: "metadata_errors_total",
-			Help: "Metadata watches that failed after the client's own retries and were restarted with backoff, by key.",
-		}, []string{"key"}),
-		invalidValues: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "termgate", Subsystem: "agent", Name: "metadata_invalid_values_total",
-			Help: "Metadata values the agent could not parse, by key: ignored, or for upcoming-maintenance read as no window.",
-		}, []string{"key"}),
+	m, err := notice.NewMetrics(reg)
+	if err != nil {
+		return nil, err
 	}
-	for _, c := range []prometheus.Collector{m.responses, m.watchErrors, m.invalidValues} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("register metadata watch metrics: %w", err)
-		}
-	}
-	return m, nil
+	return MetricsFrom(m), nil
+}
+
+// MetricsFrom uses source metrics already registered.
+func MetricsFrom(m *notice.Metrics) *Metrics {
+	return &Metrics{responses: m.Responses, watchErrors: m.Errors, invalidValues: m.Invalid, source: m}
 }
 
 // instrument counts every response the metadata client gets, including the
 // ones its internal retries hide.
 func (m *Metrics) instrument(next http.RoundTripper) http.RoundTripper {
-	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		resp, err := next.RoundTrip(r)
-		code := 0
-		if resp != nil {
-			code = resp.StatusCode
-		}
-		m.responses.WithLabelValues(strconv.Itoa(code)).Inc()
-		return resp, err
-	})
+	return m.source.Instrument(next)
 }
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -35,6 +35,9 @@ const (
 	KindMigrate Kind = "migrate"
 	// KindScheduled: an upcoming maintenance window is announced.
 	KindScheduled Kind = "scheduled"
+	// KindUnknown: the value could not be read (Unreadable says why); the
+	// key keeps its last known value.
+	KindUnknown Kind = "unknown"
 )
 
 // Observation is one parsed value of one key.
@@ -51,17 +54,18 @@ type Observation struct {
 	// termination notice seen first is one that may have begun before the
 	// agent started.
 	First bool
-	// Unreadable explains why a value of upcoming-maintenance that could
-	// not be parsed counts as "no window"; empty for readable values.
+	// Unreadable explains why a value could not be read: for
+	// upcoming-maintenance, why it counts as "no window"; for KindUnknown,
+	// why it was ignored. Empty for readable values.
 	Unreadable string
 }
 
-// Window is an upcoming maintenance window.
+// Window is an upcoming maintenance window: what decide reads of it.
 type Window struct {
-	Type   string    // SCHEDULED, UNSCHEDULED, MULTIPLE
-	Status string    // PENDING, ONGOING
-	Start  time.Time // window_start_time
-	End    time.Time // window_end_time (zero if absent)
+	Start time.Time // window_start_time
+	// End is window_end_time; zero when absent or unreadable, which
+	// leaves the start, the one time the drain goes by, standing.
+	End time.Time
 }
 
 // Parse classifies a raw value of key. A value it cannot classify is an
@@ -106,40 +110,45 @@ func Parse(key Key, raw string) (Observation, error) {
 	return o, nil
 }
 
-// upcoming is the JSON the metadata server serves for upcoming-maintenance.
-type upcoming struct {
-	Type         string `json:"type"`
-	Status       string `json:"maintenance_status"`
-	WindowStart  string `json:"window_start_time"`
-	WindowEnd    string `json:"window_end_time"`
-	LatestWindow string `json:"latest_window_start_time"`
-	Error        *struct {
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
 // parseWindow returns nil when nothing is scheduled: an empty value, `{}`,
 // or the server's "no notifications have been received yet" error object.
+// It reads window_start_time, the one field the drain goes by, and
+// window_end_time when it is readable; every other field (type, status,
+// latest_window_start_time, can_reschedule, maintenance_reasons) only tells
+// an announcement from an empty answer, so a malformed one cannot discard a
+// valid window start.
 func parseWindow(v string) (*Window, error) {
 	if v == "" {
 		return nil, nil
 	}
-	var u upcoming
+	var fields map[string]json.RawMessage
 	dec := json.NewDecoder(strings.NewReader(v))
-	if err := dec.Decode(&u); err != nil {
+	if err := dec.Decode(&fields); err != nil {
 		return nil, fmt.Errorf("malformed JSON %q: %w", truncate(v), err)
 	}
-	if u.Error != nil || (u.WindowStart == "" && u.Type == "" && u.Status == "") {
+	if e, failed := fields["error"]; failed && string(e) != "null" {
 		return nil, nil
 	}
-	start, err := time.Parse(time.RFC3339, u.WindowStart)
-	if err != nil {
-		return nil, fmt.Errorf("window_start_time %q: %w", truncate(u.WindowStart), err)
+	startRaw, hasStart := fields["window_start_time"]
+	_, hasType := fields["type"]
+	_, hasStatus := fields["maintenance_status"]
+	if !hasStart && !hasType && !hasStatus {
+		return nil, nil
 	}
-	w := &Window{Type: u.Type, Status: u.Status, Start: start}
-	if u.WindowEnd != "" {
-		if w.End, err = time.Parse(time.RFC3339, u.WindowEnd); err != nil {
-			return nil, fmt.Errorf("window_end_time %q: %w", truncate(u.WindowEnd), err)
+	var startText string
+	if err := json.Unmarshal(startRaw, &startText); err != nil && hasStart {
+		return nil, fmt.Errorf("window_start_time %s: not a string", truncate(string(startRaw)))
+	}
+	start, err := time.Parse(time.RFC3339, startText)
+	if err != nil {
+		return nil, fmt.Errorf("window_start_time %q: %w", truncate(startText), err)
+	}
+	w := &Window{Start: start}
+	// The end is informational: unreadable, it is simply not known.
+	var endText string
+	if json.Unmarshal(fields["window_end_time"], &endText) == nil {
+		if end, err := time.Parse(time.RFC3339, endText); err == nil {
+			w.End = end
 		}
 	}
 	return w, nil

@@ -101,3 +101,22 @@ func TestLenientReadsUnreadableMaintenanceAsNoWindow(t *testing.T) {
 		}
 	}
 }
+
+// decide reads the window's start alone; a malformed field it never reads
+// (the end, the latest start, the reasons) must not discard a valid start.
+func TestAMalformedFieldBesideAValidStartKeepsTheWindow(t *testing.T) {
+	start := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	for name, raw := range map[string]string{
+		"an end that is not a time":   `{"type":"SCHEDULED","maintenance_status":"PENDING","window_start_time":"2026-11-26T10:00:00Z","window_end_time":"soon"}`,
+		"an end that is not a string": `{"type":"SCHEDULED","window_start_time":"2026-11-26T10:00:00Z","window_end_time":42}`,
+		"a latest start of garbage":   `{"type":"SCHEDULED","window_start_time":"2026-11-26T10:00:00Z","latest_window_start_time":"?"}`,
+		"reasons of an unknown shape": `{"type":"SCHEDULED","window_start_time":"2026-11-26T10:00:00Z","maintenance_reasons":{"x":1},"can_reschedule":"maybe"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			o, err := Lenient(KeyUpcomingMaintenance, raw)
+			if err != nil || o.Kind != KindScheduled || o.Window == nil || !o.Window.Start.Equal(start) || o.Unreadable != "" {
+				t.Fatalf("got %+v, %v; want the window starting %s", o, err, start)
+			}
+		})
+	}
+}

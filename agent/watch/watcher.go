@@ -62,7 +62,7 @@ func New(clk clock.Clock, cfg Config, m *Metrics) *Watcher {
 }
 
 // Run follows every key until ctx ends, sending observations on out. Values
-// it cannot parse are logged and counted, never sent.
+// it cannot parse are logged, counted and sent as KindUnknown.
 func (w *Watcher) Run(ctx context.Context, out chan<- Observation) {
 	var wg sync.WaitGroup
 	for _, k := range Keys {
@@ -121,7 +121,8 @@ type follower struct {
 }
 
 // receive parses a value and sends it unless it repeats the last one (a
-// hanging GET that timed out) or cannot be acted on.
+// hanging GET that timed out). A value that cannot be acted on is sent as
+// KindUnknown, which changes nothing but is reported.
 func (f *follower) receive(ctx context.Context, v string) {
 	if f.haveLast && v == f.last {
 		return
@@ -130,17 +131,20 @@ func (f *follower) receive(ctx context.Context, v string) {
 	if err != nil || obs.Unreadable != "" {
 		f.w.metrics.invalidValues.WithLabelValues(string(f.key)).Inc()
 	}
-	if err != nil {
+	switch {
+	case err != nil:
+		// Reported (the agent raises one event for it), never acted on.
 		f.log.Error(err, "ignoring metadata value; the key keeps its last known value")
-		return
-	}
-	if obs.Unreadable != "" {
+		obs = Observation{Key: f.key, Kind: KindUnknown, Raw: v, Unreadable: err.Error()}
+	case obs.Unreadable != "":
 		f.log.Info("WARNING: unreadable upcoming-maintenance value counts as no window", "reason", obs.Unreadable)
+		fallthrough
+	default:
+		obs.First = !f.haveLast
+		f.last, f.haveLast = v, true
+		f.w.markReceived(f.key)
 	}
-	obs.First = !f.haveLast
-	f.last, f.haveLast = v, true
 	obs.At = f.w.clock.Now()
-	f.w.markReceived(f.key)
 	select {
 	case f.out <- obs:
 	case <-ctx.Done():

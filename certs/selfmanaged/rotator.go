@@ -20,9 +20,15 @@ import (
 
 // Options say what the rotator maintains.
 type Options struct {
-	// Namespace and SecretName locate the Secret holding CA and serving pair.
+	// Namespace and SecretName locate the serving Secret: the serving pair
+	// and the CA bundle, which every replica copies (Syncer).
 	Namespace  string
 	SecretName string
+	// CASecretName names the CA Secret in Namespace: the CA bundle and the
+	// current CA's key. Only the rotator reads it; the key never goes into
+	// the serving Secret, so no replica holds it in memory or on disk
+	// unless it is the leader signing a certificate.
+	CASecretName string
 	// WebhookConfigName names both the Validating- and the
 	// MutatingWebhookConfiguration that receive the CA bundle.
 	WebhookConfigName string
@@ -42,8 +48,11 @@ type Options struct {
 // Validate checks that renewal leaves the certificates time to be used.
 func (o Options) Validate() error {
 	var errs []error
-	if o.Namespace == "" || o.SecretName == "" || o.WebhookConfigName == "" {
-		errs = append(errs, errors.New("namespace, secret name and webhook configuration name are required"))
+	if o.Namespace == "" || o.SecretName == "" || o.CASecretName == "" || o.WebhookConfigName == "" {
+		errs = append(errs, errors.New("namespace, serving and CA secret names and webhook configuration name are required"))
+	}
+	if o.SecretName == o.CASecretName && o.SecretName != "" {
+		errs = append(errs, fmt.Errorf("the CA secret must not be the serving secret %q: every replica reads that one", o.SecretName))
 	}
 	if len(o.Hosts) == 0 {
 		errs = append(errs, errors.New("at least one host name is required for the serving certificate"))
@@ -96,27 +105,36 @@ func (r *Rotator) Run(ctx context.Context) {
 	}
 }
 
-// Reconcile makes the Secret hold a valid CA and serving pair and the webhook
-// configurations trust the CA. It returns the time until the next renewal.
+// Reconcile makes the CA Secret hold a valid CA, the serving Secret a
+// serving pair it signed, and the webhook configurations trust the CA. It
+// returns the time until the next renewal.
+//
+// An installation from before the CA Secret kept the CA key in the serving
+// Secret. Reconcile moves it: it writes the CA Secret from the serving
+// Secret's CA first, then rewrites the serving Secret without the key. The
+// serving pair and the bundle stay as they were, so serving never breaks,
+// and a failure between the two writes leaves the key in both, never in
+// neither.
 func (r *Rotator) Reconcile(ctx context.Context) (time.Duration, error) {
-	secret, err := r.client.CoreV1().Secrets(r.opts.Namespace).Get(ctx, r.opts.SecretName, metav1.GetOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return 0, fmt.Errorf("read secret %s/%s: %w", r.opts.Namespace, r.opts.SecretName, err)
-	}
-	if apierrors.IsNotFound(err) {
-		secret = nil
-	}
-	st, changed, err := r.desired(ctx, secret)
+	serving, err := r.read(ctx, r.opts.SecretName)
 	if err != nil {
 		return 0, err
 	}
-	if changed {
-		if err := r.write(ctx, secret, st); err != nil {
-			return 0, err
-		}
-		if r.written != nil {
-			r.written()
-		}
+	caSecret, err := r.read(ctx, r.opts.CASecretName)
+	if err != nil {
+		return 0, err
+	}
+	st, err := r.desired(ctx, heldCA(caSecret, serving), dataOf(serving))
+	if err != nil {
+		return 0, err
+	}
+	if err := r.write(ctx, r.opts.CASecretName, caSecret, corev1.SecretTypeOpaque, st.caData()); err != nil {
+		return 0, err
+	}
+	if written, err := r.writeIfChanged(ctx, r.opts.SecretName, serving, corev1.SecretTypeTLS, st.servingData()); err != nil {
+		return 0, err
+	} else if written && r.written != nil {
+		r.written()
 	}
 	if err := r.inject(ctx, st.bundle); err != nil {
 		return 0, err
@@ -124,11 +142,54 @@ func (r *Rotator) Reconcile(ctx context.Context) (time.Duration, error) {
 	return st.untilRenewal(r.clock.Now(), r.opts), nil
 }
 
-// state is what the Secret holds.
+// read returns the Secret name in the rotator's namespace, or nil when it
+// does not exist.
+func (r *Rotator) read(ctx context.Context, name string) (*corev1.Secret, error) {
+	s, err := r.client.CoreV1().Secrets(r.opts.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read secret %s/%s: %w", r.opts.Namespace, name, err)
+	}
+	return s, nil
+}
+
+func dataOf(s *corev1.Secret) map[string][]byte {
+	if s == nil {
+		return nil
+	}
+	return s.Data
+}
+
+// heldCA is where the CA is kept: the CA Secret once it holds a key, else
+// the serving Secret of an installation from before the CA Secret.
+func heldCA(caSecret, serving *corev1.Secret) map[string][]byte {
+	if caSecret != nil && len(caSecret.Data[KeyCAKey]) > 0 {
+		return caSecret.Data
+	}
+	if serving != nil && len(serving.Data[KeyCAKey]) > 0 {
+		return map[string][]byte{KeyCA: serving.Data[KeyCA], KeyCAKey: serving.Data[KeyCAKey]}
+	}
+	return nil
+}
+
+// state is what the two Secrets hold.
 type state struct {
 	ca      *keyPair
 	bundle  []byte
 	serving *keyPair
+}
+
+// caData is the CA Secret's content: the bundle and the current CA's key.
+func (s *state) caData() map[string][]byte {
+	return map[string][]byte{KeyCA: s.bundle, KeyCAKey: s.ca.keyPEM}
+}
+
+// servingData is the serving Secret's content: the pair and the bundle, no
+// CA key.
+func (s *state) servingData() map[string][]byte {
+	return map[string][]byte{KeyCert: s.serving.certPEM, KeyKey: s.serving.keyPEM, KeyCA: s.bundle}
 }
 
 func (s *state) untilRenewal(now time.Time, o Options) time.Duration {
@@ -137,44 +198,37 @@ func (s *state) untilRenewal(now time.Time, o Options) time.Duration {
 	return max(min(caDue.Sub(now), certDue.Sub(now)), 0)
 }
 
-// desired reads the Secret and replaces what is missing, broken or due.
-func (r *Rotator) desired(ctx context.Context, secret *corev1.Secret) (*state, bool, error) {
+// desired keeps what the Secrets hold (ca: the held CA, serving: the
+// serving Secret) and replaces what is missing, broken or due.
+func (r *Rotator) desired(ctx context.Context, ca, serving map[string][]byte) (*state, error) {
 	logger := log.FromContext(ctx)
 	now := r.clock.Now()
-	var data map[string][]byte
-	if secret != nil {
-		data = secret.Data
-	}
 	st := &state{}
-	changed := false
-	if ca, err := parseKeyPair(data[KeyCA], data[KeyCAKey]); err == nil && ca.cert.IsCA && now.Add(r.opts.CARenewBefore).Before(ca.cert.NotAfter) {
-		st.ca = ca
+	if kp, err := parseKeyPair(ca[KeyCA], ca[KeyCAKey]); err == nil && kp.cert.IsCA && now.Add(r.opts.CARenewBefore).Before(kp.cert.NotAfter) {
+		st.ca = kp
 	} else {
 		fresh, err := newCA(now, r.opts.CAValidity)
 		if err != nil {
-			return nil, false, fmt.Errorf("create CA: %w", err)
+			return nil, fmt.Errorf("create CA: %w", err)
 		}
 		logger.Info("Created webhook CA", "notAfter", fresh.cert.NotAfter)
-		st.ca, changed = fresh, true
+		st.ca = fresh
 	}
 	// Keep every CA of the old bundle that is still valid, so serving
 	// certificates it signed stay trusted until they are replaced.
-	st.bundle = mergeBundle(st.ca.certPEM, data[KeyCA], now)
-	if !bytes.Equal(st.bundle, data[KeyCA]) {
-		changed = true
-	}
+	st.bundle = mergeBundle(st.ca.certPEM, ca[KeyCA], now)
 	trusted, _ := parseCerts(st.bundle)
-	if serving, err := parseKeyPair(data[KeyCert], data[KeyKey]); err == nil && r.servingUsable(serving, trusted, now) {
-		st.serving = serving
-		return st, changed, nil
+	if kp, err := parseKeyPair(serving[KeyCert], serving[KeyKey]); err == nil && r.servingUsable(kp, trusted, now) {
+		st.serving = kp
+		return st, nil
 	}
-	serving, err := newServing(st.ca, r.opts.Hosts, now, r.opts.CertValidity)
+	kp, err := newServing(st.ca, r.opts.Hosts, now, r.opts.CertValidity)
 	if err != nil {
-		return nil, false, fmt.Errorf("create serving certificate: %w", err)
+		return nil, fmt.Errorf("create serving certificate: %w", err)
 	}
-	logger.Info("Issued webhook serving certificate", "hosts", r.opts.Hosts, "notAfter", serving.cert.NotAfter)
-	st.serving = serving
-	return st, true, nil
+	logger.Info("Issued webhook serving certificate", "hosts", r.opts.Hosts, "notAfter", kp.cert.NotAfter)
+	st.serving = kp
+	return st, nil
 }
 
 // servingUsable: signed by a trusted CA, names the right hosts, not due.
@@ -190,33 +244,51 @@ func (r *Rotator) servingUsable(s *keyPair, trusted []*x509.Certificate, now tim
 	return false
 }
 
-func (r *Rotator) write(ctx context.Context, old *corev1.Secret, st *state) error {
-	data := map[string][]byte{
-		KeyCA:    st.bundle,
-		KeyCAKey: st.ca.keyPEM,
-		KeyCert:  st.serving.certPEM,
-		KeyKey:   st.serving.keyPEM,
-	}
+// write is writeIfChanged for a Secret whose writes nobody waits for.
+func (r *Rotator) write(ctx context.Context, name string, old *corev1.Secret, typ corev1.SecretType, data map[string][]byte) error {
+	_, err := r.writeIfChanged(ctx, name, old, typ, data)
+	return err
+}
+
+// writeIfChanged makes Secret name hold exactly data, creating it (of type
+// typ) when old is nil, and reports whether it wrote.
+func (r *Rotator) writeIfChanged(ctx context.Context, name string, old *corev1.Secret, typ corev1.SecretType, data map[string][]byte) (bool, error) {
 	secrets := r.client.CoreV1().Secrets(r.opts.Namespace)
 	if old == nil {
 		s := &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: r.opts.SecretName, Namespace: r.opts.Namespace, Labels: map[string]string{"app.kubernetes.io/name": "termgate-webhook"}},
-			Type:       corev1.SecretTypeTLS,
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: r.opts.Namespace, Labels: map[string]string{"app.kubernetes.io/name": "termgate-webhook"}},
+			Type:       typ,
 			Data:       data,
 		}
 		if _, err := secrets.Create(ctx, s, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create secret %s/%s: %w", r.opts.Namespace, r.opts.SecretName, err)
+			return false, fmt.Errorf("create secret %s/%s: %w", r.opts.Namespace, name, err)
 		}
-		return nil
+		return true, nil
+	}
+	if sameData(old.Data, data) {
+		return false, nil
 	}
 	s := old.DeepCopy()
 	s.Data = data
 	// The resourceVersion from the read makes this a compare-and-swap: a
 	// concurrent writer (a leader that just lost its lease) makes it fail.
 	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("update secret %s/%s: %w", r.opts.Namespace, r.opts.SecretName, err)
+		return false, fmt.Errorf("update secret %s/%s: %w", r.opts.Namespace, name, err)
 	}
-	return nil
+	return true, nil
+}
+
+// sameData reports whether two Secrets' data hold the same keys and values.
+func sameData(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !bytes.Equal(v, w) {
+			return false
+		}
+	}
+	return true
 }
 
 type jsonPatchOp struct {

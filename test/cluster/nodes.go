@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,14 +15,72 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
-// NodeSpec describes a fake node that looks like a GKE node on a GCE VM.
+// NodeSpec describes a fake node that looks like a GKE node on a GCE VM,
+// or with Cloud set, an EKS node on EC2 or an AKS node on Azure.
 type NodeSpec struct {
 	Name        string
 	Zone        string // e.g. us-central1-a
 	MachineType string // e.g. e2-standard-4
-	Spot        bool   // labelled cloud.google.com/gke-spot=true
+	Spot        bool   // labelled cloud.google.com/gke-spot=true (or the cloud's own Spot label)
 	Accelerator string // e.g. nvidia-l4; labelled cloud.google.com/gke-accelerator
 	BootID      string // status.nodeInfo.bootID; random when empty
+	// Cloud is CloudGCE (the default), CloudAWS or CloudAzure: it sets the
+	// provider ID (which the agent's --cloud=auto goes by) and the labels.
+	Cloud string
+}
+
+// Clouds of NodeSpec.Cloud.
+const (
+	CloudGCE   = "gce"
+	CloudAWS   = "aws"
+	CloudAzure = "azure"
+	// CloudNone is a node without a provider ID yet, as before a cloud
+	// controller sets it.
+	CloudNone = "none"
+)
+
+// Spot labels of EKS (managed node groups; Karpenter's is alike) and AKS,
+// which termgate's manifests select on beside GKE's.
+const (
+	LabelEKSCapacityType = "eks.amazonaws.com/capacityType"
+	LabelAKSPriority     = "kubernetes.azure.com/scalesetpriority"
+)
+
+// CloudNodes returns one Spot node on EC2 and one on Azure (a scale-set
+// instance, as AKS runs), for the scenarios of those clouds.
+func CloudNodes() []NodeSpec {
+	return []NodeSpec{
+		{Name: "aws-spot-0", Zone: "us-east-1a", MachineType: "m6i.xlarge", Spot: true, Cloud: CloudAWS},
+		{Name: "azure-spot-0", Zone: "eastus-1", MachineType: "Standard_D4s_v5", Spot: true, Cloud: CloudAzure},
+	}
+}
+
+// region is the zone's region: us-central1 of us-central1-a, us-east-1 of
+// us-east-1a, eastus of eastus-1.
+func (s NodeSpec) region() string {
+	switch s.Cloud {
+	case CloudAWS:
+		return s.Zone[:len(s.Zone)-1]
+	case CloudAzure:
+		region, _, _ := strings.Cut(s.Zone, "-")
+		return region
+	}
+	return s.Zone[:len(s.Zone)-2]
+}
+
+// ProviderID is the node's spec.providerID, in its cloud's format.
+func (s NodeSpec) ProviderID() string {
+	switch s.Cloud {
+	case CloudNone:
+		return ""
+	case CloudAWS:
+		sum := sha256.Sum256([]byte(s.Name))
+		return "aws:///" + s.Zone + "/i-" + hex.EncodeToString(sum[:])[:17]
+	case CloudAzure:
+		return "azure:///subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/mc_local/providers/Microsoft.Compute/virtualMachineScaleSets/" +
+			s.Name + "-vmss/virtualMachines/0"
+	}
+	return "gce://local-project/" + s.Zone + "/" + s.Name
 }
 
 // Labels GKE puts on nodes, which termgate's manifests select on.
@@ -61,11 +122,16 @@ func (s NodeSpec) Node() *corev1.Node {
 		"kubernetes.io/os":                 "linux",
 		"kubernetes.io/arch":               "amd64",
 		"topology.kubernetes.io/zone":      s.Zone,
-		"topology.kubernetes.io/region":    s.Zone[:len(s.Zone)-2],
+		"topology.kubernetes.io/region":    s.region(),
 		"node.kubernetes.io/instance-type": s.MachineType,
 		"type":                             "kwok",
 	}
-	if s.Spot {
+	switch {
+	case s.Spot && s.Cloud == CloudAWS:
+		labels[LabelEKSCapacityType] = "SPOT"
+	case s.Spot && s.Cloud == CloudAzure:
+		labels[LabelAKSPriority] = "spot"
+	case s.Spot:
 		labels[LabelSpot] = "true"
 	}
 	if s.Accelerator != "" {
@@ -77,7 +143,7 @@ func (s NodeSpec) Node() *corev1.Node {
 			Labels:      labels,
 			Annotations: map[string]string{kwokNodeAnnotation: "fake"},
 		},
-		Spec: corev1.NodeSpec{ProviderID: "gce://local-project/" + s.Zone + "/" + s.Name},
+		Spec: corev1.NodeSpec{ProviderID: s.ProviderID()},
 		Status: corev1.NodeStatus{
 			NodeInfo: corev1.NodeSystemInfo{BootID: bootID, Architecture: "amd64", OperatingSystem: "linux"},
 		},

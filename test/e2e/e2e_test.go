@@ -1,6 +1,8 @@
 // Package e2e_test plays the demo's scenarios (test/scenario) as end-to-end
 // tests: one local cluster for the package, termgate's webhook and one agent
 // per node running as processes, the same workload, the same expectations.
+// Beside the GKE-like nodes run one EC2 and one Azure Spot node, each with
+// its cloud's provider ID and stand-in metadata service.
 package e2e_test
 
 import (
@@ -30,7 +32,7 @@ func TestMain(m *testing.M) {
 	if testing.Short() {
 		os.Exit(m.Run()) // every test skips without the environment
 	}
-	nodes := cluster.DefaultNodes(6)
+	nodes := append(cluster.DefaultNodes(6), cluster.CloudNodes()...)
 	code := testenv.RunWithCluster(m, cluster.Options{Nodes: nodes}, &shared, func(dir string) error {
 		ctx := context.Background()
 		bin, err := localrun.Build(ctx, dir)
@@ -94,4 +96,12 @@ func TestMaintenanceCancelledMidDrainRestoresTheNodeAndStopsTheDrain(t *testing.
 
 func TestPodPinnedOntoAMarkedNodeIsRefusedWhileTheSchedulerPlacesElsewhere(t *testing.T) {
 	play(t, "pinned-pod-refused")
+}
+
+func TestEC2SpotInterruptionIsMarkedByItsOwnTimeDrainedAndRestoredWhenTheInstanceIsBack(t *testing.T) {
+	play(t, "aws-spot-interruption")
+}
+
+func TestAzurePreemptIsMarkedByItsNotBeforeDrainedAndRestoredWhenTheEventEnds(t *testing.T) {
+	play(t, "azure-preempt")
 }

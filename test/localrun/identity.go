@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -14,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -22,12 +26,15 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 
+	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/kit"
 )
 
-// The agent's identity as the shipped manifests define it.
+// The agent's identity as the shipped manifests define it: a namespace of
+// its own (privileged, for hostNetwork), apart from the webhook's.
 const (
-	AgentNamespace      = "termgate"
+	AgentNamespace      = "termgate-agent"
 	AgentServiceAccount = "termgate-agent"
 )
 
@@ -73,20 +80,26 @@ func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, erro
 // InstallAgentPermissions applies, as shipped, what every agent of the
 // cluster shares: its namespace, RBAC, the quota that admits its
 // PriorityClass outside kube-system, the FlowSchema that keeps its Node
-// marks ahead of its evictions, and the ValidatingAdmissionPolicy
-// confining its Node patches (manifests/base). s.Node is not used.
+// marks ahead of its evictions, and the ValidatingAdmissionPolicies
+// confining its Node patches and its pod deletes to its own node
+// (manifests/base). s.Node is not used.
 func InstallAgentPermissions(ctx context.Context, s IdentitySpec) error {
 	manifests, err := manifestsOr(s.Manifests)
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{"namespace.yaml", "agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml", "webhook-agent-policy.yaml"} {
+	for _, f := range AgentManifests {
 		if err := applyFile(ctx, s.AdminConfig, filepath.Join(manifests, f)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// AgentManifests are the files of manifests/base that InstallAgentPermissions
+// applies, in order.
+var AgentManifests = []string{"agent-namespace.yaml", "agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml",
+	"agent-node-policy.yaml", "agent-delete-policy.yaml"}
 
 // AgentIdentityOn creates a stand-in agent pod on s.Node and writes a
 // kubeconfig with a one-hour token bound to that pod. The permissions must
@@ -278,4 +291,49 @@ func apply(ctx context.Context, dyn dynamic.Interface, obj *unstructured.Unstruc
 	}
 	_, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "termgate-test", Force: true})
 	return err
+}
+
+// WaitAgentPoliciesEnforced waits until the API server enforces the agent's
+// policies: a newly created policy takes effect only once the API server's
+// informer has delivered and compiled it, and a test running before that
+// would see the agent allowed what the policies refuse, and a test that
+// the agent's writes pass them would pass without them. It installs the
+// agent's permissions (InstallAgentPermissions) and probes with the agent
+// of one node deleting (dry run) a pod on another and patching (dry run)
+// that other Node; test packages call it once, after starting the cluster.
+func WaitAgentPoliciesEnforced(ctx context.Context, c *cluster.Cluster) error {
+	nodes, err := c.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil || len(nodes.Items) < 2 {
+		return fmt.Errorf("two nodes for the policy probe: %d, %v", len(nodes.Items), err)
+	}
+	own, other := nodes.Items[0].Name, nodes.Items[1].Name
+	dir, err := os.MkdirTemp(c.Dir, "policy-probe-")
+	if err != nil {
+		return err
+	}
+	id, err := NewAgentIdentity(ctx, IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: dir, Node: own})
+	if err != nil {
+		return err
+	}
+	agent, err := kubernetes.NewForConfig(id.Config)
+	if err != nil {
+		return err
+	}
+	const ns = "default"
+	probe, err := c.Client.CoreV1().Pods(ns).Create(ctx, kit.Pod(ns, "policy-probe-"+rand.String(5), kit.OnNode(other)), metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("policy probe pod: %w", err)
+	}
+	defer func() {
+		_ = c.Client.CoreV1().Pods(ns).Delete(context.Background(), probe.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	}()
+	dryRun := []string{metav1.DryRunAll}
+	annotate := []byte(`{"metadata":{"annotations":{"` + nodemark.AnnotationState + `":"advance"}}}`)
+	return kit.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, string, error) {
+		delErr := agent.CoreV1().Pods(ns).Delete(ctx, probe.Name, metav1.DeleteOptions{DryRun: dryRun})
+		_, patchErr := agent.CoreV1().Nodes().Patch(ctx, other, types.MergePatchType, annotate, metav1.PatchOptions{DryRun: dryRun})
+		enforced := delErr != nil && strings.Contains(delErr.Error(), "termgate-agent-pod-deletes") &&
+			patchErr != nil && strings.Contains(patchErr.Error(), "termgate-agent-node")
+		return enforced, fmt.Sprintf("delete: %v; node patch: %v", delErr, patchErr), nil
+	})
 }

@@ -38,9 +38,12 @@ func Build(ctx context.Context, dir string) (string, error) {
 // Agent is one running `termgate agent` process.
 type Agent struct {
 	Node string
-	// Addr is the host:port of its /healthz, /readyz and /metrics.
+	// Addr is the host:port of its /healthz and /readyz.
 	Addr string
-	proc *proc.Process
+	// MetricsAddr serves /metrics over HTTPS to authorized scrapers
+	// (MetricsReader).
+	MetricsAddr string
+	proc        *proc.Process
 }
 
 // AgentSpec says how to start an agent.
@@ -49,7 +52,7 @@ type AgentSpec struct {
 	Dir          string // log directory
 	Kubeconfig   string
 	Node         string
-	MetadataHost string   // the fake metadata server of this node
+	MetadataHost string   // the fake GCE metadata server of this node; other clouds' endpoints go in Env or Flags
 	Flags        []string // extra flags, e.g. --preemption-notice=10s
 	// Env is added to the process's environment, e.g. MEMORY_LIMIT as the
 	// DaemonSet sets it from the container's limit.
@@ -66,13 +69,17 @@ type AgentSpec struct {
 // StartAgent starts an agent and waits until it reports ready, or until the
 // agent's own start-up budget passes.
 func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
-	ports, err := proc.FreePorts(1)
+	ports, err := proc.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig, "--listen=" + addr, "--log-format=text"}, s.Flags...)
-	env := []string{"NODE_NAME=" + s.Node, "GCE_METADATA_HOST=" + s.MetadataHost}
+	addr, metricsAddr := "127.0.0.1:"+strconv.Itoa(ports[0]), "127.0.0.1:"+strconv.Itoa(ports[1])
+	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig,
+		"--health-probe-bind-address=" + addr, "--metrics-bind-address=" + metricsAddr, "--log-format=text"}, s.Flags...)
+	env := []string{"NODE_NAME=" + s.Node}
+	if s.MetadataHost != "" {
+		env = append(env, "GCE_METADATA_HOST="+s.MetadataHost)
+	}
 	if s.Pod != nil {
 		env = append(env, "POD_NAME="+s.Pod.Name, "POD_NAMESPACE="+s.Pod.Namespace)
 	}
@@ -81,7 +88,7 @@ func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{Node: s.Node, Addr: addr, proc: p}
+	a := &Agent{Node: s.Node, Addr: addr, MetricsAddr: metricsAddr, proc: p}
 	if s.NoWait {
 		return a, nil
 	}

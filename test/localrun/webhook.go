@@ -53,7 +53,8 @@ type Webhook struct {
 	Addr string
 	// HealthAddr serves /healthz and /readyz.
 	HealthAddr string
-	// MetricsAddr serves Prometheus /metrics.
+	// MetricsAddr serves Prometheus /metrics over HTTPS to authorized
+	// scrapers (MetricsReader).
 	MetricsAddr string
 	// ConfigName names the Validating- and MutatingWebhookConfiguration.
 	ConfigName string
@@ -68,7 +69,7 @@ type Webhook struct {
 // injected into every registered webhook.
 func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	if s.Namespace == "" {
-		s.Namespace = "termgate"
+		s.Namespace = WebhookNamespace
 	}
 	if s.Manifests == "" {
 		root, err := cluster.RepoRoot()

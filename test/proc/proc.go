@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -114,4 +116,23 @@ func FreePorts(n int) ([]int, error) {
 		return nil, fmt.Errorf("reserve loopback ports: %w", err)
 	}
 	return ports, nil
+}
+
+// ResidentKiB reads a memory line (VmRSS, VmHWM) of /proc/<pid>/status, in
+// KiB: what the tests compare against a component's memory limit.
+func ResidentKiB(pid int, field string) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse %s of process %d: %w", field, pid, err)
+			}
+			return kib, nil
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }

@@ -23,10 +23,18 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 )
 
-// Namespace is the namespace the shipped manifests install into.
-const Namespace = "termgate"
+// The namespaces the shipped manifests install into: the webhook's
+// (restricted) and the agent's (privileged, for its host network).
+const (
+	WebhookNamespace = localrun.WebhookNamespace
+	AgentNamespace   = localrun.AgentNamespace
+)
+
+// Namespaces are both, for whatever concerns all of termgate's pods.
+var Namespaces = []string{WebhookNamespace, AgentNamespace}
 
 // ImportImage imports bin/termgate-image.tar (`make image`) into the real
 // node's containerd, so the overlays' `imagePullPolicy: Never` finds it.
@@ -125,7 +133,7 @@ func WaitInstalled(ctx context.Context, c *cluster.Cluster, node *cluster.RealNo
 
 // AgentPodReady returns the agent's Ready pod on the node, or nil.
 func AgentPodReady(ctx context.Context, client kubernetes.Interface, nodeName string) *corev1.Pod {
-	pods, err := client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{
+	pods, err := client.CoreV1().Pods(AgentNamespace).List(ctx, metav1.ListOptions{
 		LabelSelector: labels.SelectorFromSet(map[string]string{"app.kubernetes.io/component": "agent"}).String(),
 	})
 	if err != nil {
@@ -143,7 +151,7 @@ func AgentPodReady(ctx context.Context, client kubernetes.Interface, nodeName st
 // WebhookAvailable reports whether every replica of the webhook Deployment
 // is updated and Ready and the Deployment is Available.
 func WebhookAvailable(ctx context.Context, client kubernetes.Interface) bool {
-	d, err := client.AppsV1().Deployments(Namespace).Get(ctx, "termgate-webhook", metav1.GetOptions{})
+	d, err := client.AppsV1().Deployments(WebhookNamespace).Get(ctx, "termgate-webhook", metav1.GetOptions{})
 	if err != nil || d.Spec.Replicas == nil {
 		return false
 	}
@@ -174,17 +182,22 @@ func PodReady(p *corev1.Pod) bool {
 // last lines of its containers' logs and of the kubelet's), before the
 // cluster and its logs are removed. prefix starts every line it prints.
 func Diagnose(ctx context.Context, c *cluster.Cluster, node *cluster.RealNode, prefix string) {
-	for _, args := range [][]string{
-		{"get", "pods", "-A", "-o", "wide"},
-		{"get", "events", "-n", Namespace, "--sort-by=.lastTimestamp"},
-	} {
+	commands := [][]string{{"get", "pods", "-A", "-o", "wide"}}
+	for _, ns := range Namespaces {
+		commands = append(commands, []string{"get", "events", "-n", ns, "--sort-by=.lastTimestamp"})
+	}
+	for _, args := range commands {
 		out, err := c.Kubectl(ctx, args...)
 		if err != nil {
 			out = []byte(err.Error())
 		}
 		fmt.Printf("%s: kubectl %s:\n%s\n", prefix, strings.Join(args, " "), out)
 	}
-	logs, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", Namespace+"_*", "*", "*.log"))
+	var logs []string
+	for _, ns := range Namespaces {
+		found, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", ns+"_*", "*", "*.log"))
+		logs = append(logs, found...)
+	}
 	for _, l := range logs {
 		fmt.Printf("%s: %s (last 15 lines):\n%s\n", prefix, l, tail(l, 15))
 	}

@@ -9,7 +9,9 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"termgate.dev/termgate/test/azurefake"
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/ec2fake"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/localrun"
 )
@@ -65,9 +67,13 @@ type Env struct {
 	// RealNode is set when termgate runs as pods on the real node
 	// (EnvOptions.RealNode); nil otherwise.
 	RealNode *RealNodeInstall
-	// ownNamespace is termgate's namespace when it runs as pods in the
-	// cluster: the scenarios leave its pods out of their figures.
-	ownNamespace string
+	// ownNamespaces are termgate's namespaces when it runs as pods in the
+	// cluster: the scenarios leave their pods out of their figures.
+	ownNamespaces []string
+	// ec2 and azure are the stand-in metadata services of the nodes on
+	// those clouds, by node name.
+	ec2   map[string]*ec2fake.Server
+	azure map[string]*azurefake.Server
 }
 
 // Certificate sources of the webhook (EnvOptions.Certs).
@@ -158,6 +164,12 @@ func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisec
 
 func (e *Env) startMetadata() error {
 	for _, n := range e.Nodes {
+		if n.Cloud != "" && n.Cloud != cluster.CloudGCE {
+			if err := e.startStandIn(n); err != nil {
+				return err
+			}
+			continue
+		}
 		_, err := e.Fleet.Add(gcefake.Instance{
 			Name: n.Name, Zone: n.Zone, MachineType: n.MachineType, Preemptible: n.Spot, Accelerator: n.Accelerator,
 		})
@@ -184,7 +196,6 @@ func (e *Env) startAgents(ctx context.Context, binary string) error {
 	errs := make([]error, len(e.Nodes))
 	var wg sync.WaitGroup
 	for i, n := range e.Nodes {
-		md, _ := e.Fleet.Get(n.Name)
 		wg.Go(func() {
 			s := spec
 			s.Node = n.Name
@@ -193,10 +204,10 @@ func (e *Env) startAgents(ctx context.Context, binary string) error {
 				errs[i] = err
 				return
 			}
-			agents[i], errs[i] = localrun.StartAgent(ctx, localrun.AgentSpec{
+			agents[i], errs[i] = localrun.StartAgent(ctx, e.metadataOf(n, localrun.AgentSpec{
 				Binary: binary, Dir: e.Cluster.Dir, Kubeconfig: id.Kubeconfig,
-				Node: n.Name, MetadataHost: md.Host(), Flags: e.AgentFlags, Pod: id.Pod,
-			})
+				Node: n.Name, Flags: e.AgentFlags, Pod: id.Pod,
+			}))
 		})
 	}
 	wg.Wait()
@@ -255,4 +266,5 @@ func (e *Env) Stop() {
 	wg.Wait()
 	e.agents, e.Webhook, e.certManager = nil, nil, nil
 	_ = e.Fleet.Close()
+	e.closeStandIns()
 }

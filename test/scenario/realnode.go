@@ -76,7 +76,7 @@ func (e *Env) startOnRealNode(ctx context.Context, o EnvOptions) error {
 	if err := realnodeinstall.WaitInstalled(ctx, o.Cluster, node, 90*time.Second); err != nil {
 		return err
 	}
-	e.ownNamespace = realnodeinstall.Namespace
+	e.ownNamespaces = realnodeinstall.Namespaces
 	// The agent is the DaemonSet's pod, with the shipped manifests' flags;
 	// no agent process runs.
 	e.AgentFlags = nil

@@ -11,6 +11,9 @@ import (
 	"k8s.io/utils/clock"
 
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/azurefake"
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/ec2fake"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
 )
@@ -90,7 +93,10 @@ type run struct {
 	s     Scenario
 	obs   Observer
 	node  string
-	md    *gcefake.Server
+	md    *gcefake.Server // nil on the other clouds' nodes
+	ec2   *ec2fake.Server
+	az    *azurefake.Server
+	spec  cluster.NodeSpec
 	tl    *Timeline
 	w     *watcher
 	res   *Result
@@ -111,18 +117,31 @@ func Run(ctx context.Context, env *Env, s Scenario, obs Observer) (*Result, erro
 		res.Checks = append(res.Checks, Check{Expect: fmt.Sprintf("the cluster has %s node #%d", s.Node, s.Index+1), Seen: "none: use more nodes"})
 		return res, nil
 	}
-	md, err := env.Metadata(node)
+	r := &run{ctx: ctx, env: env, s: s, obs: obs, node: node, res: res}
+	var err error
+	for _, n := range env.Nodes {
+		if n.Name == node {
+			r.spec = n
+		}
+	}
+	switch kindOf(r.spec) {
+	case NodeAWSSpot:
+		r.ec2, err = env.EC2(node)
+	case NodeAzureSpot:
+		r.az, err = env.Azure(node)
+	default:
+		r.md, err = env.Metadata(node)
+	}
 	if err != nil {
 		return nil, err
 	}
-	r := &run{ctx: ctx, env: env, s: s, obs: obs, node: node, md: md, res: res}
 	r.tl = NewTimeline(clock.RealClock{}, func(e Event) {
 		if obs.Event != nil {
 			obs.Event(s, e)
 		}
 	})
 	r.w = newWatcher(env.Client, node, r.tl, env.Workload.Budgets)
-	r.w.ignoreNamespace = env.ownNamespace
+	r.w.ignoreNamespaces = env.ownNamespaces
 	if err := r.w.start(ctx); err != nil {
 		return nil, err
 	}
@@ -265,8 +284,17 @@ func (r *run) finish() {
 // reset withdraws the notice so the node serves the next scenario, as a
 // fresh VM would, and waits until the agent has unmarked it.
 func (r *run) reset() error {
-	r.md.SetPreempted(false)
-	r.md.SetMaintenanceEvent("NONE")
+	switch {
+	case r.ec2 != nil:
+		r.ec2.SetInstanceAction("", time.Time{})
+		r.ec2.SetRebalance(time.Time{})
+		r.ec2.SetScheduled()
+	case r.az != nil:
+		r.az.Set()
+	default:
+		r.md.SetPreempted(false)
+		r.md.SetMaintenanceEvent("NONE")
+	}
 	err := kit.Poll(r.ctx, 10*time.Second, func(ctx context.Context) (bool, string, error) {
 		n, err := r.env.Client.CoreV1().Nodes().Get(ctx, r.node, metav1.GetOptions{})
 		if err != nil {

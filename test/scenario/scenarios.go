@@ -45,6 +45,8 @@ func All() []Scenario {
 		{Name: "maintenance-cancelled", Title: "Maintenance cancelled mid-drain, node restored", Node: NodeOnDemand, play: playCancelled},
 		{Name: "pinned-pod-refused", Title: "Pod pinned onto a marked node refused, scheduler places elsewhere", Node: NodeSpot, Index: 1, play: playPinned},
 		{Name: "lb-preemption", Title: "Spot node behind a load balancer preempted, with and without the wait", Node: NodeSpot, Index: 2, play: playLBPreemption},
+		{Name: "aws-spot-interruption", Title: "EC2 Spot interruption (stop), 2 min to go, the instance comes back", Node: NodeAWSSpot, play: playEC2Spot},
+		{Name: "azure-preempt", Title: "Azure Spot VM preempted (Scheduled Events, 30 s), the VM comes back", Node: NodeAzureSpot, play: playAzurePreempt},
 	}
 }
 
@@ -374,7 +376,9 @@ func (r *run) deletePod(ns, name string) error {
 }
 
 // cleanupPinned removes what the pinned-pod scenario created, so a kept
-// cluster holds the workload only.
+// cluster holds the workload only, and waits until its pods are gone: a
+// later scenario draining a node must not find pods whose owner is gone
+// (they would count as lost).
 func (r *run) cleanupPinned() {
 	ns := r.env.Workload.Namespace
 	ctx := context.WithoutCancel(r.ctx)
@@ -382,4 +386,17 @@ func (r *run) cleanupPinned() {
 	for _, name := range r.created {
 		_ = r.deletePod(ns, name)
 	}
+	_ = kit.Poll(r.ctx, replaceWithin, func(ctx context.Context) (bool, string, error) {
+		pods, err := r.env.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + burstApp})
+		if err != nil {
+			return false, "", err
+		}
+		left := len(pods.Items)
+		for _, name := range r.created {
+			if _, err := r.env.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+				left++
+			}
+		}
+		return left == 0, fmt.Sprintf("%d pods left", left), nil
+	})
 }

@@ -3,6 +3,7 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -42,9 +43,9 @@ type watcher struct {
 	tl      *Timeline
 	budgets []Budget
 	effect  corev1.TaintEffect
-	// ignoreNamespace holds pods the figures leave out (see
-	// Env.ownNamespace); empty leaves out none.
-	ignoreNamespace string
+	// ignoreNamespaces hold pods the figures leave out (see
+	// Env.ownNamespaces); empty leaves out none.
+	ignoreNamespaces []string
 
 	mu         sync.Mutex
 	mark       nodemark.Mark
@@ -229,7 +230,7 @@ func (w *watcher) nodePodHandler() cache.ResourceEventHandler {
 
 func (w *watcher) onNodePod(obj any, initial, deleted bool) {
 	p, ok := obj.(*corev1.Pod)
-	if !ok || (w.ignoreNamespace != "" && p.Namespace == w.ignoreNamespace) {
+	if !ok || slices.Contains(w.ignoreNamespaces, p.Namespace) {
 		return
 	}
 	w.mu.Lock()

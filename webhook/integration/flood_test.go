@@ -1,13 +1,13 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
-	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +20,7 @@ import (
 
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/proc"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -29,10 +30,12 @@ const (
 	floodFor        = 8 * time.Second
 	slowHeaderConns = 100
 	// Five slow 6 MiB bodies hold 30 MiB of the default 64 MiB body budget
-	// for the whole flood (the budget counts declared lengths from the
-	// headers on; the 10 s read timeout outlasts the flood). That leaves
-	// room for five fast 6 MiB calls, and eight workers each keep one in
-	// flight, so the fast calls meet both outcomes: answered and 429.
+	// for most of the flood (the budget counts declared lengths from the
+	// headers on; each is cut at the 3 s read timeout and sent again at
+	// once). That leaves room for five fast 6 MiB calls, and eight workers
+	// each keep one in flight, so the fast calls meet both outcomes:
+	// answered and 429. Each slow body and each worker comes from an
+	// address of its own, as from pods of their own.
 	slowBodyConns    = 5
 	largeBodyWorkers = 8
 	largeBodyBytes   = 6 << 20 // just under the default body cap
@@ -64,30 +67,7 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 	}
 	t.Cleanup(proc.Stop)
 
-	markNode(t, dying, false)
-	pod := kit.Pod(ns, "bound-late")
-	pod.Spec.SchedulerName = "termgate-test-nobody" // only this test binds it
-	createPod(t, pod)
-	bind := func(ctx context.Context) (time.Duration, error) {
-		start := time.Now()
-		err := env.Client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
-			ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: ns},
-			Target:     corev1.ObjectReference{Kind: "Node", Name: dying},
-		}, metav1.CreateOptions{})
-		return time.Since(start), err
-	}
-	refused := func(err error) bool {
-		return err != nil && strings.Contains(err.Error(), "node "+dying+" is terminating")
-	}
-	testenv.Eventually(t, 15*time.Second, "the webhook process refuses binds onto "+dying, func(ctx context.Context) (bool, string, error) {
-		if _, err := bind(ctx); !refused(err) {
-			if err == nil {
-				return false, "", fmt.Errorf("pod bound to the terminating node before the flood: the webhook did not answer")
-			}
-			return false, err.Error(), nil
-		}
-		return true, "", nil
-	})
+	b := newBinder(t, ns, dying)
 	idle := residentKiB(t, proc.PID(), "VmRSS")
 
 	floodCtx, stopFlood := context.WithTimeout(ctx(t), floodFor)
@@ -95,18 +75,15 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 	var wg sync.WaitGroup
 	var answered, throttled, failed atomic.Int64
 	for range slowHeaderConns {
-		wg.Go(func() { slowHeaders(floodCtx, proc.Addr) })
+		wg.Go(func() { slowHeaders(floodCtx, proc.Addr, "127.0.0.2") })
 	}
-	for range slowBodyConns {
-		wg.Go(func() { slowBody(floodCtx, proc.Addr) })
+	for i := range slowBodyConns {
+		wg.Go(func() { slowBody(floodCtx, proc.Addr, fmt.Sprintf("127.0.1.%d", i+1), largeBodyBytes) })
 	}
 	body := largeReview(largeBodyBytes)
-	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback flood
-		ForceAttemptHTTP2: true,
-	}, Timeout: 10 * time.Second}
-	defer client.CloseIdleConnections()
-	for range largeBodyWorkers {
+	for i := range largeBodyWorkers {
+		client := clientFrom(fmt.Sprintf("127.0.2.%d", i+1))
+		defer client.CloseIdleConnections()
 		wg.Go(func() {
 			for floodCtx.Err() == nil {
 				req, _ := http.NewRequestWithContext(floodCtx, http.MethodPost, "https://"+proc.Addr+"/mutate-drain-order", bytes.NewReader(body))
@@ -131,7 +108,7 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 	case <-time.After(floodFor / 2):
 	case <-floodCtx.Done():
 	}
-	took, bindErr := bind(ctx(t))
+	took, bindErr := b.bind(ctx(t))
 	duringFlood := residentKiB(t, proc.PID(), "VmRSS")
 	wg.Wait()
 	peak := residentKiB(t, proc.PID(), "VmHWM")
@@ -140,7 +117,7 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 	if err := proc.Exited(); err != nil {
 		t.Fatalf("the webhook process died during the flood: %v (log %s)", err, proc.LogPath())
 	}
-	if !refused(bindErr) {
+	if !b.refused(bindErr) {
 		t.Fatalf("bind during the flood: got %v, want the webhook's refusal", bindErr)
 	}
 	if took > webhookTimeout {
@@ -160,39 +137,89 @@ func TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown(t *testing.T) {
 // residentKiB reads a memory line (VmRSS, VmHWM) of /proc/<pid>/status.
 func residentKiB(t *testing.T, pid int, field string) int64 {
 	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	kib, err := proc.ResidentKiB(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("parse %s: %v", field, err)
+	return kib
+}
+
+// binder binds one pod, through the API server, onto a terminating node:
+// the webhook must refuse it (had its call failed, failurePolicy Ignore
+// would let the bind through).
+type binder struct {
+	ns, node, pod string
+}
+
+func newBinder(t *testing.T, ns, node string) *binder {
+	t.Helper()
+	markNode(t, node, false)
+	pod := kit.Pod(ns, "bound-late")
+	pod.Spec.SchedulerName = "termgate-test-nobody" // only this test binds it
+	createPod(t, pod)
+	b := &binder{ns: ns, node: node, pod: pod.Name}
+	testenv.Eventually(t, 15*time.Second, "the webhook process refuses binds onto "+node, func(ctx context.Context) (bool, string, error) {
+		if _, err := b.bind(ctx); !b.refused(err) {
+			if err == nil {
+				return false, "", fmt.Errorf("pod bound to the terminating node before the flood: the webhook did not answer")
 			}
-			return kib
+			return false, err.Error(), nil
 		}
+		return true, "", nil
+	})
+	return b
+}
+
+func (b *binder) bind(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	err := env.Client.CoreV1().Pods(b.ns).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: b.pod, Namespace: b.ns},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: b.node},
+	}, metav1.CreateOptions{})
+	return time.Since(start), err
+}
+
+func (b *binder) refused(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "node "+b.node+" is terminating")
+}
+
+// clientFrom is an HTTPS client whose connections come from local, one of
+// the loopback addresses (127.0.0.0/8), so the webhook sees another peer
+// than the API server's 127.0.0.1.
+func clientFrom(local string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	return &http.Client{Transport: &http.Transport{
+		DialContext:       d.DialContext,
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback flood
+		ForceAttemptHTTP2: true,
+	}, Timeout: 10 * time.Second}
+}
+
+// slowHeaders holds connections from local that trickle request headers,
+// reopening each one the server closes, until ctx ends.
+func slowHeaders(ctx context.Context, addr, local string) {
+	trickle(ctx, addr, local, "POST /validate-binding HTTP/1.1\r\nHost: webhook\r\n", "X-Slow: 1\r\n", nil)
+}
+
+// slowBody holds calls from local that declare a body of n bytes and
+// trickle it.
+func slowBody(ctx context.Context, addr, local string, n int) {
+	trickle(ctx, addr, local, slowBodyHead(n), strings.Repeat(" ", 1024), nil)
+}
+
+func slowBodyHead(n int) string {
+	return "POST /validate-binding?timeout=2s HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: " +
+		strconv.Itoa(n) + "\r\n\r\n{\"apiVersion\":\"admission.k8s.io/v1\","
+}
+
+// trickle sends head, then drip every 200 ms, on connections from local
+// until ctx ends, opening a new one whenever the server closes one. held,
+// when set, gets how long the server kept each connection it closed.
+func trickle(ctx context.Context, addr, local, head, drip string, held func(time.Duration)) {
+	d := tls.Dialer{
+		NetDialer: &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}},
+		Config:    &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}, //nolint:gosec // loopback flood
 	}
-	t.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
-}
-
-// slowHeaders holds connections that trickle request headers, reopening
-// each one the server closes, until ctx ends.
-func slowHeaders(ctx context.Context, addr string) {
-	trickle(ctx, addr, "POST /validate-binding HTTP/1.1\r\nHost: webhook\r\n", "X-Slow: 1\r\n")
-}
-
-// slowBody holds calls that declare a large body and trickle it.
-func slowBody(ctx context.Context, addr string) {
-	trickle(ctx, addr, "POST /validate-binding HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\nContent-Length: "+
-		strconv.Itoa(largeBodyBytes)+"\r\n\r\n{\"apiVersion\":\"admission.k8s.io/v1\",", strings.Repeat(" ", 1024))
-}
-
-func trickle(ctx context.Context, addr, head, drip string) {
-	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}} //nolint:gosec // loopback flood
 	for ctx.Err() == nil {
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
@@ -203,6 +230,7 @@ func trickle(ctx context.Context, addr, head, drip string) {
 			continue
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
+		opened := time.Now()
 		_, err = conn.Write([]byte(head))
 		for err == nil && ctx.Err() == nil {
 			select {
@@ -211,7 +239,9 @@ func trickle(ctx context.Context, addr, head, drip string) {
 				_, err = conn.Write([]byte(drip))
 			}
 		}
-		stop()
+		if stop() && held != nil {
+			held(time.Since(opened))
+		}
 		conn.Close()
 	}
 }
@@ -223,4 +253,108 @@ func largeReview(n int) []byte {
 		`"resource":{"group":"","version":"v1","resource":"pods"},"name":"flood","namespace":"default","operation":"CREATE","userInfo":{"username":"flood"},` +
 		`"object":{"metadata":{"name":"flood","namespace":"default","annotations":{"fill":"` + strings.Repeat("a", n/2) + `"}},` +
 		`"spec":{"containers":[{"name":"c","image":"x","args":["` + strings.Repeat("b", n/2-4096) + `"]}]}}}}`)
+}
+
+// metricValue returns the value of the sample named exactly name (with its
+// labels) in a scrape, or 0.
+func metricValue(body, name string) float64 {
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// Something past the NetworkPolicy (or on a cluster that does not enforce
+// it) opens a few hundred calls to the admission port from one address and
+// sends their small bodies a few bytes at a time. The user relies on the
+// API server's calls still being answered, within the registration's 2 s
+// timeout, and on such calls being cut near that timeout and showing up in
+// the webhook's metrics.
+func TestSlowBodiesFromOnePeerCannotFillTheWebhook(t *testing.T) {
+	const (
+		slowCalls = 300 // more than the 256 calls a replica answers at once
+		attacker  = "127.0.0.2"
+	)
+	ns := testenv.Namespace(t, env.Client)
+	dying := nodeNames(t)[0]
+	wh.restoreRegistrationsAtEnd(t)
+	proc, err := localrun.StartWebhook(ctx(t), localrun.WebhookSpec{
+		Binary: termgateBinary(t), Dir: t.TempDir(), Kubeconfig: env.Kubeconfig, Client: env.Client,
+		Env: []string{"MEMORY_LIMIT=" + strconv.Itoa(containerLimit)},
+		// The local API server calls from 127.0.0.1: its control-plane range.
+		Flags: []string{"--expected-peer-cidrs=127.0.0.1/32"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proc.Stop)
+	reader, err := localrun.NewMetricsReader(ctx(t), localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config, Dir: env.Dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBinder(t, ns, dying)
+	before, err := reader.Scrape(ctx(t), proc.MetricsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := metricValue(before, "termgate_webhook_unexpected_peer_calls_total"); n != 0 {
+		t.Fatalf("%v of the API server's calls were counted as unexpected", n)
+	}
+
+	floodCtx, stopFlood := context.WithTimeout(ctx(t), floodFor)
+	defer stopFlood()
+	var mu sync.Mutex
+	var cut []time.Duration
+	var wg sync.WaitGroup
+	for range slowCalls {
+		wg.Go(func() {
+			trickle(floodCtx, proc.Addr, attacker, slowBodyHead(2048), "  ", func(d time.Duration) {
+				mu.Lock()
+				cut = append(cut, d)
+				mu.Unlock()
+			})
+		})
+	}
+	select {
+	case <-time.After(floodFor / 2):
+	case <-floodCtx.Done():
+	}
+	took, bindErr := b.bind(ctx(t))
+	wg.Wait()
+	after, err := reader.Scrape(ctx(t), proc.MetricsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := metricValue(after, `termgate_webhook_requests_refused_total{reason="peer-busy"}`)
+	unexpected := metricValue(after, "termgate_webhook_unexpected_peer_calls_total")
+	slices.Sort(cut)
+	var median time.Duration
+	if len(cut) > 0 {
+		median = cut[len(cut)/2]
+	}
+	t.Logf("%d slow calls from %s for %s: bind answered in %v (%v); %d calls cut by the server, median after %v; refused peer-busy %v, unexpected-peer calls %v",
+		slowCalls, attacker, floodFor, took.Round(time.Millisecond), bindErr, len(cut), median.Round(time.Millisecond), busy, unexpected)
+	if err := proc.Exited(); err != nil {
+		t.Fatalf("the webhook process died: %v (log %s)", err, proc.LogPath())
+	}
+	if !b.refused(bindErr) {
+		t.Fatalf("bind during the slow calls: got %v, want the webhook's refusal", bindErr)
+	}
+	if took > webhookTimeout {
+		t.Fatalf("the bind was answered after %v, beyond the webhook timeout %v", took, webhookTimeout)
+	}
+	if busy == 0 {
+		t.Fatal("no call of the slow peer was refused: the per-peer bound never engaged")
+	}
+	if unexpected < slowCalls {
+		t.Fatalf("%v calls counted from unexpected peers, want at least the %d slow ones", unexpected, slowCalls)
+	}
+	// The body read timeout (3 s) is just above the API server's call
+	// timeout; well under the flood's 8 s, a slow body is cut.
+	if len(cut) == 0 || median > 5*time.Second {
+		t.Fatalf("slow bodies cut %d times, median after %v: want them cut near 3 s", len(cut), median)
+	}
 }

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -31,7 +29,6 @@ import (
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/yaml"
 
 	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/certs/selfmanaged"
@@ -45,7 +42,7 @@ import (
 	"termgate.dev/termgate/webhook/nodepods"
 )
 
-const agentUser = "system:serviceaccount:termgate:termgate-agent"
+const agentUser = "system:serviceaccount:" + localrun.AgentNamespace + ":" + localrun.AgentServiceAccount
 
 var (
 	env *cluster.Cluster
@@ -239,13 +236,16 @@ func shippedConfigurations() (*localrun.WebhookConfigurations, error) {
 }
 
 // install registers the shipped configurations (pointed at addr) and the
-// shipped ValidatingAdmissionPolicy, and waits until the API server calls
-// the webhook.
+// agent's shipped ValidatingAdmissionPolicies, and waits until the API
+// server calls the webhook.
 func (w *runningWebhook) install(ctx context.Context) error {
 	if err := w.register(ctx, w.addr, w.caPEM); err != nil {
 		return err
 	}
-	if err := installPolicy(ctx, w.client); err != nil {
+	if err := installPolicies(ctx, env); err != nil {
+		return err
+	}
+	if err := localrun.WaitAgentPoliciesEnforced(ctx, env); err != nil {
 		return err
 	}
 	return w.waitStamping(ctx)
@@ -274,30 +274,17 @@ func (w *runningWebhook) restoreRegistrationsAtEnd(t *testing.T) {
 	})
 }
 
-func installPolicy(ctx context.Context, client kubernetes.Interface) error {
+// installPolicies applies the agent's shipped ValidatingAdmissionPolicies
+// (its Node patches and its pod deletes), as they are.
+func installPolicies(ctx context.Context, c *cluster.Cluster) error {
 	root, err := cluster.RepoRoot()
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(filepath.Join(root, "manifests", "base", "webhook-agent-policy.yaml"))
-	if err != nil {
-		return err
-	}
-	docs := strings.Split(string(data), "\n---\n")
-	p := &admissionregistrationv1.ValidatingAdmissionPolicy{}
-	b := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), p); err != nil {
-		return fmt.Errorf("policy: %w", err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), b); err != nil {
-		return fmt.Errorf("policy binding: %w", err)
-	}
-	adm := client.AdmissionregistrationV1()
-	if _, err := adm.ValidatingAdmissionPolicies().Create(ctx, p, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create policy: %w", err)
-	}
-	if _, err := adm.ValidatingAdmissionPolicyBindings().Create(ctx, b, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create policy binding: %w", err)
+	for _, f := range []string{"agent-node-policy.yaml", "agent-delete-policy.yaml"} {
+		if err := localrun.ApplyFile(ctx, c.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
+			return err
+		}
 	}
 	return nil
 }

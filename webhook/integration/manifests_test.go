@@ -12,6 +12,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/rand"
 
@@ -57,8 +58,10 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 	kubectl(t, "wait", "--for=condition=Established", "--timeout=30s",
 		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io")
 	// Namespaced objects need their namespace to exist for real.
-	if err := kit.EnsureNamespace(ctx(t), env.Client, "termgate"); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{localrun.WebhookNamespace, localrun.AgentNamespace} {
+		if err := kit.EnsureNamespace(ctx(t), env.Client, ns); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, overlay := range []string{"self-managed", "cert-manager"} {
 		t.Run(overlay, func(t *testing.T) {
@@ -75,6 +78,9 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 				"networkpolicy.networking.k8s.io/termgate-webhook", "resourcequota/termgate-critical-pods",
 				"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-webhook-ca-bundle",
 				"validatingadmissionpolicybinding.admissionregistration.k8s.io/termgate-webhook-ca-bundle",
+				"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-pod-deletes",
+				"validatingadmissionpolicybinding.admissionregistration.k8s.io/termgate-agent-pod-deletes",
+				"daemonset.apps/termgate-agent", "namespace/termgate-agent", "namespace/termgate",
 			} {
 				if !strings.Contains(out, want) {
 					t.Errorf("dry run did not apply %s:\n%s", want, out)
@@ -169,5 +175,71 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 			t.Errorf("replicas %s and %s share zone %s", other, p.Name, zone)
 		}
 		zones[zone] = p.Name
+	}
+}
+
+// podOf returns a pod of a rendered workload's template in its namespace,
+// as its controller would create it.
+func podOf(t *testing.T, workload *unstructured.Unstructured, name string) *corev1.Pod {
+	t.Helper()
+	tmpl, _, err := unstructured.NestedMap(workload.Object, "spec", "template")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(tmpl, pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Name, pod.Namespace = name, workload.GetNamespace()
+	return pod
+}
+
+// TestTheWebhooksNamespaceAdmitsItsPodsAndRefusesAHostNetworkPod: the
+// webhook's namespace enforces the restricted Pod Security Standard, and
+// the API server's PodSecurity admission holds it: the shipped webhook pod
+// passes, the same pod with the host's network does not, nor does the
+// agent's pod, which is admitted only in its own privileged namespace.
+func TestTheWebhooksNamespaceAdmitsItsPodsAndRefusesAHostNetworkPod(t *testing.T) {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The namespaces, accounts and PriorityClass as shipped: admission
+	// checks the pods' references to them.
+	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-priorityclass.yaml"} {
+		if err := localrun.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := localrun.InstallAgentPermissions(ctx(t), localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config}); err != nil {
+		t.Fatal(err)
+	}
+	objs := builtObjects(t, kubectl(t, "kustomize", filepath.Join("manifests", "overlays", "self-managed")))
+	webhookPod := podOf(t, findObject(t, objs, "Deployment", "termgate-webhook"), "webhook-pss")
+	agentPod := podOf(t, findObject(t, objs, "DaemonSet", "termgate-agent"), "agent-pss")
+	if webhookPod.Namespace != localrun.WebhookNamespace || agentPod.Namespace != localrun.AgentNamespace {
+		t.Fatalf("rendered into %s and %s, want %s and %s", webhookPod.Namespace, agentPod.Namespace, localrun.WebhookNamespace, localrun.AgentNamespace)
+	}
+	dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	create := func(p *corev1.Pod) error {
+		_, err := env.Client.CoreV1().Pods(p.Namespace).Create(ctx(t), p, dryRun)
+		return err
+	}
+	if err := create(webhookPod); err != nil {
+		t.Fatalf("the shipped webhook pod was refused in its namespace: %v", err)
+	}
+	hostNet := webhookPod.DeepCopy()
+	hostNet.Spec.HostNetwork = true
+	if err := create(hostNet); err == nil || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) || !strings.Contains(err.Error(), "host namespaces") {
+		t.Fatalf("a hostNetwork pod in the webhook's namespace: got %v, want PodSecurity's refusal", err)
+	}
+	agentThere := agentPod.DeepCopy()
+	agentThere.Namespace = localrun.WebhookNamespace
+	agentThere.Spec.ServiceAccountName = localrun.WebhookServiceAccount
+	if err := create(agentThere); err == nil || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) {
+		t.Fatalf("the agent's pod in the webhook's namespace: got %v, want PodSecurity's refusal", err)
+	}
+	if err := create(agentPod); err != nil {
+		t.Fatalf("the shipped agent pod was refused in its own namespace: %v", err)
 	}
 }

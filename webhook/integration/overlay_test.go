@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -37,16 +38,21 @@ const policyPropagation = 10 * time.Second
 
 // renamedOverlay writes, next to a copy of the repository's manifests, an
 // overlay of overlays/self-managed the way a user renames termgate's
-// namespace: `namespace:` plus the identity transformer after it. A name
-// suffix keeps its cluster-wide objects apart from the ones the shared
-// cluster already holds (and renames the service accounts as well).
-func renamedOverlay(t *testing.T, namespace, suffix string) string {
-	return renamedOverlayOf(t, "self-managed", namespace, suffix)
+// namespaces: a patch of each Namespace object's name, plus the identity
+// transformer after them. A name suffix keeps its cluster-wide objects apart
+// from the ones the shared cluster already holds (and renames the service
+// accounts as well).
+func renamedOverlay(t *testing.T, names renamed) string {
+	return renamedOverlayOf(t, "self-managed", names)
 }
 
+// renamed is what a user's overlay renames: the webhook's namespace, the
+// agent's namespace and a name suffix.
+type renamed struct{ webhookNamespace, agentNamespace, suffix string }
+
 // renamedOverlayOf renames overlays/<of>, listing the transformers the
-// README tells users to list for it.
-func renamedOverlayOf(t *testing.T, of, namespace, suffix string) string {
+// documentation (docs/security.md) tells users to list for it.
+func renamedOverlayOf(t *testing.T, of string, names renamed) string {
 	t.Helper()
 	root, err := cluster.RepoRoot()
 	if err != nil {
@@ -59,10 +65,16 @@ func renamedOverlayOf(t *testing.T, of, namespace, suffix string) string {
 	overlay := filepath.Join(dir, "overlays", "renamed-"+of)
 	kustomization := `apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-namespace: ` + namespace + `
-nameSuffix: ` + suffix + `
+nameSuffix: ` + names.suffix + `
 resources:
 - ../` + of + `
+patches:
+- target: {kind: Namespace, name: ` + localrun.WebhookNamespace + `}
+  patch: |-
+    - {op: replace, path: /metadata/name, value: ` + names.webhookNamespace + `}
+- target: {kind: Namespace, name: ` + localrun.AgentNamespace + `}
+  patch: |-
+    - {op: replace, path: /metadata/name, value: ` + names.agentNamespace + `}
 transformers:
 - ../../identity
 `
@@ -180,12 +192,12 @@ func podBoundClient(t *testing.T, pod *corev1.Pod) kubernetes.Interface {
 
 func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	id := rand.String(5)
-	ns, suffix := "tg-ops-"+id, "-"+id
-	agentSA, agentUser := "termgate-agent"+suffix, "system:serviceaccount:"+ns+":termgate-agent"+suffix
+	ns, agentNS, suffix := "tg-ops-"+id, "tg-ops-agent-"+id, "-"+id
+	agentSA, agentUser := "termgate-agent"+suffix, "system:serviceaccount:"+agentNS+":termgate-agent"+suffix
 	names := nodeNames(t)
 	own, other := names[2], names[1]
 
-	built := kubectl(t, "kustomize", renamedOverlay(t, ns, suffix))
+	built := kubectl(t, "kustomize", renamedOverlay(t, renamed{webhookNamespace: ns, agentNamespace: agentNS, suffix: suffix}))
 	objs := builtObjects(t, built)
 
 	// The one place the identity lives reached every copy of it.
@@ -194,19 +206,23 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	}
 
 	// Both FlowSchemas put the renamed accounts ahead in API priority.
-	for schema, account := range map[string]string{"termgate-agent-node-marks" + suffix: agentSA, "termgate-webhook-reads" + suffix: "termgate-webhook" + suffix} {
-		if got := flowSchemaAccount(t, findObject(t, objs, "FlowSchema", schema)); got != ns+"/"+account {
-			t.Errorf("FlowSchema %s matches service account %s, want %s/%s", schema, got, ns, account)
+	for schema, account := range map[string]string{
+		"termgate-agent-node-marks" + suffix: agentNS + "/" + agentSA, "termgate-webhook-reads" + suffix: ns + "/termgate-webhook" + suffix,
+	} {
+		if got := flowSchemaAccount(t, findObject(t, objs, "FlowSchema", schema)); got != account {
+			t.Errorf("FlowSchema %s matches service account %s, want %s", schema, got, account)
 		}
 	}
 
 	// The whole rendered overlay passes the API server's checks.
-	if err := kit.EnsureNamespace(ctx(t), env.Client, ns); err != nil {
-		t.Fatal(err)
+	for _, n := range []string{ns, agentNS} {
+		if err := kit.EnsureNamespace(ctx(t), env.Client, n); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = env.Client.CoreV1().Namespaces().Delete(context.Background(), n, metav1.DeleteOptions{})
+		})
 	}
-	t.Cleanup(func() {
-		_ = env.Client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
-	})
 	all := filepath.Join(t.TempDir(), "renamed.yaml")
 	if err := os.WriteFile(all, []byte(built), 0o600); err != nil {
 		t.Fatal(err)
@@ -216,6 +232,7 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 		"deployment.apps/termgate-webhook" + suffix, "daemonset.apps/termgate-agent" + suffix,
 		"networkpolicy.networking.k8s.io/termgate-webhook" + suffix, "resourcequota/termgate-critical-pods" + suffix,
 		"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-node" + suffix,
+		"validatingadmissionpolicy.admissionregistration.k8s.io/termgate-agent-pod-deletes" + suffix,
 		"flowschema.flowcontrol.apiserver.k8s.io/termgate-webhook-reads" + suffix,
 	} {
 		if !strings.Contains(out, want) {
@@ -223,14 +240,17 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 		}
 	}
 
-	// Install the agent's side for real: account, RBAC, Node policy.
+	// Install the agent's side for real: account, RBAC, Node and delete
+	// policies.
 	agentSide := filepath.Join(t.TempDir(), "agent.yaml")
 	writeObjects(t, agentSide,
 		findObject(t, objs, "ServiceAccount", agentSA),
 		findObject(t, objs, "ClusterRole", "termgate-agent"+suffix),
 		findObject(t, objs, "ClusterRoleBinding", "termgate-agent"+suffix),
 		findObject(t, objs, "ValidatingAdmissionPolicy", "termgate-agent-node"+suffix),
-		findObject(t, objs, "ValidatingAdmissionPolicyBinding", "termgate-agent-node"+suffix))
+		findObject(t, objs, "ValidatingAdmissionPolicyBinding", "termgate-agent-node"+suffix),
+		findObject(t, objs, "ValidatingAdmissionPolicy", "termgate-agent-pod-deletes"+suffix),
+		findObject(t, objs, "ValidatingAdmissionPolicyBinding", "termgate-agent-pod-deletes"+suffix))
 	kubectl(t, "apply", "--server-side", "--field-manager=termgate-test", "-f", agentSide)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -238,14 +258,16 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 		rb, adm := env.Client.RbacV1(), env.Client.AdmissionregistrationV1()
 		_ = rb.ClusterRoleBindings().Delete(ctx, "termgate-agent"+suffix, metav1.DeleteOptions{})
 		_ = rb.ClusterRoles().Delete(ctx, "termgate-agent"+suffix, metav1.DeleteOptions{})
-		_ = adm.ValidatingAdmissionPolicyBindings().Delete(ctx, "termgate-agent-node"+suffix, metav1.DeleteOptions{})
-		_ = adm.ValidatingAdmissionPolicies().Delete(ctx, "termgate-agent-node"+suffix, metav1.DeleteOptions{})
+		for _, p := range []string{"termgate-agent-node" + suffix, "termgate-agent-pod-deletes" + suffix} {
+			_ = adm.ValidatingAdmissionPolicyBindings().Delete(ctx, p, metav1.DeleteOptions{})
+			_ = adm.ValidatingAdmissionPolicies().Delete(ctx, p, metav1.DeleteOptions{})
+		}
 	})
 
 	// A stand-in DaemonSet pod of the renamed agent, and its token.
-	agentPod := kit.Pod(ns, "agent", kit.OnNode(own), kit.Tolerating(corev1.Toleration{Operator: corev1.TolerationOpExists}))
+	agentPod := kit.Pod(agentNS, "agent", kit.OnNode(own), kit.Tolerating(corev1.Toleration{Operator: corev1.TolerationOpExists}))
 	agentPod.Spec.ServiceAccountName = agentSA
-	agentPod, err := env.Client.CoreV1().Pods(ns).Create(ctx(t), agentPod, metav1.CreateOptions{})
+	agentPod, err := env.Client.CoreV1().Pods(agentNS).Create(ctx(t), agentPod, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,6 +310,7 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	work := testenv.Namespace(t, env.Client)
 	createPod(t, kit.Pod(work, "here", kit.OnNode(own)))
 	createPod(t, kit.Pod(work, "there", kit.OnNode(other)))
+	createPod(t, kit.Pod(work, "here-too", kit.OnNode(own)))
 	// The agent evicts only while its node drains.
 	markNode(t, own, false)
 	err = evict(agent, t, work, "there")
@@ -296,6 +319,20 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 	}
 	if err := evict(agent, t, work, "here"); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("renamed agent's eviction on its own node refused: %v", err)
+	}
+
+	// Delete confinement: the renamed delete policy matches the renamed
+	// account (dry runs: admission decides, nothing is deleted).
+	dryDelete := metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}}
+	testenv.Eventually(t, policyPropagation, "the renamed delete policy refusing a delete on another node", func(ctx context.Context) (bool, string, error) {
+		err := agent.CoreV1().Pods(work).Delete(ctx, "there", dryDelete)
+		if err == nil {
+			return false, "delete on " + other + " allowed", nil
+		}
+		return strings.Contains(err.Error(), "may delete only pods on the node its token is bound to"), err.Error(), nil
+	})
+	if err := agent.CoreV1().Pods(work).Delete(ctx(t), "here-too", dryDelete); err != nil {
+		t.Fatalf("renamed agent's delete on its own node refused: %v", err)
 	}
 }
 
@@ -307,8 +344,10 @@ func TestARenamedNamespaceKeepsTheAgentConfined(t *testing.T) {
 // issued or injected) without any error at apply time.
 func TestRenamedOverlaysKeepEveryNameInStep(t *testing.T) {
 	const ns, suffix = "ops-termgate", "-prod"
+	names := renamed{webhookNamespace: ns, agentNamespace: "ops-termgate-agent", suffix: suffix}
 	t.Run("self-managed", func(t *testing.T) {
-		objs := builtObjects(t, kubectl(t, "kustomize", renamedOverlayOf(t, "self-managed", ns, suffix)))
+		objs := builtObjects(t, kubectl(t, "kustomize", renamedOverlayOf(t, "self-managed", names)))
+		expectNamespacesInStep(t, objs, names)
 		config := findObject(t, objs, "ValidatingWebhookConfiguration", "termgate"+suffix).GetName()
 		findObject(t, objs, "MutatingWebhookConfiguration", config)
 		deployment := findObject(t, objs, "Deployment", "termgate-webhook"+suffix)
@@ -317,7 +356,8 @@ func TestRenamedOverlaysKeepEveryNameInStep(t *testing.T) {
 			nestedString(t, findObject(t, objs, "ClusterRole", "termgate-webhook-certs"+suffix), "rules", 0, "resourceNames", 0), config)
 	})
 	t.Run("cert-manager", func(t *testing.T) {
-		objs := builtObjects(t, kubectl(t, "kustomize", renamedOverlayOf(t, "cert-manager", ns, suffix)))
+		objs := builtObjects(t, kubectl(t, "kustomize", renamedOverlayOf(t, "cert-manager", names)))
+		expectNamespacesInStep(t, objs, names)
 		serving := findObject(t, objs, "Certificate", "termgate-webhook-serving"+suffix)
 		ca := findObject(t, objs, "Certificate", "termgate-webhook-ca"+suffix)
 		deployment := findObject(t, objs, "Deployment", "termgate-webhook"+suffix)
@@ -331,6 +371,73 @@ func TestRenamedOverlaysKeepEveryNameInStep(t *testing.T) {
 		expectString(t, "the serving Certificate's issuer", nestedString(t, serving, "spec", "issuerRef", "name"), findObject(t, objs, "Issuer", "termgate-ca"+suffix).GetName())
 		expectString(t, "the serving Certificate's DNS name", nestedString(t, serving, "spec", "dnsNames", 0), "termgate-webhook"+suffix+"."+ns+".svc")
 	})
+}
+
+// expectNamespacesInStep checks that a renamed render keeps the two parts
+// apart and together: the agent's DaemonSet and account in the agent's
+// namespace, everything else namespaced in the webhook's, every binding's
+// service account rendered in the namespace it names, the webhook
+// configurations calling the Service where it is, and no string left
+// naming a default namespace.
+func expectNamespacesInStep(t *testing.T, objs []*unstructured.Unstructured, names renamed) {
+	t.Helper()
+	agentSide := map[string]bool{"ServiceAccount/termgate-agent" + names.suffix: true, "DaemonSet/termgate-agent" + names.suffix: true,
+		"ResourceQuota/termgate-critical-pods" + names.suffix: true}
+	accounts := map[string]bool{}
+	namespaces := map[string]bool{}
+	for _, o := range objs {
+		if o.GetKind() == "Namespace" {
+			namespaces[o.GetName()] = true
+		}
+		if o.GetKind() == "ServiceAccount" {
+			accounts[o.GetNamespace()+"/"+o.GetName()] = true
+		}
+	}
+	if !namespaces[names.webhookNamespace] || !namespaces[names.agentNamespace] || len(namespaces) != 2 {
+		t.Errorf("rendered Namespaces %v, want %s and %s", namespaces, names.webhookNamespace, names.agentNamespace)
+	}
+	var service string
+	for _, o := range objs {
+		id := o.GetKind() + "/" + o.GetName()
+		if o.GetKind() == "Service" {
+			service = o.GetNamespace()
+		}
+		if ns := o.GetNamespace(); ns != "" {
+			want := names.webhookNamespace
+			if agentSide[id] {
+				want = names.agentNamespace
+			}
+			expectString(t, id+" namespace", ns, want)
+		}
+		subjects, _, _ := unstructured.NestedSlice(o.Object, "subjects")
+		for _, sub := range subjects {
+			sub, _ := sub.(map[string]any)
+			if sub["kind"] == "ServiceAccount" {
+				if ref := fmt.Sprint(sub["namespace"], "/", sub["name"]); !accounts[ref] {
+					t.Errorf("%s binds service account %s, which the render does not hold", id, ref)
+				}
+			}
+		}
+	}
+	for _, kind := range []string{"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"} {
+		webhooks, _, _ := unstructured.NestedSlice(findObject(t, objs, kind, "termgate"+names.suffix).Object, "webhooks")
+		for _, w := range webhooks {
+			ns, _, _ := unstructured.NestedString(w.(map[string]any), "clientConfig", "service", "namespace")
+			expectString(t, kind+" service namespace", ns, service)
+		}
+	}
+	all, err := sigsyaml.Marshal(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stale := range []string{
+		"system:serviceaccount:" + localrun.WebhookNamespace + ":", "system:serviceaccount:" + localrun.AgentNamespace + ":",
+		"'" + localrun.WebhookNamespace + "'", "'" + localrun.AgentNamespace + "'", "." + localrun.WebhookNamespace + ".svc",
+	} {
+		if strings.Contains(string(all), stale) {
+			t.Errorf("the render still names a default namespace: %q", stale)
+		}
+	}
 }
 
 func expectString(t *testing.T, what, got, want string) {

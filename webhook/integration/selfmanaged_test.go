@@ -3,18 +3,25 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
 	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -34,7 +41,7 @@ func TestSelfManagedCertificatesAreIssuedInjectedAndServed(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "certs")
 	source := selfmanaged.NewSource(env.Client, env.Client, selfmanaged.SourceOptions{
 		Rotator: selfmanaged.Options{
-			Namespace: "termgate", SecretName: "self-managed-test-certs", WebhookConfigName: configName,
+			Namespace: "termgate", SecretName: "self-managed-test-certs", CASecretName: "self-managed-test-ca", WebhookConfigName: configName,
 			Hosts: []string{"127.0.0.1"}, CAValidity: 24 * time.Hour, CARenewBefore: time.Hour,
 			CertValidity: 2 * time.Hour, CertRenewBefore: time.Hour, Resync: 200 * time.Millisecond,
 		},
@@ -126,4 +133,107 @@ func registerLimited(t *testing.T, name, addr, ns string) {
 		_ = adm.ValidatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 		_ = adm.MutatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
+}
+
+// TestAnUpgradedSelfManagedInstallMovesItsCAKeyAndServesOn runs termgate's
+// webhook process on its own service account under the self-managed
+// overlay's RBAC. An install from before the CA Secret kept the CA key in
+// the serving Secret that every replica copies; this one starts from that
+// layout. The leader moves the key into the CA Secret and drops it from the
+// serving Secret, keeping the serving pair and the bundle, and the API
+// server calls the webhook throughout. The account reads its two Secrets by
+// name and no other.
+func TestAnUpgradedSelfManagedInstallMovesItsCAKeyAndServesOn(t *testing.T) {
+	ns := localrun.WebhookNamespace
+	const serving, caName = "termgate-webhook-certs", "termgate-webhook-ca"
+	bin := termgateBinary(t)
+	wh.restoreRegistrationsAtEnd(t)
+	kubeconfig, err := localrun.NewWebhookIdentity(ctx(t), localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config, Dir: t.TempDir()}, localrun.CertSourceSelfManaged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() *localrun.Webhook {
+		w, err := localrun.StartWebhook(ctx(t), localrun.WebhookSpec{Binary: bin, Dir: t.TempDir(), Kubeconfig: kubeconfig, Client: env.Client})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	secrets := env.Client.CoreV1().Secrets(ns)
+	get := func(name string) *corev1.Secret {
+		s, err := secrets.Get(ctx(t), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("secret %s: %v", name, err)
+		}
+		return s
+	}
+
+	// The old layout: the CA key in the serving Secret, no CA Secret. A
+	// first run makes a CA and a pair for this host; then the key goes
+	// back where older versions kept it.
+	start().Stop()
+	old := get(serving)
+	old.Data[selfmanaged.KeyCAKey] = get(caName).Data[selfmanaged.KeyCAKey]
+	if _, err := secrets.Update(ctx(t), old, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := secrets.Delete(ctx(t), caName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	legacy := get(serving)
+
+	w := start()
+	t.Cleanup(w.Stop)
+	if err := wh.waitStamping(ctx(t)); err != nil {
+		t.Fatalf("the API server does not reach the upgraded webhook: %v", err)
+	}
+	now := get(serving)
+	if _, held := now.Data[selfmanaged.KeyCAKey]; held {
+		t.Fatal("the serving Secret still holds the CA key after the upgrade")
+	}
+	if !bytes.Equal(now.Data[selfmanaged.KeyCert], legacy.Data[selfmanaged.KeyCert]) || !bytes.Equal(now.Data[selfmanaged.KeyCA], legacy.Data[selfmanaged.KeyCA]) {
+		t.Fatal("the upgrade replaced the serving certificate or the bundle: replicas and the API server would have to follow")
+	}
+	if !bytes.Equal(get(caName).Data[selfmanaged.KeyCAKey], legacy.Data[selfmanaged.KeyCAKey]) {
+		t.Fatal("the CA Secret does not hold the install's CA key")
+	}
+	if !bytes.Equal(servedCert(t, w.Addr), pemBlock(t, legacy.Data[selfmanaged.KeyCert])) {
+		t.Fatal("the webhook serves another certificate than the one it had")
+	}
+
+	// RBAC by name: its two Secrets, nothing else in its namespace.
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "not-termgates-" + rand.String(5), Namespace: ns}, StringData: map[string]string{"k": "v"}}
+	if _, err := secrets.Create(ctx(t), other, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = secrets.Delete(context.Background(), other.Name, metav1.DeleteOptions{}) })
+	for _, name := range []string{serving, caName} {
+		if _, err := own.CoreV1().Secrets(ns).Get(ctx(t), name, metav1.GetOptions{}); err != nil {
+			t.Errorf("the webhook's account cannot read its Secret %s: %v", name, err)
+		}
+	}
+	if _, err := own.CoreV1().Secrets(ns).Get(ctx(t), other.Name, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the webhook's account reading another Secret: got %v, want Forbidden", err)
+	}
+	if _, err := own.CoreV1().Secrets(ns).List(ctx(t), metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the webhook's account listing Secrets: got %v, want Forbidden", err)
+	}
+}
+
+// pemBlock returns the DER bytes of the first PEM block.
+func pemBlock(t *testing.T, data []byte) []byte {
+	t.Helper()
+	b, _ := pem.Decode(data)
+	if b == nil {
+		t.Fatal("no PEM block")
+	}
+	return b.Bytes
 }

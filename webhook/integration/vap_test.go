@@ -232,7 +232,12 @@ func TestThePolicyRefusesEveryOtherNodeChangeByTheAgent(t *testing.T) {
 	agent := agentClient(t, own)
 	t.Cleanup(func() { unmarkNode(t, own) })
 	// unmarkNode leaves labels: drop the one the passing case sets.
-	t.Cleanup(func() { patchNode(t, own, func(n *corev1.Node) { delete(n.Labels, nodemark.LabelExcludeFromLB) }) })
+	t.Cleanup(func() {
+		patchNode(t, own, func(n *corev1.Node) {
+			delete(n.Labels, nodemark.LabelExcludeFromLB)
+			delete(n.Annotations, nodemark.AnnotationLBLabelAdded)
+		})
+	})
 	now := time.Now()
 	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "vap-test"}
 	merge := func(v map[string]any) func(*testing.T, *corev1.Node) []byte {
@@ -240,8 +245,12 @@ func TestThePolicyRefusesEveryOtherNodeChangeByTheAgent(t *testing.T) {
 	}
 	const (
 		otherNode   = "only the node its token is bound to"
-		annotations = "only termgate.dev/ annotations"
+		annotations = "only termgate's own annotations"
+		longValue   = "at most 63 characters"
 		labels      = "exclude-from-external-load-balancers label"
+		lbLabel     = "add the load-balancer exclusion label only"
+		lbRecord    = "set termgate.dev/lb-label-added"
+		oneTaint    = "at most one termgate.dev/terminating taint"
 		metadata    = "no node metadata but termgate's"
 		spec        = "nothing else in its spec"
 		status      = "nothing else in its status"
@@ -255,9 +264,9 @@ func TestThePolicyRefusesEveryOtherNodeChangeByTheAgent(t *testing.T) {
 		wantErr string
 	}{
 		// Termgate's own marks pass.
-		"A plain merge patch of a termgate annotation and the LB-exclusion label passes.": {
+		"A plain merge patch of a termgate annotation and the LB-exclusion label with its record passes.": {
 			node: own, pt: types.MergePatchType, patch: merge(map[string]any{"metadata": map[string]any{
-				"annotations": map[string]any{nodemark.AnnotationState: "advance"},
+				"annotations": map[string]any{nodemark.AnnotationState: "advance", nodemark.AnnotationLBLabelAdded: "true"},
 				"labels":      map[string]any{nodemark.LabelExcludeFromLB: "true"},
 			}}),
 		},
@@ -271,6 +280,24 @@ func TestThePolicyRefusesEveryOtherNodeChangeByTheAgent(t *testing.T) {
 		// Metadata.
 		"A foreign annotation is refused.": {
 			node: own, patch: merge(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"example.com/x": "y"}}}), wantErr: annotations,
+		},
+		"A termgate.dev/ annotation that termgate does not write is refused.": {
+			node: own, patch: merge(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"termgate.dev/payload": "x"}}}), wantErr: annotations,
+		},
+		"A termgate annotation longer than 63 characters is refused.": {
+			node: own, patch: merge(map[string]any{"metadata": map[string]any{"annotations": map[string]any{nodemark.AnnotationReason: strings.Repeat("x", 64)}}}), wantErr: longValue,
+		},
+		"The LB-exclusion label without termgate's record is refused.": {
+			node: own, patch: merge(map[string]any{"metadata": map[string]any{"labels": map[string]any{nodemark.LabelExcludeFromLB: "true"}}}), wantErr: lbLabel,
+		},
+		"The LB-exclusion label with another value is refused.": {
+			node: own, patch: merge(map[string]any{"metadata": map[string]any{
+				"annotations": map[string]any{nodemark.AnnotationLBLabelAdded: "true"},
+				"labels":      map[string]any{nodemark.LabelExcludeFromLB: "false"},
+			}}), wantErr: lbLabel,
+		},
+		"termgate's record without the label it records is refused.": {
+			node: own, patch: merge(map[string]any{"metadata": map[string]any{"annotations": map[string]any{nodemark.AnnotationLBLabelAdded: "true"}}}), wantErr: lbRecord,
 		},
 		"Removing an administrator's annotation is refused.": {
 			node: own, patch: merge(map[string]any{"metadata": map[string]any{"annotations": map[string]any{foreignAnnotation: nil}}}), wantErr: annotations,
@@ -297,6 +324,13 @@ func TestThePolicyRefusesEveryOtherNodeChangeByTheAgent(t *testing.T) {
 			node: own, patch: func(t *testing.T, n *corev1.Node) []byte {
 				return agentNodePatch(t, n, map[string]any{}, map[string]any{}, append(slices.Clone(n.Spec.Taints), corev1.Taint{Key: "example.com/x", Effect: corev1.TaintEffectNoSchedule}))
 			}, wantErr: spec,
+		},
+		"A second termgate taint is refused.": {
+			node: own, patch: func(t *testing.T, n *corev1.Node) []byte {
+				return agentNodePatch(t, n, map[string]any{}, map[string]any{}, append(withoutTermgateTaint(n.Spec.Taints),
+					corev1.Taint{Key: nodemark.TaintKey, Value: string(nodemark.ReasonPreempted), Effect: corev1.TaintEffectNoSchedule},
+					corev1.Taint{Key: nodemark.TaintKey, Value: string(nodemark.ReasonPreempted), Effect: corev1.TaintEffectNoExecute}))
+			}, wantErr: oneTaint,
 		},
 		"Removing an administrator's taint is refused.": {
 			node: own, patch: func(t *testing.T, n *corev1.Node) []byte {
@@ -327,6 +361,13 @@ func TestThePolicyRefusesEveryOtherNodeChangeByTheAgent(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
+			// The passing case leaves the label and its record; every
+			// case starts without them, as a node termgate has not
+			// marked.
+			patchNode(t, own, func(n *corev1.Node) {
+				delete(n.Labels, nodemark.LabelExcludeFromLB)
+				delete(n.Annotations, nodemark.AnnotationLBLabelAdded)
+			})
 			before := getNode(t, env.Client, tc.node)
 			var sub []string
 			if tc.status {
@@ -442,7 +483,7 @@ func webhookAccount(t *testing.T) kubernetes.Interface {
 		_ = adm.ValidatingAdmissionPolicyBindings().Delete(context.Background(), "termgate-webhook-ca-bundle", metav1.DeleteOptions{})
 		_ = adm.ValidatingAdmissionPolicies().Delete(context.Background(), "termgate-webhook-ca-bundle", metav1.DeleteOptions{})
 	})
-	tr, err := env.Client.CoreV1().ServiceAccounts("termgate").CreateToken(ctx(t), "termgate-webhook", &authenticationv1.TokenRequest{
+	tr, err := env.Client.CoreV1().ServiceAccounts(localrun.WebhookNamespace).CreateToken(ctx(t), localrun.WebhookServiceAccount, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600)},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -519,5 +560,57 @@ func TestTheWebhookMayChangeOnlyTheCABundleOfItsConfigurations(t *testing.T) {
 				t.Fatalf("got %v, want a refusal containing %q", err, onlyCABundle)
 			}
 		})
+	}
+}
+
+// TestTheAgentNeverRemovesALoadBalancerLabelAnAdministratorSet: a node an
+// administrator keeps out of load balancers carries the exclusion label
+// without termgate's record (termgate.dev/lb-label-added). The agent's own
+// mark and unmark leave it alone and pass; a stolen agent token can neither
+// remove it, change it, nor claim it by writing the record first.
+func TestTheAgentNeverRemovesALoadBalancerLabelAnAdministratorSet(t *testing.T) {
+	own := nodeNames(t)[2]
+	agent := agentClient(t, own)
+	patchNode(t, own, func(n *corev1.Node) { n.Labels[nodemark.LabelExcludeFromLB] = "true" })
+	t.Cleanup(func() {
+		unmarkNode(t, own)
+		patchNode(t, own, func(n *corev1.Node) {
+			delete(n.Labels, nodemark.LabelExcludeFromLB)
+			delete(n.Annotations, nodemark.AnnotationLBLabelAdded)
+		})
+	})
+	now := time.Now()
+	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "vap-lb"}
+
+	marked, err := patchAs(t, agent, own, types.StrategicMergePatchType, agentMarkPatch(t, getNode(t, agent, own), m))
+	if err != nil {
+		t.Fatalf("the agent's mark of a node with an administrator's label was refused: %v", err)
+	}
+	if _, recorded := marked.Annotations[nodemark.AnnotationLBLabelAdded]; recorded {
+		t.Fatal("the mark recorded an administrator's label as termgate's")
+	}
+	const refusal = "remove it only where that annotation says termgate added it"
+	forged := map[string]map[string]any{
+		"Removing the label is refused.": {"metadata": map[string]any{"labels": map[string]any{nodemark.LabelExcludeFromLB: nil}}},
+		"Changing the label is refused.": {"metadata": map[string]any{"labels": map[string]any{nodemark.LabelExcludeFromLB: "false"}}},
+		"Removing the label with termgate's record is refused.": {"metadata": map[string]any{
+			"labels": map[string]any{nodemark.LabelExcludeFromLB: nil}, "annotations": map[string]any{nodemark.AnnotationLBLabelAdded: "true"},
+		}},
+		"Writing termgate's record is refused.": {"metadata": map[string]any{"annotations": map[string]any{nodemark.AnnotationLBLabelAdded: "true"}}},
+	}
+	for name, patch := range forged {
+		t.Run(name, func(t *testing.T) {
+			_, err := patchAs(t, agent, own, types.MergePatchType, mustJSON(t, patch))
+			if err == nil || !(strings.Contains(err.Error(), refusal) || strings.Contains(err.Error(), "set termgate.dev/lb-label-added")) {
+				t.Fatalf("got %v, want a refusal", err)
+			}
+		})
+	}
+
+	if _, err := patchAs(t, agent, own, types.StrategicMergePatchType, agentUnmarkPatch(t, getNode(t, agent, own))); err != nil {
+		t.Fatalf("the agent's unmark was refused: %v", err)
+	}
+	if got := getNode(t, env.Client, own).Labels[nodemark.LabelExcludeFromLB]; got != "true" {
+		t.Fatalf("after the unmark the administrator's label is %q, want true", got)
 	}
 }

@@ -15,6 +15,7 @@ type Metrics struct {
 	podReads    *prometheus.CounterVec
 	podCache    *prometheus.CounterVec
 	refused     *prometheus.CounterVec
+	unexpected  prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them on reg (in the binary,
@@ -45,10 +46,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"gate"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "termgate", Subsystem: "webhook", Name: "requests_refused_total",
-			Help: "Calls refused before any gate saw them, by reason (too-many-requests: answered 429 beyond the in-flight limits; body-too-large: 413).",
+			Help: "Calls refused before any gate saw them, by reason (too-many-requests: answered 429 beyond the in-flight limits; peer-busy: 429, the caller has too many calls still being read; body-too-large: 413).",
 		}, []string{"reason"}),
+		unexpected: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "termgate", Subsystem: "webhook", Name: "unexpected_peer_calls_total",
+			Help: "Calls to the admission port from addresses outside --expected-peer-cidrs (the control plane's): above zero, the NetworkPolicy is not enforced or holds the wrong range.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.cacheMisses, m.podReads, m.podCache, m.refused} {
+	for _, c := range []prometheus.Collector{m.decisions, m.latency, m.cacheMisses, m.podReads, m.podCache, m.refused, m.unexpected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register webhook metrics: %w", err)
 		}
@@ -138,5 +143,13 @@ func (g *GateMetrics) PodCacheAnswer() {
 func (m *Metrics) Refused(reason string) {
 	if m != nil {
 		m.refused.WithLabelValues(reason).Inc()
+	}
+}
+
+// UnexpectedPeer counts a call from outside the expected peer ranges. A nil
+// *Metrics records nothing.
+func (m *Metrics) UnexpectedPeer() {
+	if m != nil {
+		m.unexpected.Inc()
 	}
 }

@@ -10,17 +10,22 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	"termgate.dev/termgate/agent"
+	"termgate.dev/termgate/agent/aws"
+	"termgate.dev/termgate/agent/azure"
 	"termgate.dev/termgate/agent/drain"
+	"termgate.dev/termgate/agent/notice"
 	"termgate.dev/termgate/agent/watch"
 	"termgate.dev/termgate/cmd/termgate/daemon"
 )
@@ -30,16 +35,38 @@ type agentOptions struct {
 	agent  agent.Config
 	drain  drain.Config
 	watch  watch.Config
+	aws    aws.Config
+	azure  azure.Config
+	cloud  string
+	poll   time.Duration
 	client daemon.ClientOptions
+	// serving holds the probe and metrics addresses.
+	serving daemon.ServingOptions
+	// listen is the deprecated single address of probes and metrics;
+	// when set it is the probe address.
 	listen string
-	taint  string
-	log    daemon.LogOptions
-	lb     lbOptions
+	// apiCheckInterval is how often readiness asks the API server, in
+	// the background.
+	apiCheckInterval time.Duration
+	taint            string
+	log              daemon.LogOptions
+	// deprecated collects warnings about deprecated flags, logged at start.
+	deprecated []string
+	lb         lbOptions
 }
 
 func newAgentOptions() *agentOptions {
-	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), log: daemon.LogOptions{Format: "json"}, lb: newLBOptions()}
+	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), aws: aws.DefaultConfig(), azure: azure.DefaultConfig(),
+		cloud: cloudAuto, poll: time.Second, log: daemon.LogOptions{Format: "json"}, lb: newLBOptions()}
 	o.drain = drain.Config{}.WithDefaults()
+	// Probes on loopback: the kubelet reaches them (httpGet with host
+	// 127.0.0.1, the agent runs in the host's network), pods do not.
+	// Metrics on every address, for Prometheus, behind authentication.
+	o.serving = daemon.ServingOptions{
+		ProbeAddress: "127.0.0.1:9808",
+		Metrics:      daemon.MetricsOptions{BindAddress: ":9809", Secure: true},
+	}
+	o.apiCheckInterval = 10 * time.Second
 	return o
 }
 
@@ -53,7 +80,9 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.client.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster configuration")
 	fs.Float64Var(&o.client.QPS, "kube-api-qps", 100, "client QPS to the API server, sized for parallel evictions")
 	fs.IntVar(&o.client.Burst, "kube-api-burst", 200, "client burst to the API server")
-	fs.StringVar(&o.listen, "listen", ":9808", "address of /healthz, /readyz and /metrics")
+	o.serving.AddFlags(fs)
+	fs.StringVar(&o.listen, "listen", "", "DEPRECATED: probes moved to --health-probe-bind-address, metrics to --metrics-bind-address; when set, this is the probe address")
+	fs.DurationVar(&o.apiCheckInterval, "api-check-interval", o.apiCheckInterval, "how often, in the background, readiness checks that the API server answers; /readyz answers from the last check")
 	fs.StringVar(&o.taint, "taint-effect", string(o.agent.TaintEffect), "effect of the termination taint: NoSchedule, PreferNoSchedule or NoExecute")
 	fs.DurationVar(&o.agent.PreemptionNotice, "preemption-notice", o.agent.PreemptionNotice, "deadline after instance/preempted turns TRUE")
 	fs.DurationVar(&o.agent.MaintenanceBudget, "maintenance-budget", o.agent.MaintenanceBudget, "deadline after TERMINATE_ON_HOST_MAINTENANCE on VMs without accelerators")
@@ -68,6 +97,14 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.drain.BackoffCap, "eviction-backoff-cap", o.drain.BackoffCap, "longest retry delay after refused evictions")
 	fs.DurationVar(&o.drain.MinDeleteGrace, "min-delete-grace", o.drain.MinDeleteGrace, "shortest grace period of an escalated delete")
 	fs.DurationVar(&o.watch.PollTimeout, "metadata-poll-timeout", o.watch.PollTimeout, "timeout_sec of each hanging GET; bounds how stale the watch can be unnoticed")
+	fs.StringVar(&o.cloud, "cloud", o.cloud, "whose notices to follow: gce, aws, azure, or auto (from the Node's spec.providerID: gce://, aws://, azure://; never by probing addresses)")
+	fs.DurationVar(&o.poll, "metadata-poll-interval", o.poll, "longest time between two reads of EC2's and Azure's notices (jittered below it); GCE's are hanging GETs")
+	fs.StringVar(&o.aws.Endpoint, "aws-imds-endpoint", o.aws.Endpoint, "EC2 instance metadata endpoint; empty means $AWS_EC2_METADATA_SERVICE_ENDPOINT, else http://169.254.169.254 (IMDSv2 only, never through a proxy)")
+	fs.StringVar(&o.azure.Endpoint, "azure-metadata-endpoint", o.azure.Endpoint, "Azure instance metadata endpoint of Scheduled Events (never through a proxy)")
+	fs.BoolVar(&o.azure.Acknowledge, "azure-acknowledge", false, "once a drain is done, let the Azure event start at once (StartRequests), only for events of this VM alone")
+	fs.BoolVar(&o.agent.DrainOnAdvisory, "drain-on-advisory", false, "drain on advisory notices (EC2 rebalance recommendation) instead of only discouraging new pods")
+	fs.BoolVar(&o.agent.DrainOnPause, "drain-on-pause", false, "drain on notices that freeze the VM briefly (Azure Freeze, EC2 system-maintenance) instead of only discouraging new pods")
+	fs.DurationVar(&o.agent.AdvisoryBudget, "advisory-budget", o.agent.AdvisoryBudget, "deadline assumed after an advisory notice that gives no time (EC2 rebalance recommendation)")
 	o.lb.addFlags(fs, &o.agent.LBMarks)
 	o.log.AddFlags(fs)
 }
@@ -79,6 +116,11 @@ func (o *agentOptions) Complete() {
 	o.drain.NodeName = o.agent.NodeName
 	o.drain.DryRun = o.agent.DryRun
 	o.drain.LBWaitCaps, o.drain.LBMargin = o.lb.caps.caps, o.lb.margin
+	o.aws.PollInterval, o.azure.PollInterval = o.poll, o.poll
+	if o.listen != "" {
+		o.serving.ProbeAddress = o.listen
+		o.deprecated = append(o.deprecated, "--listen is deprecated and now sets only the probe address (--health-probe-bind-address); /metrics is served on --metrics-bind-address")
+	}
 }
 
 // Validate checks the completed options once at start-up.
@@ -87,7 +129,20 @@ func (o *agentOptions) Validate() error {
 	if o.watch.PollTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("metadata poll timeout %s must be at least 1s", o.watch.PollTimeout))
 	}
-	errs = append(errs, o.client.Validate(), o.log.Validate(), o.lb.validate())
+	switch o.cloud {
+	case cloudAuto, watch.SourceName, aws.SourceName, azure.SourceName:
+	default:
+		errs = append(errs, fmt.Errorf("--cloud=%q: want gce, aws, azure or auto", o.cloud))
+	}
+	// Every cloud's settings are checked, whichever the Node turns out to
+	// be on; the Azure VM's name comes from the Node later.
+	az := o.azure
+	az.VMName = "known-later"
+	errs = append(errs, o.aws.Validate(), az.Validate())
+	if o.apiCheckInterval < time.Second {
+		errs = append(errs, fmt.Errorf("--api-check-interval %s must be at least 1s", o.apiCheckInterval))
+	}
+	errs = append(errs, o.client.Validate(), o.serving.Validate(), o.log.Validate(), o.lb.validate())
 	return errors.Join(errs...)
 }
 
@@ -110,6 +165,9 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	logger.Info("memory", "goMemLimit", limit)
+	for _, w := range o.deprecated {
+		logger.Info("Deprecated flag", "warning", w)
+	}
 	return o.run(ctx)
 }
 
@@ -118,6 +176,9 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The readiness check and the metrics authentication get copies of
+	// the plain configuration, each with a rate limiter of its own.
+	base := rest.CopyConfig(cfg)
 	// Protobuf halves what the API server sends and the agent decodes
 	// (pods above all); patches keep their own JSON content types.
 	cfg.ContentType = "application/vnd.kubernetes.protobuf"
@@ -127,15 +188,15 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("build client: %w", err)
 	}
-	reg := prometheus.NewRegistry()
-	if err := registerAll(reg, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+	reg, err := daemon.NewRegistry()
+	if err != nil {
 		return err
 	}
 	dm, err := drain.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
-	wm, err := watch.NewMetrics(reg)
+	sm, err := notice.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
@@ -161,7 +222,7 @@ func (o *agentOptions) run(ctx context.Context) error {
 	a, err := agent.New(o.agent, agent.Parts{
 		Client:  client,
 		Clock:   clk,
-		Watcher: watch.New(clk, o.watch, wm),
+		Sources: o.sources(clk, sm),
 		Drainer: drain.New(client, pods, clk, o.drain, recorder),
 		Pods:    pods,
 		Events:  recorder,
@@ -170,32 +231,80 @@ func (o *agentOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return serveWhile(ctx, o.listen, a.Handler(reg), runBeside(lbs, a.Run))
-}
-
-// serveWhile runs work and the probe and metrics server beside it. The
-// server outlives ctx: after SIGTERM the agent may drain on, and its probes
-// and metrics keep answering until work returns.
-func serveWhile(ctx context.Context, addr string, h http.Handler, work func(context.Context) error) error {
-	ln, err := daemon.Listen(addr)
+	check, err := newAPICheck(base, clk, o.apiCheckInterval)
 	if err != nil {
 		return err
 	}
-	log.FromContext(ctx).Info("serving probes and metrics", "addr", ln.Addr().String())
-	serveCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	served := make(chan error, 1)
-	go func() { served <- daemon.ServeHTTP(serveCtx, ln, h) }()
-	workErr := work(ctx)
-	stop()
-	return errors.Join(workErr, <-served)
+	live := []daemon.Check{{Name: "metadata-watch", Fn: a.Live}}
+	ready := []daemon.Check{{Name: "agent", Fn: a.Ready}, {Name: "api-server", Fn: check.Err}}
+	s, err := o.servers(ctx, base, reg, daemon.Probes(live, ready), clk)
+	if err != nil {
+		return err
+	}
+	s.Go("api check", check.Run)
+	return s.while(ctx, runBeside(lbs, a.Run))
 }
 
-// registerAll registers collectors, reporting the first failure.
-func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("register metrics: %w", err)
-		}
+// newAPICheck builds the readiness check's own client: one request per
+// interval, on a rate limiter of its own.
+func newAPICheck(base *rest.Config, clk clock.WithTicker, interval time.Duration) (*agent.APICheck, error) {
+	c := rest.CopyConfig(base)
+	c.QPS, c.Burst, c.UserAgent = 1, 2, base.UserAgent+" readiness"
+	c.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(c.QPS, c.Burst)
+	dc, err := discovery.NewDiscoveryClientForConfig(c)
+	if err != nil {
+		return nil, fmt.Errorf("readiness client: %w", err)
 	}
-	return nil
+	return agent.NewAPICheck(dc.RESTClient(), clk, interval), nil
+}
+
+// agentServers are the probe and metrics servers, their ports already
+// open, and what runs beside them.
+type agentServers struct {
+	stop   context.CancelFunc
+	group  *daemon.Group
+	groupC context.Context
+}
+
+// servers opens the probe and metrics ports now, so a port in use or a
+// bad certificate fails the start rather than a goroutine later.
+func (o *agentOptions) servers(ctx context.Context, base *rest.Config, reg *prometheus.Registry, probes http.Handler, clk clock.PassiveClock) (*agentServers, error) {
+	logger := log.FromContext(ctx)
+	// The servers outlive ctx: after SIGTERM the agent may drain on, and
+	// its probes and metrics keep answering until the work returns.
+	serveCtx, stop := context.WithCancel(log.IntoContext(context.WithoutCancel(ctx), logger))
+	s := &agentServers{stop: stop}
+	s.group, s.groupC = daemon.NewGroup(serveCtx)
+	if o.serving.ProbesEnabled() {
+		ln, err := daemon.Listen(o.serving.ProbeAddress)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("probes: %w", err)
+		}
+		logger.Info("serving probes", "addr", ln.Addr().String())
+		srv := daemon.Server{Name: "probes", Handler: probes, Limits: daemon.ProbeLimits()}
+		s.Go("probes", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
+	}
+	if o.serving.Metrics.Enabled() {
+		m, err := daemon.NewMetricsServer(ctx, o.serving.Metrics, base, daemon.Gatherer(reg), reg, clk)
+		if err != nil {
+			stop()
+			return nil, errors.Join(err, s.group.Wait())
+		}
+		logger.Info("serving metrics", "addr", m.Addr().String(), "secure", o.serving.Metrics.Secure)
+		s.Go("metrics", m.Run)
+	}
+	return s, nil
+}
+
+// Go runs fn beside the servers until they stop.
+func (s *agentServers) Go(name string, fn func(context.Context) error) {
+	s.group.Go(name, func() error { return fn(s.groupC) })
+}
+
+// while runs work, then stops the servers and what runs beside them.
+func (s *agentServers) while(ctx context.Context, work func(context.Context) error) error {
+	workErr := work(ctx)
+	s.stop()
+	return errors.Join(workErr, s.group.Wait())
 }

@@ -1,8 +1,6 @@
 package app
 
 import (
-	"flag"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -10,19 +8,6 @@ import (
 	"termgate.dev/termgate/agent/drain"
 	"termgate.dev/termgate/nodemark"
 )
-
-func parseAgentFlags(t *testing.T, args ...string) (*agentOptions, error) {
-	t.Helper()
-	o := newAgentOptions()
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	o.AddFlags(fs)
-	if err := fs.Parse(append([]string{"--node-name=n"}, args...)); err != nil {
-		return o, err
-	}
-	o.Complete()
-	return o, o.Validate()
-}
 
 func TestLBFlagsFillTheDrainAndTheTracker(t *testing.T) {
 	o, err := parseAgentFlags(t, "--lb-wait-cap=Preempted:25%:10s", "--lb-wait-cap=HostMaintenance:0.5:2m",

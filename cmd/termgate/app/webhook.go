@@ -5,11 +5,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
@@ -20,7 +18,6 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
@@ -68,6 +65,9 @@ type webhookDeps struct {
 	kube    kubernetes.Interface
 	lease   kubernetes.Interface
 	ctrl    client.WithWatch
+	// config is the plain client configuration; the metrics
+	// authentication copies it with a budget of its own.
+	config *rest.Config
 }
 
 func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
@@ -75,7 +75,7 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &webhookDeps{}
+	d := &webhookDeps{config: rest.CopyConfig(cfg)}
 	if d.kube, err = kubernetes.NewForConfig(cfg); err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -134,7 +134,11 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.WithTicker) 
 	if err != nil {
 		return err
 	}
-	w, err := webhook.New(wo, deps.clients, newCertSource(o, deps, clk), ctrlmetrics.Registry, log.FromContext(ctx), clk)
+	reg, err := daemon.NewRegistry()
+	if err != nil {
+		return err
+	}
+	w, err := webhook.New(wo, deps.clients, newCertSource(o, deps, clk), reg, log.FromContext(ctx), clk)
 	if err != nil {
 		return err
 	}
@@ -143,30 +147,28 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.WithTicker) 
 		return err
 	}
 	g, ctx := daemon.NewGroup(ctx)
-	if o.HealthAddress != "0" && o.HealthAddress != "" {
-		if err := serveOn(ctx, g, "health probes", o.HealthAddress, webhook.Probes(w.Checks())); err != nil {
-			return errors.Join(err, g.Wait())
+	if o.Serving.ProbesEnabled() {
+		pln, err := daemon.Listen(o.Serving.ProbeAddress)
+		if err != nil {
+			return errors.Join(fmt.Errorf("probes: %w", err), g.Wait())
 		}
+		var ready []daemon.Check
+		for _, c := range w.Checks() {
+			ready = append(ready, daemon.Check{Name: c.Name, Fn: c.Fn})
+		}
+		probes := daemon.Server{Name: "probes", Handler: daemon.Probes(nil, ready), Limits: daemon.ProbeLimits()}
+		g.Go("health probes", func() error { return probes.Serve(ctx, pln) })
 	}
-	if o.MetricsAddr != "0" && o.MetricsAddr != "" {
-		mm := http.NewServeMux()
-		mm.Handle("/metrics", promhttp.HandlerFor(ctrlmetrics.Registry, promhttp.HandlerOpts{}))
-		if err := serveOn(ctx, g, "metrics", o.MetricsAddr, mm); err != nil {
+	if o.Serving.Metrics.Enabled() {
+		m, err := daemon.NewMetricsServer(ctx, o.Serving.Metrics, deps.config, daemon.Gatherer(reg), reg, clk)
+		if err != nil {
 			return errors.Join(err, g.Wait())
 		}
+		log.FromContext(ctx).Info("Serving metrics", "address", m.Addr().String(), "secure", o.Serving.Metrics.Secure)
+		g.Go("metrics", func() error { return m.Run(ctx) })
 	}
 	g.Go("webhook", func() error { return w.Run(ctx, ln) })
 	return g.Wait()
-}
-
-// serveOn listens on addr now and serves h in the group until ctx ends.
-func serveOn(ctx context.Context, g *daemon.Group, name, addr string, h http.Handler) error {
-	ln, err := daemon.Listen(addr)
-	if err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	g.Go(name, func() error { return daemon.ServeHTTP(ctx, ln, h) })
-	return nil
 }
 
 // newCertSource returns the certificate source of the chosen mode; nil in

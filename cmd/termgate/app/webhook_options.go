@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -26,12 +27,12 @@ const (
 
 // WebhookOptions are the webhook's flags.
 type WebhookOptions struct {
-	Kubeconfig    string
-	BindAddress   string
-	HealthAddress string
-	MetricsAddr   string
-	QPS           float64
-	Burst         int
+	Kubeconfig  string
+	BindAddress string
+	// Serving holds the probe and metrics addresses.
+	Serving daemon.ServingOptions
+	QPS     float64
+	Burst   int
 
 	TaintEffect   string
 	AgentUsername string
@@ -72,6 +73,9 @@ type WebhookOptions struct {
 
 	// Limits of the admission server.
 	Limits webhook.Limits
+	// ExpectedPeerCIDRs are the comma-separated ranges the API server
+	// calls from; empty turns the unexpected-peer count off.
+	ExpectedPeerCIDRs string
 
 	ShutdownDelay   time.Duration
 	ShutdownTimeout time.Duration
@@ -82,6 +86,7 @@ type WebhookOptions struct {
 	CertMode          string
 	CertDir           string
 	CertSecret        string
+	CASecret          string
 	CertHosts         string
 	CAValidity        time.Duration
 	CARenewBefore     time.Duration
@@ -124,16 +129,21 @@ func NewWebhookOptions() *WebhookOptions {
 		// The scheduler's own client defaults to 50 QPS for all its
 		// calls, binds included: twice that leaves room for a faster
 		// scheduler or an uneven spread over replicas.
-		ConfirmQPS:         100,
-		ConfirmBurst:       200,
-		Limits:             webhook.DefaultLimits(),
-		BindAddress:        ":9443",
-		HealthAddress:      ":8081",
-		MetricsAddr:        ":8080",
+		ConfirmQPS:   100,
+		ConfirmBurst: 200,
+		Limits:       webhook.DefaultLimits(),
+		BindAddress:  ":9443",
+		// The webhook's pods have their own network: the kubelet probes
+		// the pod's address, and the NetworkPolicy keeps other pods off
+		// the probe port.
+		Serving: daemon.ServingOptions{
+			ProbeAddress: ":8081",
+			Metrics:      daemon.MetricsOptions{BindAddress: ":8443", Secure: true},
+		},
 		QPS:                20,
 		Burst:              40,
 		TaintEffect:        string(corev1.TaintEffectNoSchedule),
-		AgentUsername:      "system:serviceaccount:termgate:termgate-agent",
+		AgentUsername:      "system:serviceaccount:termgate-agent:termgate-agent",
 		ShutdownDelay:      5 * time.Second,
 		ShutdownTimeout:    20 * time.Second,
 		Namespace:          ns,
@@ -142,6 +152,7 @@ func NewWebhookOptions() *WebhookOptions {
 		CertMode:           CertModeSelfManaged,
 		CertDir:            "/var/run/termgate/certs",
 		CertSecret:         "termgate-webhook-certs",
+		CASecret:           "termgate-webhook-ca",
 		CAValidity:         10 * 365 * 24 * time.Hour,
 		CARenewBefore:      365 * 24 * time.Hour,
 		CertValidity:       90 * 24 * time.Hour,
@@ -163,8 +174,7 @@ func NewWebhookOptions() *WebhookOptions {
 func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
 	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "Address the HTTPS admission server listens on.")
-	fs.StringVar(&o.HealthAddress, "health-probe-bind-address", o.HealthAddress, "Address serving /healthz and /readyz; \"0\" disables.")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address serving Prometheus /metrics; \"0\" disables.")
+	o.Serving.AddFlags(fs)
 	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for the node cache, the bind gate's pod reads and certificate work.")
 	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the node cache, the bind gate's pod reads and certificate work.")
 	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the pod lists of nodes that become terminating (the agent confinement's memory).")
@@ -182,7 +192,7 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.ConfirmQPS, "confirm-kube-api-qps", o.ConfirmQPS, "Client QPS of the fresh node reads alone.")
 	fs.IntVar(&o.ConfirmBurst, "confirm-kube-api-burst", o.ConfirmBurst, "Client burst of the fresh node reads alone.")
 	fs.DurationVar(&o.Limits.ReadHeaderTimeout, "read-header-timeout", o.Limits.ReadHeaderTimeout, "Admission server: longest TLS handshake plus request headers.")
-	fs.DurationVar(&o.Limits.ReadTimeout, "read-timeout", o.Limits.ReadTimeout, "Admission server: longest read of a whole request, body included.")
+	fs.DurationVar(&o.Limits.ReadTimeout, "read-timeout", o.Limits.ReadTimeout, "Admission server: longest read of a whole request, body included; just above the API server's own 2 s call timeout.")
 	fs.DurationVar(&o.Limits.WriteTimeout, "write-timeout", o.Limits.WriteTimeout, "Admission server: longest write of an answer.")
 	fs.DurationVar(&o.Limits.IdleTimeout, "idle-timeout", o.Limits.IdleTimeout, "Admission server: close keep-alive connections idle this long.")
 	fs.Int64Var(&o.Limits.MaxBodyBytes, "max-request-body-bytes", o.Limits.MaxBodyBytes, "Admission server: largest review body accepted (413 beyond); the default is just above the largest review the API server sends.")
@@ -190,6 +200,8 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.Limits.MaxInFlightBodyBytes, "max-request-bytes-in-flight", o.Limits.MaxInFlightBodyBytes, "Admission server: total declared body bytes of the calls being answered; more get 429. Bounds memory.")
 	fs.IntVar(&o.Limits.MaxConnections, "max-connections", o.Limits.MaxConnections, "Admission server: open connections; more wait in the listen backlog.")
 	fs.IntVar(&o.Limits.MaxConcurrentStreams, "http2-max-concurrent-streams", o.Limits.MaxConcurrentStreams, "Admission server: HTTP/2 streams per connection.")
+	fs.IntVar(&o.Limits.MaxReadingPerPeer, "max-reading-calls-per-peer", o.Limits.MaxReadingPerPeer, "Admission server: calls of one remote address outside --expected-peer-cidrs whose body is still arriving (their declared bodies also limited to a quarter of --max-request-bytes-in-flight); more get 429. The control plane is never limited this way.")
+	fs.StringVar(&o.ExpectedPeerCIDRs, "expected-peer-cidrs", o.ExpectedPeerCIDRs, "Admission server: comma-separated address ranges the API server calls from (the NetworkPolicy's control-plane range). Calls from elsewhere are counted in termgate_webhook_unexpected_peer_calls_total and limited per peer (--max-reading-calls-per-peer). Empty: neither.")
 	fs.StringVar(&o.TaintEffect, "taint-effect", o.TaintEffect, "Effect of the termination taint the agent writes (NoSchedule or NoExecute); decides which tolerations count.")
 	fs.StringVar(&o.AgentUsername, "agent-username", o.AgentUsername, "User name of the agent's service account, confined to its own node.")
 	fs.BoolVar(&o.ConfineDenyOnError, "confine-deny-on-error", o.ConfineDenyOnError, "Deprecated, no effect: the agent confinement always fails closed.")
@@ -200,7 +212,8 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.WebhookConfigName, "webhook-config-name", o.WebhookConfigName, "Name of the Validating- and MutatingWebhookConfiguration that get the CA bundle.")
 	fs.StringVar(&o.CertMode, "cert-mode", o.CertMode, "Where the serving certificate comes from: self-managed, cert-manager or files.")
 	fs.StringVar(&o.CertDir, "cert-dir", o.CertDir, "Directory holding tls.crt and tls.key, reloaded on change.")
-	fs.StringVar(&o.CertSecret, "cert-secret", o.CertSecret, "self-managed: Secret holding the CA and serving pair.")
+	fs.StringVar(&o.CertSecret, "cert-secret", o.CertSecret, "self-managed: Secret holding the serving pair and the CA bundle, which every replica copies.")
+	fs.StringVar(&o.CASecret, "ca-secret", o.CASecret, "self-managed: Secret holding the CA key, read only by the replica that signs certificates.")
 	fs.StringVar(&o.CertHosts, "cert-hosts", o.CertHosts, "self-managed: comma-separated DNS names and IPs of the serving certificate; empty uses the Service's names.")
 	fs.DurationVar(&o.CAValidity, "ca-validity", o.CAValidity, "self-managed: lifetime of a new CA.")
 	fs.DurationVar(&o.CARenewBefore, "ca-renew-before", o.CARenewBefore, "self-managed: replace the CA this long before it expires.")
@@ -272,6 +285,10 @@ func (o *WebhookOptions) Validate() error {
 	if err := o.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := o.expectedPeers(); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, o.Serving.Validate())
 	return errors.Join(errs...)
 }
 
@@ -280,6 +297,10 @@ func (o *WebhookOptions) webhookOptions() (webhook.Options, error) {
 	atRisk, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors)
 	if err != nil {
 		return webhook.Options{}, fmt.Errorf("--confirm-node-selectors: %w", err)
+	}
+	expected, err := o.expectedPeers()
+	if err != nil {
+		return webhook.Options{}, err
 	}
 	return webhook.Options{
 		TaintEffect:       corev1.TaintEffect(o.TaintEffect),
@@ -291,10 +312,27 @@ func (o *WebhookOptions) webhookOptions() (webhook.Options, error) {
 			Linger: o.ConfineLinger, NodeReadQPS: o.ConfineNodeReadQPS, NodeReadBurst: o.ConfineNodeReadBurst,
 		},
 		Limits:          o.Limits,
+		ExpectedPeers:   expected,
 		ShutdownDelay:   o.ShutdownDelay,
 		ShutdownTimeout: o.ShutdownTimeout,
 		CertDir:         o.CertDir,
 	}, nil
+}
+
+// expectedPeers parses --expected-peer-cidrs.
+func (o *WebhookOptions) expectedPeers() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range strings.Split(o.ExpectedPeerCIDRs, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("--expected-peer-cidrs: %q is not a CIDR range (want e.g. 172.16.0.0/28)", c)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func (o *WebhookOptions) hosts() []string {
@@ -315,6 +353,7 @@ func (o *WebhookOptions) rotatorOptions() selfmanaged.Options {
 	return selfmanaged.Options{
 		Namespace:         o.Namespace,
 		SecretName:        o.CertSecret,
+		CASecretName:      o.CASecret,
 		WebhookConfigName: o.WebhookConfigName,
 		Hosts:             o.hosts(),
 		CAValidity:        o.CAValidity,

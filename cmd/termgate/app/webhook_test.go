@@ -53,6 +53,9 @@ func TestWebhookFlagsAreValidated(t *testing.T) {
 		"A zero read timeout is refused.":                      {args: []string{"--read-timeout=0s"}, want: "timeouts"},
 		"A body budget below one body is refused.":             {args: []string{"--max-request-bytes-in-flight=1000"}, want: "never be served"},
 		"A zero stream cap is refused.":                        {args: []string{"--http2-max-concurrent-streams=0"}, want: "stream"},
+		"A malformed expected peer range is refused.":          {args: []string{"--expected-peer-cidrs=172.16.0.0/28,10.0.0.300/8"}, want: "--expected-peer-cidrs"},
+		"No bound on a peer's calls being read is refused.":    {args: []string{"--max-reading-calls-per-peer=0"}, want: "limits must be positive"},
+		"Probes and metrics on one address are refused.":       {args: []string{"--metrics-bind-address=:8081"}, want: "cannot share"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -78,6 +81,20 @@ func TestWebhookServerLimitFlagsSetTheirOptions(t *testing.T) {
 	}
 	if o.AgentUsername != "system:serviceaccount:ops:agent" {
 		t.Fatalf("agent user %q", o.AgentUsername)
+	}
+}
+
+func TestWebhookExpectedPeersAreParsed(t *testing.T) {
+	o, err := parseWebhookFlags(t, "--expected-peer-cidrs=172.16.0.0/28, 10.1.2.3/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := o.expectedPeers()
+	if err != nil || len(got) != 2 || got[0].String() != "172.16.0.0/28" || got[1].String() != "10.1.0.0/16" {
+		t.Fatalf("expected peers %v, %v", got, err)
+	}
+	if o.Serving.Metrics.BindAddress != ":8443" || !o.Serving.Metrics.Secure || o.Serving.ProbeAddress != ":8081" {
+		t.Fatalf("serving defaults %+v", o.Serving)
 	}
 }
 

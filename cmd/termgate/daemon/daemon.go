@@ -1,20 +1,19 @@
 // Package daemon is the process plumbing both termgate subcommands share:
 // structured logging, API client configuration, the probe and metrics
-// server, a run group with graceful shutdown and the Go memory limit. The
+// servers (serve.go, probes.go, metrics.go: the same limits, router and
+// registry policy on both sides), a run group with graceful shutdown and
+// the Go memory limit. The
 // subcommands in cmd/termgate/app keep only their options and wiring.
 package daemon
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
-	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
@@ -103,26 +102,6 @@ func Listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return ln, nil
-}
-
-// ServeHTTP serves h on ln (probes, metrics) until ctx ends, then shuts the
-// server down, giving requests in flight up to five seconds.
-func ServeHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
-	}
-	return nil
 }
 
 // Group runs a process's components; the first one to fail cancels the

@@ -102,7 +102,7 @@ func (b *bench) fatPodsDrain(ctx context.Context, n int) (after, sampled asdeplo
 		return asdeployed.Memory{}, asdeployed.Memory{}, err
 	}
 	defer w.Stop()
-	hooksBefore, err := asdeployed.Counters(ctx, b.webhook.MetricsAddr, "termgate_webhook_")
+	hooksBefore, err := asdeployed.Counters(ctx, b.metrics, b.webhook.MetricsAddr, "termgate_webhook_")
 	if err != nil {
 		return asdeployed.Memory{}, asdeployed.Memory{}, err
 	}
@@ -120,7 +120,7 @@ func (b *bench) fatPodsDrain(ctx context.Context, n int) (after, sampled asdeplo
 	fmt.Printf("fat pods: during the drain, sampled every 50 ms: largest RSS %.1f MiB, largest anonymous %.1f MiB\n", sampled.RSS, sampled.Anon)
 	fmt.Printf("fat pods: agent ready with them cached at %.1f MiB (%.1f anonymous, peak so far %.1f MiB); drained (issued %.0f ms, gone %.0f ms); now %.1f MiB (%.1f anonymous, %.1f file), peak %.1f MiB\n",
 		before.RSS, before.Anon, before.Peak, issued, gone, after.RSS, after.Anon, after.File, after.Peak)
-	if hooksAfter, err := asdeployed.Counters(ctx, b.webhook.MetricsAddr, "termgate_webhook_"); err == nil {
+	if hooksAfter, err := asdeployed.Counters(ctx, b.metrics, b.webhook.MetricsAddr, "termgate_webhook_"); err == nil {
 		fmt.Println("the webhook's counters that moved during the fat drain:")
 		rise := asdeployed.Rise(hooksBefore, hooksAfter)
 		for _, k := range slices.Sorted(maps.Keys(rise)) {

@@ -7,6 +7,10 @@
 // webhook configurations registered and the webhook running as in
 // `make demo`, the DaemonSet's arguments and memory limit.
 //   - notice_to_mark_ms_p50/p99: metadata flip to the taint seen by a watch
+//     (GCE: the hanging GET answers at once)
+//   - notice_to_mark_ms_p50/p99_aws, _azure: the same on an EC2 node
+//     (IMDSv2 stand-in) and an Azure node (Scheduled Events stand-in),
+//     whose agents poll: the target is the poll interval plus 50 ms
 //   - drain110_evictions_issued_ms_p50: flip until every regular pod of
 //     100 regular + 10 kube-system has a deletionTimestamp
 //   - drain110_all_gone_ms_p50: flip until all 110 are gone
@@ -50,8 +54,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"slices"
@@ -72,13 +75,14 @@ import (
 )
 
 type options struct {
-	markTrials, drainTrials, fatPods, lbTrials int
-	out                                        string
+	markTrials, cloudMarkTrials, drainTrials, fatPods, lbTrials int
+	out                                                         string
 }
 
 func main() {
 	var o options
 	flag.IntVar(&o.markTrials, "mark-trials", 200, "notice-to-mark trials (as deployed; 0 skips them)")
+	flag.IntVar(&o.cloudMarkTrials, "cloud-mark-trials", 100, "notice-to-mark trials on the EC2 node and on the Azure node, each about a poll interval long (0 skips them)")
 	flag.IntVar(&o.drainTrials, "drain-trials", 5, "rounds of 110-pod drains: as deployed, admin, eviction floor (0 skips them)")
 	flag.IntVar(&o.lbTrials, "lb-trials", 3, "preemptions of a node backing 1 and 10 Services of type LoadBalancer, for the load-balancer wait (0 skips them)")
 	flag.IntVar(&o.fatPods, "fat-pods", 60, "pods of 250 KiB annotations and 1 MiB environment for the memory figure (0 skips it)")
@@ -104,6 +108,8 @@ type bench struct {
 	extra   []string
 	fleet   *gcefake.Fleet
 	webhook *localrun.Webhook
+	// metrics scrapes the webhook and the agents.
+	metrics *localrun.MetricsReader
 	// registration removes and restores the webhook configurations
 	// between the as-deployed and the other drains.
 	registration *registration
@@ -113,12 +119,14 @@ type bench struct {
 }
 
 func run(ctx context.Context, o options) error {
-	if o.markTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 || o.lbTrials < 0 {
-		return errors.New("-mark-trials, -drain-trials, -lb-trials and -fat-pods must not be negative")
+	if o.markTrials < 0 || o.cloudMarkTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 || o.lbTrials < 0 {
+		return errors.New("-mark-trials, -cloud-mark-trials, -drain-trials, -lb-trials and -fat-pods must not be negative")
 	}
 	nodes := []cluster.NodeSpec{
 		{Name: spotNode, Zone: "us-central1-a", MachineType: "e2-standard-4", Spot: true},
 		{Name: fatNode, Zone: "us-central1-b", MachineType: "e2-standard-4", Spot: true},
+		{Name: awsNode, Zone: "us-east-1a", MachineType: "m6i.xlarge", Spot: true, Cloud: cluster.CloudAWS},
+		{Name: azureNode, Zone: "eastus-1", MachineType: "Standard_D4s_v5", Spot: true, Cloud: cluster.CloudAzure},
 	}
 	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, PodDeleteDelay: time.Millisecond,
 		LoadBalancers: &cluster.LoadBalancerOptions{OperationTime: lbOperation}})
@@ -144,6 +152,9 @@ func run(ctx context.Context, o options) error {
 	}
 	defer webhook.Stop()
 	b.webhook = webhook
+	if b.metrics, err = asdeployed.MetricsReader(ctx, c); err != nil {
+		return err
+	}
 	if b.registration, err = saveRegistration(ctx, c, webhook.ConfigName); err != nil {
 		return err
 	}
@@ -161,8 +172,15 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		figures = append(figures,
-			asdeployed.Figure{Key: "notice_to_mark_ms_p50", Value: asdeployed.Percentile(marks, 50), Note: fmt.Sprintf("as deployed, %d trials", len(marks))},
+			asdeployed.Figure{Key: "notice_to_mark_ms_p50", Value: asdeployed.Percentile(marks, 50), Note: fmt.Sprintf("GCE, as deployed, %d trials", len(marks))},
 			asdeployed.Figure{Key: "notice_to_mark_ms_p99", Value: asdeployed.Percentile(marks, 99), Target: "<= 50"})
+	}
+	if o.cloudMarkTrials > 0 {
+		cf, err := b.cloudNoticeToMark(ctx, nodes, o.cloudMarkTrials)
+		if err != nil {
+			return err
+		}
+		figures = append(figures, cf...)
 	}
 	if o.drainTrials > 0 {
 		d, err := b.drainRounds(ctx, o.drainTrials)
@@ -339,7 +357,7 @@ func (b *bench) adminDrain(ctx context.Context) (issuedMS, goneMS float64, err e
 
 // confinementAnswers is the webhook's count of confinement decisions.
 func (b *bench) confinementAnswers(ctx context.Context) (float64, error) {
-	c, err := asdeployed.Counters(ctx, b.webhook.MetricsAddr, `termgate_webhook_decisions_total{gate="agent"`)
+	c, err := asdeployed.Counters(ctx, b.metrics, b.webhook.MetricsAddr, `termgate_webhook_decisions_total{gate="agent"`)
 	if err != nil {
 		return 0, err
 	}
@@ -382,6 +400,50 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 		return nil, err
 	}
 	defer agent.Stop()
+	w, err := b.nodeWatch(ctx, spotNode)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	ms, err := flipAndTime(ctx, w, trials, 0, b.md.SetPreempted)
+	if err != nil {
+		return nil, err
+	}
+	printAgentHistogram(ctx, b.metrics, agent.MetricsAddr)
+	return ms, nil
+}
+
+// flipAndTime announces a notice with set(true), times until the watch sees
+// the taint, withdraws it and waits for the node to clear, trials times.
+// With a polled source the node clears just after a poll, so each notice
+// waits a random part of the poll interval first: a notice comes at any
+// point of the agent's poll cycle, as on a real VM.
+func flipAndTime(ctx context.Context, w watch.Interface, trials int, poll time.Duration, set func(bool)) ([]float64, error) {
+	var ms []float64
+	for range trials {
+		if poll > 0 {
+			select {
+			case <-time.After(rand.N(poll)):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		flip := time.Now()
+		set(true)
+		if err := awaitTaint(ctx, w, true); err != nil {
+			return nil, err
+		}
+		ms = append(ms, msSince(flip))
+		set(false)
+		if err := awaitTaint(ctx, w, false); err != nil {
+			return nil, err
+		}
+	}
+	return ms, nil
+}
+
+// nodeWatch watches one node, resuming across the API server's timeouts.
+func (b *bench) nodeWatch(ctx context.Context, node string) (watch.Interface, error) {
 	nodes := b.c.Client.CoreV1().Nodes()
 	w, err := asdeployed.ResumingWatch(ctx,
 		func(ctx context.Context, o metav1.ListOptions) (string, error) {
@@ -390,27 +452,11 @@ func (b *bench) noticeToMark(ctx context.Context, trials int) ([]float64, error)
 				return "", err
 			}
 			return l.ResourceVersion, nil
-		}, nodes.Watch, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", spotNode).String()})
+		}, nodes.Watch, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", node).String()})
 	if err != nil {
-		return nil, fmt.Errorf("watch node: %w", err)
+		return nil, fmt.Errorf("watch node %s: %w", node, err)
 	}
-	defer w.Stop()
-	md := b.md
-	var ms []float64
-	for range trials {
-		flip := time.Now()
-		md.SetPreempted(true)
-		if err := awaitTaint(ctx, w, true); err != nil {
-			return nil, err
-		}
-		ms = append(ms, msSince(flip))
-		md.SetPreempted(false)
-		if err := awaitTaint(ctx, w, false); err != nil {
-			return nil, err
-		}
-	}
-	printAgentHistogram(agent.Addr)
-	return ms, nil
+	return w, nil
 }
 
 // awaitTaint reads the watch until the taint is present (or absent). The
@@ -444,16 +490,14 @@ func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds())
 // printAgentHistogram shows the agent's own notice-to-mark histogram (from
 // receiving the metadata answer to the patch being accepted), which splits
 // the end-to-end figure into the agent's share and the watch's.
-func printAgentHistogram(addr string) {
-	hc := &http.Client{Timeout: 2 * time.Second}
-	resp, err := hc.Get("http://" + addr + "/metrics")
+func printAgentHistogram(ctx context.Context, r *localrun.MetricsReader, addr string) {
+	b, err := r.Scrape(ctx, addr)
 	if err != nil {
+		fmt.Println("agent-side histogram:", err)
 		return
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	fmt.Println("agent-side termgate_agent_notice_to_mark_seconds (cumulative):")
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(b, "\n") {
 		if strings.HasPrefix(line, "termgate_agent_notice_to_mark_seconds_bucket") {
 			fmt.Println("  " + strings.TrimPrefix(line, "termgate_agent_notice_to_mark_seconds_bucket"))
 		}

@@ -3,8 +3,6 @@ package asdeployed
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -29,6 +27,9 @@ type AgentSpec struct {
 	Shipped Container
 	// Extra flags come after the shipped ones, so they win.
 	Extra []string
+	// Env is added after the shipped environment (another cloud's
+	// metadata endpoint, e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT).
+	Env []string
 }
 
 // Identity installs the shipped agent RBAC and Node policy and returns a
@@ -46,7 +47,7 @@ func Identity(ctx context.Context, c *cluster.Cluster, node string) (*localrun.A
 func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 	spec := localrun.AgentSpec{
 		Binary: s.Binary, Dir: s.Cluster.Dir, Kubeconfig: s.Cluster.Kubeconfig, Node: s.Node, MetadataHost: s.MetadataHost,
-		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...), Env: s.Shipped.Environ(),
+		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...), Env: append(s.Shipped.Environ(), s.Env...),
 	}
 	if s.Identity != nil {
 		spec.Kubeconfig, spec.Pod = s.Identity.Kubeconfig, s.Identity.Pod
@@ -64,24 +65,25 @@ func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*loca
 	return localrun.StartWebhookWithOwnIdentity(ctx, c, localrun.WebhookSpec{Binary: binary, Env: shipped.Environ()})
 }
 
-// Counters scrapes a Prometheus endpoint and returns the samples of the
-// metrics named by prefixes, keyed by name and labels.
-func Counters(ctx context.Context, addr string, prefixes ...string) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+// MetricsReader makes the scraper the benchmarks read metrics with: a
+// service account bound to the shipped termgate-metrics-reader role.
+func MetricsReader(ctx context.Context, c *cluster.Cluster) (*localrun.MetricsReader, error) {
+	r, err := localrun.NewMetricsReader(ctx, localrun.IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: c.Dir})
+	if err != nil {
+		return nil, fmt.Errorf("metrics reader: %w", err)
+	}
+	return r, nil
+}
+
+// Counters scrapes a termgate metrics endpoint as r and returns the
+// samples of the metrics named by prefixes, keyed by name and labels.
+func Counters(ctx context.Context, r *localrun.MetricsReader, addr string, prefixes ...string) (map[string]float64, error) {
+	body, err := r.Scrape(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", addr, err)
-	}
 	out := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(body, "\n") {
 		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(line, p) }) {
 			continue
 		}

@@ -28,6 +28,8 @@ type env struct {
 	fleet        *gcefake.Fleet
 	webhook      *localrun.Webhook
 	webhookLimit int64
+	// metrics scrapes the webhook and the agents.
+	metrics *localrun.MetricsReader
 	// spot are the nodes that get preempted, each with an agent.
 	spot   []string
 	agents []*localrun.Agent
@@ -73,6 +75,9 @@ func setUp(ctx context.Context, o options) (*env, error) {
 		return e, err
 	}
 	say("webhook serving on %s with its own service account's token, configurations registered (%s)", e.webhook.Addr, since(began))
+	if e.metrics, err = asdeployed.MetricsReader(ctx, c); err != nil {
+		return e, err
+	}
 
 	began = time.Now()
 	ids, err := e.identities(ctx)

@@ -539,7 +539,7 @@ func (e *env) snapshot(ctx context.Context, apiserverLog string) (snapshot, erro
 	if s.api, err = admissionCounters(ctx, e); err != nil {
 		return snapshot{}, err
 	}
-	if s.webhook, err = asdeployed.Counters(ctx, e.webhook.MetricsAddr, webhookCounters...); err != nil {
+	if s.webhook, err = asdeployed.Counters(ctx, e.metrics, e.webhook.MetricsAddr, webhookCounters...); err != nil {
 		return snapshot{}, err
 	}
 	return s, nil
@@ -612,7 +612,7 @@ var webhookCounters = []string{
 func (e *env) printAgentSide(ctx context.Context) {
 	var ms []float64
 	for _, a := range e.agents {
-		c, err := asdeployed.Counters(ctx, a.Addr, "termgate_agent_notice_to_mark_seconds_sum", "termgate_agent_notice_to_mark_seconds_count")
+		c, err := asdeployed.Counters(ctx, e.metrics, a.MetricsAddr, "termgate_agent_notice_to_mark_seconds_sum", "termgate_agent_notice_to_mark_seconds_count")
 		if err != nil {
 			fmt.Printf("agent on %s: %v\n", a.Node, err)
 			continue

@@ -16,6 +16,7 @@ import (
 
 	"termgate.dev/termgate/certs"
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/localrun"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/confine"
 	"termgate.dev/termgate/webhook/nodecache"
@@ -47,7 +48,7 @@ func serve(ctx context.Context, o options) error {
 	srv := &webhook.Server{
 		Handler: webhook.Handler(webhook.Config{
 			Nodes: nodecache.NewFromStore(store), Pods: memPods{}, TaintEffect: corev1.TaintEffectNoSchedule,
-			Agent: confine.Options{Username: "system:serviceaccount:termgate:termgate-agent"}, Metrics: metrics,
+			Agent: confine.Options{Username: "system:serviceaccount:" + localrun.AgentNamespace + ":" + localrun.AgentServiceAccount}, Metrics: metrics,
 			Log: logr.Discard(), Clock: clock.RealClock{},
 		}),
 		TLSConfig: certs.ServerConfig(reloader.GetCertificate),

@@ -68,9 +68,11 @@ func (c *console) clearStatus() {
 }
 
 func (c *console) headline(nodes []cluster.NodeSpec, scenarios []scenario.Scenario) {
-	var spot, gpu, od int
+	var spot, gpu, od, other int
 	for _, n := range nodes {
 		switch {
+		case n.Cloud != "" && n.Cloud != cluster.CloudGCE:
+			other++
 		case n.Spot:
 			spot++
 		case n.Accelerator != "":
@@ -79,7 +81,7 @@ func (c *console) headline(nodes []cluster.NodeSpec, scenarios []scenario.Scenar
 			od++
 		}
 	}
-	c.println("termgate demo: %d kwok nodes (%d Spot, %d GPU, %d on-demand), %d scenario(s)", len(nodes), spot, gpu, od, len(scenarios))
+	c.println("termgate demo: %d kwok nodes (GCE: %d Spot, %d GPU, %d on-demand; %d Spot on EC2 and Azure), %d scenario(s)", len(nodes), spot, gpu, od, other, len(scenarios))
 }
 
 func (c *console) step(format string, args ...any) { c.println("  ok  "+format, args...) }

@@ -38,7 +38,7 @@ type options struct {
 func parseFlags(args []string) (options, error) {
 	o := options{}
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.IntVar(&o.nodes, "nodes", 6, "kwok nodes: half Spot, one GPU, the rest on-demand (at least 4 for every scenario)")
+	fs.IntVar(&o.nodes, "nodes", 6, "GKE-like kwok nodes: half Spot, one GPU, the rest on-demand (at least 4 for every scenario); one EC2 and one Azure Spot node come beside them")
 	fs.StringVar(&o.scenario, "scenario", "all", "scenario to play: all, or one of "+strings.Join(scenarioNames(), ", ")+" (default spot-preemption with --certs cert-manager)")
 	fs.BoolVar(&o.keep, "keep", false, "leave the cluster up after the scenarios and print its kubeconfig, until Ctrl-C")
 	fs.StringVar(&o.out, "out", "", "directory of report.json and timeline.svg (default bin/demo in the repository)")
@@ -109,6 +109,10 @@ func run(ctx context.Context, o options, out io.Writer) int {
 	con := newConsole(out, isTerminal(out))
 	scenarios, _ := o.selected()
 	nodes := cluster.DefaultNodes(o.nodes)
+	if !o.realNode {
+		// The EC2 and Azure Spot nodes of their clouds' scenarios.
+		nodes = append(nodes, cluster.CloudNodes()...)
+	}
 	con.headline(nodes, scenarios)
 
 	outDir, err := o.outDir()

@@ -72,7 +72,7 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 		if !t.Failed() {
 			return
 		}
-		logs, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", termgateNS+"_"+agent.Name+"_*", "*", "*.log"))
+		logs, _ := filepath.Glob(filepath.Join(node.Dir, "pod-logs", agentNS+"_"+agent.Name+"_*", "*", "*.log"))
 		for _, l := range logs {
 			b, _ := os.ReadFile(l)
 			t.Logf("agent log %s:\n%s", l, b)
@@ -86,11 +86,11 @@ func TestRealNodeAgentPodDeletedMidDrainStillMeetsTheDeadline(t *testing.T) {
 	away := `[{"op":"replace","path":"/spec/template/spec/affinity/nodeAffinity","value":` +
 		`{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":` +
 		`[{"key":"kubernetes.io/hostname","operator":"In","values":["no-such-node"]}]}]}}}]`
-	if _, err := shared.Client.AppsV1().DaemonSets(termgateNS).Patch(ctx, "termgate-agent", types.JSONPatchType, []byte(away), metav1.PatchOptions{}); err != nil {
+	if _, err := shared.Client.AppsV1().DaemonSets(agentNS).Patch(ctx, "termgate-agent", types.JSONPatchType, []byte(away), metav1.PatchOptions{}); err != nil {
 		t.Fatalf("move the agent DaemonSet off the node: %v", err)
 	}
 	testenv.Eventually(t, 5*time.Second, "the agent's pod deleted by its DaemonSet", func(ctx context.Context) (bool, string, error) {
-		p, err := shared.Client.CoreV1().Pods(termgateNS).Get(ctx, agent.Name, metav1.GetOptions{})
+		p, err := shared.Client.CoreV1().Pods(agentNS).Get(ctx, agent.Name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return true, "", nil // already gone: it did not wait for the drain
 		}

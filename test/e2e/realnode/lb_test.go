@@ -186,7 +186,7 @@ func setAgentFlags(t *testing.T, flags ...string) {
 	ctx := context.Background()
 	// The DaemonSet controller writes the status meanwhile.
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		ds, err := shared.Client.AppsV1().DaemonSets(termgateNS).Get(ctx, "termgate-agent", metav1.GetOptions{})
+		ds, err := shared.Client.AppsV1().DaemonSets(agentNS).Get(ctx, "termgate-agent", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -200,7 +200,7 @@ func setAgentFlags(t *testing.T, flags ...string) {
 				c.Args[i] = f
 			}
 		}
-		_, err = shared.Client.AppsV1().DaemonSets(termgateNS).Update(ctx, ds, metav1.UpdateOptions{})
+		_, err = shared.Client.AppsV1().DaemonSets(agentNS).Update(ctx, ds, metav1.UpdateOptions{})
 		return err
 	})
 	if err != nil {

@@ -23,7 +23,11 @@ import (
 	"termgate.dev/termgate/test/testenv"
 )
 
-const termgateNS = realnodeinstall.Namespace
+// termgate's namespaces as installed: the webhook's and the agent's.
+const (
+	webhookNS = realnodeinstall.WebhookNamespace
+	agentNS   = realnodeinstall.AgentNamespace
+)
 
 var (
 	shared *cluster.Cluster

@@ -28,7 +28,7 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 		}
 	})
 
-	pods, err := shared.Client.CoreV1().Pods(termgateNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
+	pods, err := shared.Client.CoreV1().Pods(webhookNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("list webhook pods: %d, %v", len(pods.Items), err)
 	}
@@ -42,7 +42,7 @@ func TestRealNodeWebhookPodsKilledSchedulingGoesOnAndTheWebhookComesBack(t *test
 	}
 	zero := int64(0)
 	for _, p := range pods.Items {
-		if err := shared.Client.CoreV1().Pods(termgateNS).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		if err := shared.Client.CoreV1().Pods(webhookNS).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 			t.Fatalf("kill webhook pod %s: %v", p.Name, err)
 		}
 	}

@@ -58,7 +58,7 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 	err = kit.Poll(ctx, installBudget, func(ctx context.Context) (bool, string, error) {
 		since := time.Since(applied)
 		if certReady == 0 {
-			if ok, _, err := localrun.CertificateReady(ctx, dyn, realnodeinstall.Namespace, servingCertificate); err == nil && ok {
+			if ok, _, err := localrun.CertificateReady(ctx, dyn, realnodeinstall.WebhookNamespace, servingCertificate); err == nil && ok {
 				certReady = since
 			}
 		}
@@ -86,7 +86,7 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 
 	// Every webhook pod runs on the real node and mounts the Secret the
 	// Certificate writes.
-	pods, err := shared.Client.CoreV1().Pods(realnodeinstall.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
+	pods, err := shared.Client.CoreV1().Pods(realnodeinstall.WebhookNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("list webhook pods: %d, %v", len(pods.Items), err)
 	}
@@ -102,7 +102,7 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 	// The bundle is the CA that signed what cert-manager wrote, and every
 	// endpoint of the Service (where the API server sends its calls) serves
 	// that certificate, verified as the API server verifies it.
-	secret, err := shared.Client.CoreV1().Secrets(realnodeinstall.Namespace).Get(ctx, servingSecret, metav1.GetOptions{})
+	secret, err := shared.Client.CoreV1().Secrets(realnodeinstall.WebhookNamespace).Get(ctx, servingSecret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("read Secret %s: %v", servingSecret, err)
 	}
@@ -124,7 +124,7 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 		t.Errorf("Service %s has %d ready endpoints %v, want one per webhook pod (%d)", webhookService, len(endpoints), endpoints, len(pods.Items))
 	}
 	for _, addr := range endpoints {
-		served, err := localrun.ServedCertificate(ctx, addr, webhookService+"."+realnodeinstall.Namespace+".svc", bundle)
+		served, err := localrun.ServedCertificate(ctx, addr, webhookService+"."+realnodeinstall.WebhookNamespace+".svc", bundle)
 		if err != nil {
 			t.Errorf("endpoint %s: %v", addr, err)
 			continue
@@ -158,7 +158,7 @@ func TestCertManagerOnTheRealNodeIssuesMountsInjectsAndRefusesAPinnedPod(t *test
 // webhookPodsReadyOnTheRealNode counts the webhook's Ready pods on the
 // real node.
 func webhookPodsReadyOnTheRealNode(ctx context.Context) int {
-	pods, err := shared.Client.CoreV1().Pods(realnodeinstall.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
+	pods, err := shared.Client.CoreV1().Pods(realnodeinstall.WebhookNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=termgate-webhook"})
 	if err != nil {
 		return 0
 	}
@@ -193,7 +193,7 @@ func mountsSecret(p *corev1.Pod, secret string) bool {
 // kube-proxy) sends each admission call.
 func serviceEndpoints(t *testing.T, ctx context.Context) []string {
 	t.Helper()
-	slices, err := shared.Client.DiscoveryV1().EndpointSlices(realnodeinstall.Namespace).List(ctx, metav1.ListOptions{
+	slices, err := shared.Client.DiscoveryV1().EndpointSlices(realnodeinstall.WebhookNamespace).List(ctx, metav1.ListOptions{
 		LabelSelector: discoveryv1.LabelServiceName + "=" + webhookService,
 	})
 	if err != nil {
