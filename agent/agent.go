@@ -307,7 +307,7 @@ func (a *Agent) markRefused(ctx context.Context, m nodemark.Mark, err error) {
 		return
 	}
 	a.refusedMark = &m
-	a.event(corev1.EventTypeWarning, nodemark.EventMarkRefused,
+	a.markEvent(m, nil, corev1.EventTypeWarning, nodemark.EventMarkRefused,
 		"%s: the node's mark could not be written (%v); draining before %s from the mark in memory, retrying the write",
 		m.Reason, err, m.Deadline.UTC().Format(time.RFC3339))
 }
@@ -341,22 +341,22 @@ func (a *Agent) markNode(ctx context.Context, node *corev1.Node, m nodemark.Mark
 	left := m.Deadline.Sub(a.clock.Now()).Round(time.Millisecond)
 	switch {
 	case m.Terminating() && lateStart:
-		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice,
+		a.markEvent(m, nil, corev1.EventTypeWarning, nodemark.EventTerminationNotice,
 			"%s: the notice was already present when the agent started; assuming %s left and draining before %s",
 			m.Reason, left, m.Deadline.UTC().Format(time.RFC3339))
 	case m.Terminating():
-		a.event(corev1.EventTypeWarning, nodemark.EventTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
+		a.markEvent(m, nil, corev1.EventTypeWarning, nodemark.EventTerminationNotice, "%s: draining before %s (%s left)", m.Reason, m.Deadline.UTC().Format(time.RFC3339), left)
 	default:
 		reason, msg := a.advanceEvent(m)
-		a.event(corev1.EventTypeNormal, reason, "%s", msg)
+		a.markEvent(m, nil, corev1.EventTypeNormal, reason, "%s", msg)
 	}
 	return nil
 }
 
 func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark) error {
-	why := "the notice was withdrawn"
+	why, cause := "the notice was withdrawn", nodemark.UnmarkNoticeWithdrawn
 	if was.BootID != "" && was.BootID != node.Status.NodeInfo.BootID {
-		why = "the node came back with a new boot ID"
+		why, cause = "the node came back with a new boot ID", nodemark.UnmarkNewBoot
 	}
 	if a.cfg.DryRun {
 		log.FromContext(ctx).Info("dry run: would unmark node", "why", why)
@@ -368,11 +368,8 @@ func (a *Agent) unmark(ctx context.Context, node *corev1.Node, was nodemark.Mark
 	a.metrics.restored.Inc()
 	seen := a.reading.At
 	log.FromContext(ctx).Info("node restored", "why", why, "reason", was.Reason, "withdrawalSeen", seen)
-	if a.events != nil {
-		at := map[string]string{nodemark.EventAnnotationWithdrawalSeen: seen.UTC().Format(time.RFC3339Nano)}
-		a.events.AnnotatedEventf(nodemark.NodeEventRef(a.cfg.NodeName), at, corev1.EventTypeNormal,
-			nodemark.EventTerminationCancelled, "termination marks removed: %s", why)
-	}
+	at := map[string]string{nodemark.EventAnnotationWithdrawalSeen: seen.UTC().Format(time.RFC3339Nano), nodemark.EventAnnotationUnmarkCause: cause}
+	a.markEvent(was, at, corev1.EventTypeNormal, nodemark.EventTerminationCancelled, "termination marks removed: %s", why)
 	return nil
 }
 

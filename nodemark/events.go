@@ -90,3 +90,28 @@ const EventAnnotationStepTime = "termgate.dev/step-time"
 // nanoseconds). The agent sends no eviction or delete after that instant;
 // the API server's audit log can check it.
 const EventAnnotationWithdrawalSeen = "termgate.dev/withdrawal-seen"
+
+// Events about one mark (EventTerminationNotice, EventMaintenanceScheduled,
+// EventMarkRefused, EventDrainCompleted, EventDrainDeadlinePassed,
+// EventTerminationCancelled)
+// also carry that mark's own annotations (Mark.Annotations, read back with
+// Read), so that a reader that did not see the Node at the time, such as
+// the notifier after a restart, still tells which notice each belongs to.
+
+// EventAnnotationUnmarkCause on an EventTerminationCancelled event says why
+// the marks were removed: UnmarkNoticeWithdrawn or UnmarkNewBoot.
+const EventAnnotationUnmarkCause = "termgate.dev/unmark-cause"
+
+// Values of EventAnnotationUnmarkCause.
+const (
+	// UnmarkNoticeWithdrawn: the metadata server no longer announces it.
+	UnmarkNoticeWithdrawn = "NoticeWithdrawn"
+	// UnmarkNewBoot: the node came back with another boot ID, so the VM
+	// was stopped and started again; the notice is spent.
+	UnmarkNewBoot = "NewBootID"
+)
+
+// EventAnnotationDrainSummary on an EventDrainCompleted or
+// EventDrainDeadlinePassed event holds the drain's figures as JSON
+// (DrainSummary).
+const EventAnnotationDrainSummary = "termgate.dev/drain-summary"

@@ -126,6 +126,7 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 
 	r := &run{
 		d:         d,
+		mark:      mark,
 		sched:     newSchedule(mark, d.cfg),
 		queue:     newEvictionQueue(d.client, d.clk, d.cfg, mark.Deadline, d.rec),
 		started:   map[Step]time.Duration{},
@@ -161,6 +162,7 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 // run is the state of one Run.
 type run struct {
 	d         *Drainer
+	mark      nodemark.Mark
 	sched     schedule
 	queue     *evictionQueue
 	steps     []step
@@ -270,7 +272,9 @@ func (r *run) result(last *pass) Result {
 	return res
 }
 
-// finish logs the end of the drain and records it on the Node.
+// finish logs the end of the drain and records it on the Node, with the
+// mark's annotations and the figures (nodemark.DrainSummary) for readers
+// of the event such as the notifier.
 func (r *run) finish(ctx context.Context, outcome string, res Result) {
 	logger := log.FromContext(ctx)
 	logger.Info("drain ended", "outcome", outcome, "evicted", res.Evicted, "deleted", res.Deleted,
@@ -280,12 +284,17 @@ func (r *run) finish(ctx context.Context, outcome string, res Result) {
 		return
 	}
 	ref := nodemark.NodeEventRef(r.d.cfg.NodeName)
+	at := r.mark.Annotations()
+	at[nodemark.EventAnnotationDrainSummary] = nodemark.DrainSummary{
+		EndedAt: r.d.clk.Now(), DurationMillis: res.Duration.Milliseconds(),
+		Evicted: res.Evicted, Deleted: res.Deleted, Gone: res.Gone, Remaining: res.Remaining, Kept: res.Kept,
+	}.Encode()
 	switch outcome {
 	case outcomeComplete:
-		r.d.rec.Eventf(ref, corev1.EventTypeNormal, nodemark.EventDrainCompleted,
+		r.d.rec.AnnotatedEventf(ref, at, corev1.EventTypeNormal, nodemark.EventDrainCompleted,
 			"Drained in %s: %d evicted, %d deleted at a cut-off, %d kept", res.Duration.Round(time.Millisecond), res.Evicted, res.Deleted, res.Kept)
 	case outcomeDeadline:
-		r.d.rec.Eventf(ref, corev1.EventTypeWarning, nodemark.EventDrainDeadlinePassed,
+		r.d.rec.AnnotatedEventf(ref, at, corev1.EventTypeWarning, nodemark.EventDrainDeadlinePassed,
 			"Deadline passed with %d pods still on the node", res.Remaining)
 	}
 }

@@ -301,46 +301,85 @@ type jsonPatchOp struct {
 // replacement is guarded by a test of the webhook's name, so a concurrent
 // reordering makes the patch fail instead of writing the wrong entry.
 func (r *Rotator) inject(ctx context.Context, bundle []byte) error {
+	for _, c := range r.webhookConfigs() {
+		if err := r.injectInto(ctx, c, bundle); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// webhookConfig is one of the configurations the CA bundle goes into,
+// read and patched through its own typed client.
+type webhookConfig struct {
+	kind string // validating or mutating
+	// read returns the configuration's webhook names and their bundles.
+	read  func(ctx context.Context, name string) (names []string, bundles [][]byte, err error)
+	patch func(ctx context.Context, name string, patch []byte) error
+}
+
+func (r *Rotator) webhookConfigs() []webhookConfig {
+	api := r.client.AdmissionregistrationV1()
+	return []webhookConfig{{
+		kind: "validating",
+		read: func(ctx context.Context, name string) ([]string, [][]byte, error) {
+			c, err := api.ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return nil, nil, err
+			}
+			var names []string
+			var bundles [][]byte
+			for _, w := range c.Webhooks {
+				names, bundles = append(names, w.Name), append(bundles, w.ClientConfig.CABundle)
+			}
+			return names, bundles, nil
+		},
+		patch: func(ctx context.Context, name string, p []byte) error {
+			_, err := api.ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{})
+			return err
+		},
+	}, {
+		kind: "mutating",
+		read: func(ctx context.Context, name string) ([]string, [][]byte, error) {
+			c, err := api.MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return nil, nil, err
+			}
+			var names []string
+			var bundles [][]byte
+			for _, w := range c.Webhooks {
+				names, bundles = append(names, w.Name), append(bundles, w.ClientConfig.CABundle)
+			}
+			return names, bundles, nil
+		},
+		patch: func(ctx context.Context, name string, p []byte) error {
+			_, err := api.MutatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{})
+			return err
+		},
+	}}
+}
+
+// injectInto patches the webhooks of one configuration whose bundle
+// differs; a configuration not installed is left alone.
+func (r *Rotator) injectInto(ctx context.Context, c webhookConfig, bundle []byte) error {
 	name := r.opts.WebhookConfigName
 	logger := log.FromContext(ctx)
-	vwc, err := r.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	names, bundles, err := c.read(ctx, name)
 	switch {
 	case apierrors.IsNotFound(err):
-		logger.V(1).Info("Validating webhook configuration not installed, nothing to inject", "name", name)
+		logger.V(1).Info("Webhook configuration not installed, nothing to inject", "configuration", c.kind+"/"+name)
+		return nil
 	case err != nil:
-		return fmt.Errorf("read validating webhook configuration %s: %w", name, err)
-	default:
-		var names []string
-		var bundles [][]byte
-		for _, w := range vwc.Webhooks {
-			names, bundles = append(names, w.Name), append(bundles, w.ClientConfig.CABundle)
-		}
-		if p := caPatch(names, bundles, bundle); p != nil {
-			if _, err := r.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{}); err != nil {
-				return fmt.Errorf("inject CA into validating webhook configuration %s: %w", name, err)
-			}
-			logger.Info("Injected CA bundle", "configuration", "validating/"+name)
-		}
+		return fmt.Errorf("read %s webhook configuration %s: %w", c.kind, name, err)
 	}
-	mwc, err := r.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		logger.V(1).Info("Mutating webhook configuration not installed, nothing to inject", "name", name)
-	case err != nil:
-		return fmt.Errorf("read mutating webhook configuration %s: %w", name, err)
-	default:
-		var names []string
-		var bundles [][]byte
-		for _, w := range mwc.Webhooks {
-			names, bundles = append(names, w.Name), append(bundles, w.ClientConfig.CABundle)
-		}
-		if p := caPatch(names, bundles, bundle); p != nil {
-			if _, err := r.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{}); err != nil {
-				return fmt.Errorf("inject CA into mutating webhook configuration %s: %w", name, err)
-			}
-			logger.Info("Injected CA bundle", "configuration", "mutating/"+name)
-		}
+	p := caPatch(names, bundles, bundle)
+	if p == nil {
+		return nil
 	}
+	if err := c.patch(ctx, name, p); err != nil {
+		return fmt.Errorf("inject CA into %s webhook configuration %s: %w", c.kind, name, err)
+	}
+	logger.Info("Injected CA bundle", "configuration", c.kind+"/"+name)
 	return nil
 }
 

@@ -1,5 +1,6 @@
 // Command termgate is the single binary of termgate's image: `termgate agent`
-// runs the per-node agent, `termgate webhook` the admission webhook.
+// runs the per-node agent, `termgate webhook` the admission webhook and
+// `termgate notifier` the notifier.
 package main
 
 import (

@@ -23,10 +23,10 @@ const Name = "bind"
 
 // Verdicts, the metric label values this gate uses.
 const (
-	VerdictNotTerminating = "allowed-not-terminating"
-	VerdictUnconfirmed    = "allowed-unconfirmed"
-	VerdictRefusedUnconf  = "denied-unconfirmed"
-	VerdictUnknownNode    = "allowed-unknown-node"
+	VerdictNotTerminating = review.VerdictNotTerminating
+	VerdictUnconfirmed    = review.VerdictUnconfirmed
+	VerdictRefusedUnconf  = review.VerdictRefusedUnconf
+	VerdictUnknownNode    = review.VerdictUnknownNode
 	VerdictTolerates      = "allowed-tolerates"
 	VerdictPodGone        = "allowed-pod-gone"
 	VerdictNotBinding     = "allowed-not-binding"
@@ -48,7 +48,7 @@ type Options struct {
 
 // Gate is the bind gate.
 type Gate struct {
-	nodes   nodecache.Lookup
+	nodes   review.NodeCheck
 	pods    review.PodGetter
 	opts    Options
 	metrics *review.GateMetrics
@@ -58,7 +58,8 @@ var _ review.Gate = (*Gate)(nil)
 
 // New returns the gate; metrics may be nil.
 func New(nodes nodecache.Lookup, pods review.PodGetter, opts Options, metrics *review.GateMetrics) *Gate {
-	return &Gate{nodes: nodes, pods: pods, opts: opts, metrics: metrics}
+	check := review.NodeCheck{Nodes: nodes, RefuseUnconfirmed: opts.RefuseUnconfirmed, Metrics: metrics}
+	return &Gate{nodes: check, pods: pods, opts: opts, metrics: metrics}
 }
 
 // Name implements review.Gate.
@@ -86,22 +87,9 @@ func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 	if b.Target.Name == "" || (b.Target.Kind != "" && b.Target.Kind != "Node") {
 		return review.Invalid(VerdictInvalid, "binding target must name a Node")
 	}
-	node, place := nodecache.Place(ctx, g.nodes, b.Target.Name, req.DryRun)
-	switch place {
-	case nodecache.PlaceUnknown:
-		// A node the cache has not seen yet (just created, or the cache is
-		// behind): fail open, as the webhook's failurePolicy does.
-		g.metrics.CacheMiss()
-		return review.Allow(VerdictUnknownNode)
-	case nodecache.PlaceUnconfirmed:
-		// A Spot node whose fresh read failed: the cache says it is not
-		// terminating, but may be behind.
-		if g.opts.RefuseUnconfirmed {
-			return review.Deny(VerdictRefusedUnconf, "node "+b.Target.Name+" may be terminating and could not be checked now; the bind is retried")
-		}
-		return review.Allow(VerdictUnconfirmed)
-	case nodecache.PlaceFree:
-		return review.Allow(VerdictNotTerminating)
+	node, resp, decided := g.nodes.Check(ctx, b.Target.Name, req.DryRun, "the bind is retried")
+	if decided {
+		return resp
 	}
 	return g.slowPath(ctx, req, b.Target.Name, node)
 }

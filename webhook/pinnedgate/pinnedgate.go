@@ -29,10 +29,10 @@ const Name = "pinned-pod"
 const (
 	VerdictNotPinned      = "allowed-not-pinned"
 	VerdictMirror         = "allowed-mirror"
-	VerdictNotTerminating = "allowed-not-terminating"
-	VerdictUnconfirmed    = "allowed-unconfirmed"
-	VerdictRefusedUnconf  = "denied-unconfirmed"
-	VerdictUnknownNode    = "allowed-unknown-node"
+	VerdictNotTerminating = review.VerdictNotTerminating
+	VerdictUnconfirmed    = review.VerdictUnconfirmed
+	VerdictRefusedUnconf  = review.VerdictRefusedUnconf
+	VerdictUnknownNode    = review.VerdictUnknownNode
 	VerdictTolerates      = "allowed-tolerates"
 	VerdictDenied         = "denied"
 	VerdictInvalid        = "invalid"
@@ -50,16 +50,16 @@ type Options struct {
 
 // Gate is the pinned-pod gate.
 type Gate struct {
-	nodes   nodecache.Lookup
-	opts    Options
-	metrics *review.GateMetrics
+	nodes review.NodeCheck
+	opts  Options
 }
 
 var _ review.Gate = (*Gate)(nil)
 
 // New returns the gate; metrics may be nil.
 func New(nodes nodecache.Lookup, opts Options, metrics *review.GateMetrics) *Gate {
-	return &Gate{nodes: nodes, opts: opts, metrics: metrics}
+	check := review.NodeCheck{Nodes: nodes, RefuseUnconfirmed: opts.RefuseUnconfirmed, Metrics: metrics}
+	return &Gate{nodes: check, opts: opts}
 }
 
 // Name implements review.Gate.
@@ -84,20 +84,9 @@ func (g *Gate) Admit(ctx context.Context, req *review.Request) review.Response {
 	if nodemark.IsMirrorPod(pod) && isNodeItself(req.UserInfo.Username, pod.Spec.NodeName) {
 		return review.Allow(VerdictMirror)
 	}
-	node, place := nodecache.Place(ctx, g.nodes, pod.Spec.NodeName, req.DryRun)
-	switch place {
-	case nodecache.PlaceUnknown:
-		g.metrics.CacheMiss()
-		return review.Allow(VerdictUnknownNode)
-	case nodecache.PlaceUnconfirmed:
-		// A Spot node whose fresh read failed: the cache says it is not
-		// terminating, but may be behind.
-		if g.opts.RefuseUnconfirmed {
-			return review.Deny(VerdictRefusedUnconf, "node "+pod.Spec.NodeName+" may be terminating and could not be checked now; create the pod again")
-		}
-		return review.Allow(VerdictUnconfirmed)
-	case nodecache.PlaceFree:
-		return review.Allow(VerdictNotTerminating)
+	node, resp, decided := g.nodes.Check(ctx, pod.Spec.NodeName, req.DryRun, "create the pod again")
+	if decided {
+		return resp
 	}
 	if nodemark.Tolerates(pod, g.opts.TaintEffect) {
 		return review.Allow(VerdictTolerates)

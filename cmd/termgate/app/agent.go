@@ -237,7 +237,7 @@ func (o *agentOptions) run(ctx context.Context) error {
 	}
 	live := []daemon.Check{{Name: "metadata-watch", Fn: a.Live}}
 	ready := []daemon.Check{{Name: "agent", Fn: a.Ready}, {Name: "api-server", Fn: check.Err}}
-	s, err := o.servers(ctx, base, reg, daemon.Probes(live, ready), clk)
+	s, err := openServers(ctx, o.serving, base, reg, daemon.Probes(live, ready), clk)
 	if err != nil {
 		return err
 	}
@@ -258,9 +258,9 @@ func newAPICheck(base *rest.Config, clk clock.WithTicker, interval time.Duration
 	return agent.NewAPICheck(dc.RESTClient(), clk, interval), nil
 }
 
-// agentServers are the probe and metrics servers, their ports already
-// open, and what runs beside them.
-type agentServers struct {
+// servers are a subcommand's probe and metrics servers, their ports
+// already open, and what runs beside them.
+type servers struct {
 	stop   context.CancelFunc
 	group  *daemon.Group
 	groupC context.Context
@@ -268,15 +268,15 @@ type agentServers struct {
 
 // servers opens the probe and metrics ports now, so a port in use or a
 // bad certificate fails the start rather than a goroutine later.
-func (o *agentOptions) servers(ctx context.Context, base *rest.Config, reg *prometheus.Registry, probes http.Handler, clk clock.PassiveClock) (*agentServers, error) {
+func openServers(ctx context.Context, serving daemon.ServingOptions, base *rest.Config, reg *prometheus.Registry, probes http.Handler, clk clock.PassiveClock) (*servers, error) {
 	logger := log.FromContext(ctx)
 	// The servers outlive ctx: after SIGTERM the agent may drain on, and
 	// its probes and metrics keep answering until the work returns.
 	serveCtx, stop := context.WithCancel(log.IntoContext(context.WithoutCancel(ctx), logger))
-	s := &agentServers{stop: stop}
+	s := &servers{stop: stop}
 	s.group, s.groupC = daemon.NewGroup(serveCtx)
-	if o.serving.ProbesEnabled() {
-		ln, err := daemon.Listen(o.serving.ProbeAddress)
+	if serving.ProbesEnabled() {
+		ln, err := daemon.Listen(serving.ProbeAddress)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("probes: %w", err)
@@ -285,25 +285,25 @@ func (o *agentOptions) servers(ctx context.Context, base *rest.Config, reg *prom
 		srv := daemon.Server{Name: "probes", Handler: probes, Limits: daemon.ProbeLimits()}
 		s.Go("probes", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
 	}
-	if o.serving.Metrics.Enabled() {
-		m, err := daemon.NewMetricsServer(ctx, o.serving.Metrics, base, daemon.Gatherer(reg), reg, clk)
+	if serving.Metrics.Enabled() {
+		m, err := daemon.NewMetricsServer(ctx, serving.Metrics, base, daemon.Gatherer(reg), reg, clk)
 		if err != nil {
 			stop()
 			return nil, errors.Join(err, s.group.Wait())
 		}
-		logger.Info("serving metrics", "addr", m.Addr().String(), "secure", o.serving.Metrics.Secure)
+		logger.Info("serving metrics", "addr", m.Addr().String(), "secure", serving.Metrics.Secure)
 		s.Go("metrics", m.Run)
 	}
 	return s, nil
 }
 
 // Go runs fn beside the servers until they stop.
-func (s *agentServers) Go(name string, fn func(context.Context) error) {
+func (s *servers) Go(name string, fn func(context.Context) error) {
 	s.group.Go(name, func() error { return fn(s.groupC) })
 }
 
 // while runs work, then stops the servers and what runs beside them.
-func (s *agentServers) while(ctx context.Context, work func(context.Context) error) error {
+func (s *servers) while(ctx context.Context, work func(context.Context) error) error {
 	workErr := work(ctx)
 	s.stop()
 	return errors.Join(workErr, s.group.Wait())

@@ -14,8 +14,9 @@ import (
 
 // subcommands maps a name to its entry point. Each parses its own flags.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
-	"agent":   runAgent,
-	"webhook": runWebhook,
+	"agent":    runAgent,
+	"notifier": runNotifier,
+	"webhook":  runWebhook,
 }
 
 // Run dispatches to the subcommand named by args[0].

@@ -33,6 +33,7 @@ type options struct {
 	gpuBudget time.Duration
 	certs     string
 	realNode  bool
+	notify    bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -46,8 +47,13 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.certs, "certs", scenario.CertsSelfManaged, "webhook certificates: self-managed, or cert-manager (the real cert-manager issues them from the cert-manager overlay and its CA injector injects the CA)")
 	fs.BoolVar(&o.realNode, "real-node", false, "play the Spot preemption on the local cluster's real node (kubelet, containerd, runc, CNI), "+
 		"termgate installed from its image with kubectl apply -k of the self-managed overlay (needs root, `make binaries` and `make image`)")
+	fs.BoolVar(&o.notify, "notify", false, "also run termgate's notifier, sending the scenarios' notifications to a CloudEvents and a Slack receiver the demo runs, and print what arrived")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.notify && o.realNode {
+		fmt.Fprintln(fs.Output(), "--notify runs the notifier as a local process; --real-node installs termgate from its image")
+		return o, errors.New("bad --notify with --real-node")
 	}
 	if o.certs != scenario.CertsSelfManaged && o.certs != scenario.CertsCertManager {
 		fmt.Fprintf(fs.Output(), "--certs %q: want %s or %s\n", o.certs, scenario.CertsSelfManaged, scenario.CertsCertManager)
@@ -138,6 +144,13 @@ func run(ctx context.Context, o options, out io.Writer) int {
 		return con.broken(err)
 	}
 	defer env.Stop()
+	var notify *notifyRun
+	if o.notify {
+		if notify, err = startNotify(ctx, con, c, binary); err != nil {
+			return con.broken(err)
+		}
+		defer notify.stop()
+	}
 	if o.realNode {
 		con.note("the kwok nodes run no agent (the DaemonSet is placed on the real node only); termgate's own pods on the real node are left out of the figures: on a real cluster its webhook replicas sit on other nodes")
 	} else {
@@ -145,6 +158,7 @@ func run(ctx context.Context, o options, out io.Writer) int {
 	}
 
 	results, err := play(ctx, env, scenarios, con)
+	notify.report(con)
 	if env.RealNode != nil && err == nil {
 		checkRealContainers(env, results, con)
 	}

@@ -32,3 +32,12 @@ func TestCertsFlagChoosesTheWebhookCertificatesAndTheScenario(t *testing.T) {
 		})
 	}
 }
+
+func TestNotifyFlagRunsTheNotifierBesideTheLocalProcessesOnly(t *testing.T) {
+	if o, err := parseFlags([]string{"--notify"}); err != nil || !o.notify || o.scenario != "all" {
+		t.Fatalf("--notify: %+v, %v", o, err)
+	}
+	if _, err := parseFlags([]string{"--notify", "--real-node"}); err == nil {
+		t.Fatal("--notify with --real-node accepted")
+	}
+}

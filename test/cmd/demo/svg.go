@@ -48,7 +48,7 @@ func renderSVG(r *report) string {
 	if !r.Held {
 		verdict = "some expectations did NOT hold"
 	}
-	body.text(20, body.y, 18, "#2d3436", "start", "bold", fmt.Sprintf("termgate demo: %d scenarios on %d kwok nodes, %s", len(r.Scenarios), r.Nodes, verdict))
+	body.text(20, body.y, 18, "#2d3436", "start", "bold", fmt.Sprintf("termgate demo: %s on %d kwok nodes, %s", plural(len(r.Scenarios), "scenario"), r.Nodes, verdict))
 	body.y += 22
 	legend(body)
 	body.y += 20
@@ -62,6 +62,14 @@ func renderSVG(r *report) string {
 	out.WriteString(body.b.String())
 	out.WriteString("</svg>\n")
 	return out.String()
+}
+
+// plural writes n with its noun, "1 scenario", "2 scenarios".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func legend(d *svgDoc) {
@@ -213,24 +221,28 @@ func detail(d *svgDoc, s scenarioReport) {
 	axis(d, sc, top, bottom)
 	y := top + rowHeight
 	d.text(plotLeft-10, y-3, 11, "#2d3436", "end", "bold", "node "+s.Node)
-	lastLabel, shift := -1000.0, 0.0
+	// The node row's markers, so that a step's label is not written over
+	// one (a cancellation's label would cover the restore that follows it).
+	var markers []float64
+	for _, e := range s.Timeline {
+		if rowMarker(e.Kind) {
+			markers = append(markers, sc.x(e.Ms))
+		}
+	}
+	lastLabel, lastLeft := -1000.0, false
 	for _, e := range s.Timeline {
 		switch e.Kind {
 		case "wave", "escalated", "cancelled", "deadline":
 			x := sc.x(e.Ms)
 			d.add(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="3,3"/>`, x, top, x, bottom, palette[e.Kind])
-			// Labels of steps close together go to the other side of
-			// their line so they do not overprint.
-			anchor, lx := "start", x+3
-			if x-lastLabel < 90 && shift == 0 {
-				anchor, lx, shift = "end", x-3, 1
-			} else {
-				shift = 0
+			label := waveLabel(e)
+			anchor, lx := labelSide(x, label, lastLabel, lastLeft, markers)
+			lastLabel, lastLeft = x, anchor == "end"
+			d.text(lx, y-4, 10, palette[e.Kind], anchor, "normal", label)
+		default:
+			if rowMarker(e.Kind) {
+				marker(d, e.Kind, sc.x(e.Ms), y-7)
 			}
-			lastLabel = x
-			d.text(lx, y-4, 10, palette[e.Kind], anchor, "normal", waveLabel(e))
-		case "notice", "marked", "drained", "restored":
-			marker(d, e.Kind, sc.x(e.Ms), y-7)
 		}
 	}
 	for _, r := range rows[:shown] {
@@ -268,6 +280,43 @@ func detail(d *svgDoc, s scenarioReport) {
 	}
 	d.y = bottom + 18
 }
+
+// rowMarker reports whether an event kind is drawn as a marker on the
+// node's row.
+func rowMarker(kind string) bool {
+	switch kind {
+	case "notice", "marked", "drained", "restored":
+		return true
+	}
+	return false
+}
+
+// labelSide places the label of a step line drawn at x: right of the line
+// unless that would overprint the previous step's label (written right of
+// its line) or a marker on the node row, then left of it.
+func labelSide(x float64, label string, lastLabel float64, lastLeft bool, markers []float64) (anchor string, lx float64) {
+	width := labelWidth * float64(len(label))
+	covers := func(from, to float64) bool {
+		for _, m := range markers {
+			if m+markerRadius >= from && m-markerRadius <= to {
+				return true
+			}
+		}
+		return false
+	}
+	right := (x-lastLabel >= 90 || lastLeft) && !covers(x+3, x+3+width)
+	if right || covers(x-3-width, x-3) {
+		return "start", x + 3
+	}
+	return "end", x - 3
+}
+
+// labelWidth is the width of one character of a 10 px label, and
+// markerRadius half a marker's width: both what the drawing uses.
+const (
+	labelWidth   = 5.5
+	markerRadius = 5.0
+)
 
 func waveLabel(e eventReport) string {
 	if e.Kind == "wave" || e.Kind == "escalated" {
