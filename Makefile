@@ -26,8 +26,8 @@ TEST_TIMEOUT ?= 40m
 build:
 	$(GO) build -o $(BIN)/termgate ./cmd/termgate
 
-## binaries: the local cluster's control plane, kwok and cert-manager, rebuilt only when their pins change.
-binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/cert-manager real-node-binaries \
+## binaries: the local cluster's control plane, kwok, cert-manager and service controller, rebuilt only when their pins change.
+binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/cert-manager $(BIN)/service-controller real-node-binaries \
 	$(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp
 
 # One multi-call binary: etcd, kube-apiserver, kube-scheduler,
@@ -57,6 +57,16 @@ $(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp:
 $(BIN)/cert-manager: test/certmanager/go.mod test/certmanager/go.sum test/certmanager/main.go
 	@mkdir -p $(BIN)
 	cd test/certmanager && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $@ .
+
+# The upstream service controller (k8s.io/cloud-provider, the control
+# plane's pins) with a cloud whose load balancers run on this machine
+# (test/servicecontroller); `cluster.Options.LoadBalancers` runs it. Built
+# with the control plane's flags (cgo as it comes, -trimpath), so the
+# packages both link compile once.
+$(BIN)/service-controller: test/servicecontroller/go.mod test/servicecontroller/go.sum \
+		$(wildcard test/servicecontroller/*.go test/servicecontroller/netlb/*.go)
+	@mkdir -p $(BIN)
+	cd test/servicecontroller && $(GO) build -trimpath -ldflags '-s -w' -o $@ .
 
 ## real-node-binaries: kubelet, containerd, runc and the CNI plugins of the
 ## local cluster's optional real node (test/cluster Options.RealNode), each
@@ -127,6 +137,7 @@ unit:
 
 ## test: every test, unit and integration, on the local cluster.
 test: binaries image lint
+	cd test/servicecontroller && $(GO) test -count=1 ./netlb/
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## demo: the main job end to end on a local cluster.
@@ -142,7 +153,7 @@ bench: bench-agent bench-webhook bench-storm
 
 # The benchmarks run on kwok nodes: the control plane and kwok are all they
 # need of `make binaries` (no cert-manager, no real node).
-bench-agent: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
+bench-agent: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/service-controller
 	$(GO) run ./test/bench/agent
 
 bench-webhook: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp

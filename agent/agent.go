@@ -104,7 +104,7 @@ func New(cfg Config, p Parts) (*Agent, error) {
 	})
 	return &Agent{
 		cfg: cfg, client: p.Client, clock: p.Clock, sources: p.Sources,
-		marker:  mark.New(p.Client, p.Clock, cfg.NodeName, cfg.DryRun),
+		marker:  markerWith(mark.New(p.Client, p.Clock, cfg.NodeName, cfg.DryRun), cfg.LBMarks),
 		drainer: p.Drainer, pods: p.Pods, nodes: nodes, events: p.Events, metrics: p.Metrics,
 		reported: map[notice.Unreadable]bool{},
 	}, nil
@@ -451,4 +451,9 @@ func (a *Agent) Ready() error {
 		return err
 	}
 	return lastErr
+}
+
+func markerWith(mk *mark.Marker, e mark.Extras) *mark.Marker {
+	mk.SetExtras(e)
+	return mk
 }

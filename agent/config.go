@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"termgate.dev/termgate/agent/mark"
 	"termgate.dev/termgate/nodemark"
 )
 
@@ -51,6 +52,9 @@ type Config struct {
 	PodName, PodNamespace string
 	// DryRun logs every decision and changes nothing.
 	DryRun bool
+	// LBMarks are the optional load-balancer marks of a draining node
+	// (mark.Extras): the cluster autoscaler's taint and a cordon.
+	LBMarks mark.Extras
 }
 
 // DefaultShutdownGrace is the Kubernetes default terminationGracePeriodSeconds.

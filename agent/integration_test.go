@@ -24,7 +24,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testenv.RunUnitsAndCluster(m, cluster.Options{Nodes: cluster.DefaultNodes(2)}, &env, func(dir string) error {
+	// The real service controller runs beside, for the load-balancer tests
+	// (lb_integration_test.go).
+	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), LoadBalancers: &cluster.LoadBalancerOptions{}}
+	os.Exit(testenv.RunUnitsAndCluster(m, opts, &env, func(dir string) error {
 		var err error
 		if binary, err = localrun.Build(context.Background(), dir); err != nil {
 			return err

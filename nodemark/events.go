@@ -57,6 +57,12 @@ const (
 	EventDrainCompleted = "DrainCompleted"
 	// EventDrainDeadlinePassed: the deadline came with pods still present.
 	EventDrainDeadlinePassed = "DrainDeadlinePassed"
+	// EventLoadBalancersDrained: the node left the load balancers its pods
+	// back (the time per Service is in the message); their backends go.
+	EventLoadBalancersDrained = "LoadBalancersDrained"
+	// EventLoadBalancerWaitCapped: the wait for load balancers reached its
+	// cap; the message names the Services not confirmed.
+	EventLoadBalancerWaitCapped = "LoadBalancerWaitCapped"
 	// EventEvictionBlocked is recorded on a Pod the first time a
 	// PodDisruptionBudget refuses its eviction.
 	EventEvictionBlocked = "EvictionBlocked"

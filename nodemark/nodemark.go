@@ -39,6 +39,16 @@ const (
 	AnnotationSource   = "termgate.dev/source"
 	AnnotationNoticeID = "termgate.dev/notice-id"
 
+	// TaintToBeDeleted is the cluster autoscaler's taint of a node it
+	// deletes; kube-proxy's /healthz fails for it. The agent adds it only
+	// with --lb-autoscaler-taint, recording AnnotationAutoscalerTaintAdded.
+	TaintToBeDeleted = "ToBeDeletedByClusterAutoscaler"
+	// AnnotationAutoscalerTaintAdded and AnnotationCordoned record that the
+	// agent added TaintToBeDeleted or cordoned the node (--lb-cordon), so
+	// that unmarking takes back only that.
+	AnnotationAutoscalerTaintAdded = "termgate.dev/autoscaler-taint-added"
+	AnnotationCordoned             = "termgate.dev/cordoned"
+
 	// LabelExcludeFromLB removes the node from external load balancers.
 	LabelExcludeFromLB = "node.kubernetes.io/exclude-from-external-load-balancers"
 

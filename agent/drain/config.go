@@ -55,6 +55,14 @@ type Config struct {
 	DryRun bool
 	// Metrics receives drain metrics; nil records none.
 	Metrics *Metrics
+	// LoadBalancers, when set, makes the drain wait for load balancers:
+	// the backends of node-level load balancers stay until the node has
+	// left them and LBMargin has passed, or until the cap of the mark's
+	// reason in LBWaitCaps; the backends of container-native (NEG) load
+	// balancers go first. Nil: no wait (package agent/lb implements it).
+	LoadBalancers LoadBalancers
+	LBWaitCaps    map[nodemark.Reason]WaitCap
+	LBMargin      time.Duration
 }
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -79,6 +87,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MinDeleteGrace == 0 {
 		c.MinDeleteGrace = DefaultMinDeleteGrace
+	}
+	if c.LBWaitCaps == nil {
+		c.LBWaitCaps = DefaultWaitCaps()
+	}
+	if c.LBMargin == 0 {
+		c.LBMargin = DefaultLBMargin
 	}
 	return c
 }
@@ -106,6 +120,14 @@ func (c Config) Validate() error {
 	}
 	if c.MinDeleteGrace < time.Second {
 		errs = append(errs, fmt.Errorf("minimum delete grace %s must be at least 1s", c.MinDeleteGrace))
+	}
+	for reason, wc := range c.LBWaitCaps {
+		if wc.Fraction < 0 || wc.Fraction > 1 || wc.Max < 0 {
+			errs = append(errs, fmt.Errorf("load-balancer wait cap for %s: fraction %g must lie between 0 and 1 and the bound %s must not be negative", reason, wc.Fraction, wc.Max))
+		}
+	}
+	if c.LBMargin < 0 {
+		errs = append(errs, fmt.Errorf("load-balancer margin %s is negative", c.LBMargin))
 	}
 	return errors.Join(errs...)
 }

@@ -96,6 +96,12 @@ type Result struct {
 	Started map[Step]time.Duration
 	// Duration is how long Run took.
 	Duration time.Duration
+	// LBWaited lists the node-level load-balancer Services whose backends
+	// waited; LBWait is when, after the notice, the wait ended (the node
+	// had left them all, or the cap) and LBCapped whether it was the cap.
+	LBWaited []string
+	LBWait   time.Duration
+	LBCapped bool
 }
 
 // Run drains until every pod the policy evicts is gone, the deadline comes
@@ -126,16 +132,28 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 		started:   map[Step]time.Duration{},
 		overrides: newOverrideNotes(),
 	}
-	r.steps = r.plan()
-	// The queue's items live in the loop's context: when the loop ends,
-	// for whatever reason, nothing more is sent.
+	// The queue's items and the load-balancer watches live in the loop's
+	// context: when the loop ends, for whatever reason, nothing more is
+	// sent and nothing more is watched.
 	loopCtx, stopLoop := context.WithCancel(ctx)
+	if d.cfg.LoadBalancers != nil {
+		c := capFor(d.cfg.LBWaitCaps, mark.Reason)
+		r.lb = &lbWait{
+			view:   d.cfg.LoadBalancers.Follow(loopCtx, mark),
+			capAt:  lbCapAt(mark, c, r.sched.regularCutoff),
+			cap:    c,
+			margin: d.cfg.LBMargin,
+			waited: map[string]bool{},
+		}
+	}
+	r.steps = r.plan()
 	outcome, last, err := r.loop(loopCtx, changes)
 	stopLoop()
 	r.queue.wait()
 
 	res := r.result(last)
 	res.Duration = d.clk.Since(began)
+	d.cfg.Metrics.setLBPending(0)
 	d.cfg.Metrics.observeDuration(outcome, res.Duration)
 	r.finish(ctx, outcome, res)
 	return res, err
@@ -150,6 +168,7 @@ type run struct {
 	steps     []step
 	started   map[Step]time.Duration
 	overrides *overrideNotes
+	lb        *lbWait // nil: the drain does not wait for load balancers
 }
 
 // loop runs the steps on each change of the node's pods and at each instant
@@ -211,15 +230,21 @@ func (r *run) stopReason(ctx context.Context) string {
 	return outcomeDeadline
 }
 
-// sleep waits for a pod change, for d, for a Hurry, or for cancellation;
+// sleep waits for a pod change, a change of the load balancers, for d, for a
+// Hurry, or for cancellation;
 // false means cancelled.
 func (r *run) sleep(ctx context.Context, changes, hurried <-chan struct{}, d time.Duration) bool {
 	timer := r.d.clk.NewTimer(max(d, 0))
 	defer timer.Stop()
+	var lbChanged <-chan struct{}
+	if r.lb != nil {
+		lbChanged = r.lb.view.Changed()
+	}
 	select {
 	case <-ctx.Done():
 		return false
 	case <-changes:
+	case <-lbChanged:
 	case <-timer.C():
 	case <-hurried:
 	}
@@ -228,7 +253,7 @@ func (r *run) sleep(ctx context.Context, changes, hurried <-chan struct{}, d tim
 
 func (r *run) result(last *pass) Result {
 	s := r.queue.snapshot()
-	return Result{
+	res := Result{
 		Evicted:    s.Evicted,
 		Deleted:    s.Deleted,
 		Gone:       s.Gone,
@@ -240,6 +265,11 @@ func (r *run) result(last *pass) Result {
 		Skipped:    last.skipped,
 		Started:    r.started,
 	}
+	if r.lb != nil {
+		res.LBWaited = sortedKeys(r.lb.waited)
+		res.LBWait, res.LBCapped = r.lb.ended, r.lb.capped
+	}
+	return res
 }
 
 // finish logs the end of the drain and records it on the Node, with the

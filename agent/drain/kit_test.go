@@ -295,6 +295,8 @@ func (k *kit) allCalls() []call {
 type runOpts struct {
 	// stopAt cancels the run's context once the fake clock reaches it.
 	stopAt time.Time
+	// onStep runs after each step of the fake clock.
+	onStep func()
 }
 
 // drive runs d and steps the fake clock by tick until Run returns, with the
@@ -330,6 +332,9 @@ func (k *kit) drive(d *Drainer, mark nodemark.Mark, o runOpts) (Result, error) {
 			}
 			k.clk.Step(tick)
 			k.reap()
+			if o.onStep != nil {
+				o.onStep()
+			}
 		}
 	}
 }

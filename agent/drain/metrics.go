@@ -14,7 +14,15 @@ type Metrics struct {
 	evictions   *prometheus.CounterVec
 	escalations *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
+	lbWait      *prometheus.HistogramVec
+	lbPending   prometheus.Gauge
 }
+
+// Outcomes of the wait for load balancers, the label of its histogram.
+const (
+	lbOutcomeDrained = "drained" // the node left every load balancer
+	lbOutcomeCapped  = "capped"  // the cap came first
+)
 
 // Drain outcomes, the label of the duration histogram.
 const (
@@ -40,8 +48,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			// From sub-second drains of small nodes to hour-long maintenance notices.
 			Buckets: []float64{0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 900, 3600},
 		}, []string{"outcome"}),
+		lbWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "termgate", Subsystem: "agent", Name: "lb_wait_seconds",
+			Help:    "Time from the notice until the backends of node-level load balancers were let go, by outcome: drained (the node left every load balancer) or capped.",
+			Buckets: []float64{1, 2, 4, 6, 8, 10, 12, 15, 20, 30, 60, 120, 300},
+		}, []string{"outcome"}),
+		lbPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "termgate", Subsystem: "agent", Name: "lb_services_pending",
+			Help: "Load-balancer Services the draining node is not yet confirmed gone from (0 outside a drain).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration} {
+	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration, m.lbWait, m.lbPending} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register drain metrics: %w", err)
 		}
@@ -64,5 +81,17 @@ func (m *Metrics) observeEscalation(wave nodemark.Wave) {
 func (m *Metrics) observeDuration(outcome string, d time.Duration) {
 	if m != nil {
 		m.duration.WithLabelValues(outcome).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) observeLBWait(outcome string, d time.Duration) {
+	if m != nil {
+		m.lbWait.WithLabelValues(outcome).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) setLBPending(n int) {
+	if m != nil {
+		m.lbPending.Set(float64(n))
 	}
 }

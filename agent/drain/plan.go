@@ -77,6 +77,9 @@ type pass struct {
 	system  []*corev1.Pod
 	kept    int
 	skipped int
+	// lb is what the wait for load balancers decided in this pass; nil
+	// when the drain does not wait for them.
+	lb *lbHold
 }
 
 // classify sorts pods by the shared drain-order policy. Mirror pods and
@@ -102,6 +105,28 @@ func classify(pods []*corev1.Pod, now time.Time, s schedule, effect corev1.Taint
 		}
 	}
 	return p
+}
+
+// evictable returns the pods the drain will still evict: every wave's pods
+// not already being deleted.
+func (p *pass) evictable() []*corev1.Pod {
+	out := make([]*corev1.Pod, 0, p.remaining())
+	for _, pod := range p.regular {
+		if !terminating(pod) {
+			out = append(out, pod)
+		}
+	}
+	for _, dp := range p.delayed {
+		if !terminating(dp.pod) {
+			out = append(out, dp.pod)
+		}
+	}
+	for _, pod := range p.system {
+		if !terminating(pod) {
+			out = append(out, pod)
+		}
+	}
+	return out
 }
 
 // remaining counts the pods the drain still waits for.

@@ -15,11 +15,16 @@ import (
 type Step string
 
 const (
-	StepEvictRegular    Step = "evictRegular"
-	StepEvictDelayed    Step = "evictDelayed"
-	StepEscalateRegular Step = "escalateRegular"
-	StepEvictSystem     Step = "evictSystem"
-	StepEscalateSystem  Step = "escalateSystem"
+	StepEvictRegular Step = "evictRegular"
+	// The load-balancer steps run only when the drain waits for load
+	// balancers (Config.LoadBalancers).
+	StepAwaitLoadBalancers Step = "awaitLoadBalancers"
+	StepEvictNEGBackends   Step = "evictNEGBackends"
+	StepEvictLBBackends    Step = "evictLoadBalancerBackends"
+	StepEvictDelayed       Step = "evictDelayed"
+	StepEscalateRegular    Step = "escalateRegular"
+	StepEvictSystem        Step = "evictSystem"
+	StepEscalateSystem     Step = "escalateSystem"
 )
 
 // step is one job of the drain. Each pass runs every step in order; a step
@@ -32,13 +37,21 @@ type step struct {
 }
 
 func (r *run) plan() []step {
-	return []step{
+	var lb []step
+	if r.lb != nil {
+		// The wait decides first which pods it holds this pass; the
+		// container-native backends go before everything else, so their
+		// endpoints detach with the most grace left.
+		lb = []step{{StepAwaitLoadBalancers, r.awaitLoadBalancers}, {StepEvictNEGBackends, r.evictNEGBackends}}
+	}
+	return append(lb, []step{
 		{StepEvictRegular, r.evictRegular},
+		{StepEvictLBBackends, r.evictLBBackends},
 		{StepEvictDelayed, r.evictDelayed},
 		{StepEscalateRegular, r.escalateRegular},
 		{StepEvictSystem, r.evictSystem},
 		{StepEscalateSystem, r.escalateSystem},
-	}
+	}...)
 }
 
 // runSteps runs every step and returns when the loop must look again at the
@@ -58,12 +71,37 @@ func (r *run) runSteps(ctx context.Context, p *pass) time.Time {
 }
 
 // evictRegular evicts regular pods, from the notice until the regular
-// cut-off.
+// cut-off, except the backends of node-level load balancers (and any pod the
+// wait for load balancers holds), which evictLBBackends takes.
 func (r *run) evictRegular(ctx context.Context, p *pass) (int, time.Time) {
 	if !p.now.Before(r.sched.regularCutoff) {
 		return 0, time.Time{}
 	}
-	return r.evictAll(ctx, p.regular, nodemark.WaveRegular), time.Time{}
+	return r.evictAll(ctx, p.regular, nodemark.WaveRegular, func(pod *corev1.Pod) bool {
+		return !p.lb.isBackend(pod) && !p.lb.isHeld(pod)
+	}), time.Time{}
+}
+
+// evictNEGBackends evicts the regular pods behind container-native load
+// balancers first: their endpoints detach only when they terminate.
+func (r *run) evictNEGBackends(ctx context.Context, p *pass) (int, time.Time) {
+	if !p.now.Before(r.sched.regularCutoff) {
+		return 0, time.Time{}
+	}
+	return r.evictAll(ctx, p.regular, nodemark.WaveRegular, func(pod *corev1.Pod) bool {
+		return p.lb.isNEG(pod) && !p.lb.isBackend(pod) && !p.lb.isHeld(pod)
+	}), time.Time{}
+}
+
+// evictLBBackends evicts the regular pods behind node-level load balancers
+// once the node has left them all (plus the margin) or the cap has passed.
+func (r *run) evictLBBackends(ctx context.Context, p *pass) (int, time.Time) {
+	if !p.now.Before(r.sched.regularCutoff) {
+		return 0, time.Time{}
+	}
+	return r.evictAll(ctx, p.regular, nodemark.WaveRegular, func(pod *corev1.Pod) bool {
+		return p.lb.isBackend(pod) && !p.lb.isHeld(pod)
+	}), time.Time{}
 }
 
 // evictDelayed evicts each delayed pod once its toleration has run out.
@@ -74,7 +112,7 @@ func (r *run) evictDelayed(ctx context.Context, p *pass) (int, time.Time) {
 	acted, next := 0, time.Time{}
 	for _, dp := range p.delayed {
 		switch {
-		case terminating(dp.pod):
+		case terminating(dp.pod), p.lb.isHeld(dp.pod):
 		case p.now.Before(dp.due):
 			if next.IsZero() || dp.due.Before(next) {
 				next = dp.due
@@ -111,7 +149,7 @@ func (r *run) evictSystem(ctx context.Context, p *pass) (int, time.Time) {
 	if !p.now.Before(r.sched.systemCutoff) {
 		return 0, time.Time{}
 	}
-	return r.evictAll(ctx, p.system, nodemark.WaveSystem), time.Time{}
+	return r.evictAll(ctx, p.system, nodemark.WaveSystem, func(pod *corev1.Pod) bool { return !p.lb.isHeld(pod) }), time.Time{}
 }
 
 // escalateSystem deletes, at the system cut-off, the system pods still
@@ -123,11 +161,12 @@ func (r *run) escalateSystem(ctx context.Context, p *pass) (int, time.Time) {
 	return r.escalateAll(ctx, p.system, nodemark.WaveSystem, p.now), time.Time{}
 }
 
-// evictAll queues the eviction of every pod not already being deleted.
-func (r *run) evictAll(ctx context.Context, pods []*corev1.Pod, wave nodemark.Wave) int {
+// evictAll queues the eviction of every pod that is not already being
+// deleted and that take accepts.
+func (r *run) evictAll(ctx context.Context, pods []*corev1.Pod, wave nodemark.Wave, take func(*corev1.Pod) bool) int {
 	acted := 0
 	for _, pod := range pods {
-		if !terminating(pod) && r.queue.evict(ctx, pod, wave) {
+		if !terminating(pod) && take(pod) && r.queue.evict(ctx, pod, wave) {
 			acted++
 		}
 	}
@@ -169,8 +208,11 @@ func (r *run) begin(ctx context.Context, name Step, now time.Time, pods int) {
 		return
 	}
 	reason, verb := nodemark.EventDrainWaveStarted, "evicting"
-	if name == StepEscalateRegular || name == StepEscalateSystem {
+	switch name {
+	case StepEscalateRegular, StepEscalateSystem:
 		reason, verb = nodemark.EventDrainEscalated, "deleting with grace clamped to the deadline"
+	case StepAwaitLoadBalancers:
+		verb = "holding, until the node has left their load balancers,"
 	}
 	at := map[string]string{nodemark.EventAnnotationStepTime: now.UTC().Format(time.RFC3339Nano)}
 	r.d.rec.AnnotatedEventf(nodemark.NodeEventRef(r.d.cfg.NodeName), at, corev1.EventTypeNormal, reason,

@@ -44,6 +44,7 @@ type Marker struct {
 	mu         sync.Mutex
 	written    *corev1.Node
 	superseded map[string]bool
+	extras     Extras // optional load-balancer marks (extras.go)
 }
 
 // New returns a Marker for node.
@@ -105,6 +106,7 @@ func (mk *Marker) Mark(ctx context.Context, current *corev1.Node, m nodemark.Mar
 	if err != nil {
 		return fmt.Errorf("mark node %s: %w", mk.node, err)
 	}
+	mk.applyExtras(ctx, m)
 	return nil
 }
 
@@ -140,6 +142,10 @@ func (mk *Marker) Unmark(ctx context.Context, current *corev1.Node) error {
 	if err := mk.removeCondition(ctx); err != nil {
 		return fmt.Errorf("unmark node %s: remove condition: %w", mk.node, err)
 	}
+	if err := mk.patchWithRetry(ctx, current, removeExtrasPatch); err != nil {
+		return fmt.Errorf("unmark node %s: remove the load-balancer marks: %w", mk.node, err)
+	}
+	// current is still right: base uses the Marker's own copy once a write superseded it.
 	if err := mk.patchWithRetry(ctx, current, unmarkPatch); err != nil {
 		return fmt.Errorf("unmark node %s: %w", mk.node, err)
 	}

@@ -9,8 +9,9 @@ import (
 // binaries locates the cached control-plane binaries.
 type binaries struct {
 	controlplane, kwok, kwokStages string
-	// certManager is set only when the cluster runs cert-manager.
-	certManager string
+	// certManager is set only when the cluster runs cert-manager, and
+	// serviceController only when it runs the cloud's load balancers.
+	certManager, serviceController string
 }
 
 // command returns how to run a component: the control-plane components are
@@ -21,11 +22,13 @@ func (b binaries) command(name string, args []string) (string, []string) {
 		return b.kwok, args
 	case "cert-manager":
 		return b.certManager, args
+	case "service-controller":
+		return b.serviceController, args
 	}
 	return b.controlplane, append([]string{name}, args...)
 }
 
-func findBinaries(dir string, certManager bool) (binaries, error) {
+func findBinaries(dir string, certManager, loadBalancers bool) (binaries, error) {
 	if dir == "" {
 		dir = os.Getenv("TERMGATE_BIN")
 	}
@@ -45,6 +48,10 @@ func findBinaries(dir string, certManager bool) (binaries, error) {
 	if certManager {
 		b.certManager = filepath.Join(dir, "cert-manager")
 		need = append(need, b.certManager)
+	}
+	if loadBalancers {
+		b.serviceController = filepath.Join(dir, "service-controller")
+		need = append(need, b.serviceController)
 	}
 	for _, f := range need {
 		if _, err := os.Stat(f); err != nil {

@@ -47,6 +47,10 @@ type Options struct {
 	// beside the kwok nodes; see RealNode. On a machine that cannot run it
 	// the cluster starts without it and RealNode says why.
 	RealNode bool
+	// LoadBalancers runs the upstream service controller with a cloud
+	// whose load balancers run on this machine (bin/service-controller);
+	// see LoadBalancerOptions and Cluster.LoadBalancers.
+	LoadBalancers *LoadBalancerOptions
 }
 
 // Cluster is a running local control plane.
@@ -68,12 +72,13 @@ type Cluster struct {
 
 	realNode    *RealNode
 	realNodeErr error // why a requested real node is missing
+	lbs         *LoadBalancers
 }
 
 // Start builds nothing: it expects the binaries that `make binaries` caches
 // under bin/, and fails with a clear message when they are missing.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
-	bins, err := findBinaries(opts.BinDir, opts.CertManager)
+	bins, err := findBinaries(opts.BinDir, opts.CertManager, opts.LoadBalancers != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +126,13 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 	if err := c.AddNodes(ctx, c.opts.Nodes...); err != nil {
 		return err
 	}
-	return c.startRealNode(ctx)
+	if err := c.startRealNode(ctx); err != nil {
+		return err
+	}
+	if c.opts.LoadBalancers != nil {
+		return c.startServiceController(ctx)
+	}
+	return nil
 }
 
 func (c *Cluster) startControlPlane(ctx context.Context) error {

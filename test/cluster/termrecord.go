@@ -67,3 +67,14 @@ func ReadTermRecord(recordDir, pod string) (TermRecord, error) {
 	}
 	return r, nil
 }
+
+// ServesHTTP makes a termrecord pod (RunsTermRecord, applied first) answer
+// HTTP on port with its own name, until it exits: a backend behind a load
+// balancer that finishes its work for the exit delay after SIGTERM.
+func ServesHTTP(port int32) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		c := &p.Spec.Containers[0]
+		c.Env = append(c.Env, corev1.EnvVar{Name: "LISTEN", Value: fmt.Sprintf(":%d", port)})
+		c.Ports = append(c.Ports, corev1.ContainerPort{Name: "http", ContainerPort: port})
+	}
+}

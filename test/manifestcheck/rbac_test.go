@@ -19,13 +19,18 @@ var allowedGrants = map[string][]string{
 	// The agent: its own Node (the Node policy confines the patches to
 	// termgate's marks on it), the pods to drain (list/watch by node; the
 	// delete policy confines deletes to its node, the webhook evictions),
-	// and events.
+	// and events. To wait for load balancers (docs/load-balancers.md):
+	// Services, read (list/watch, no get: the cache answers), and the core
+	// events of the service controller on them, read only while a drain
+	// waits (list/watch by field selector; RBAC cannot narrow it further).
 	"ClusterRole/termgate-agent": {
 		"core/nodes get", "core/nodes list", "core/nodes watch", "core/nodes patch",
 		"core/nodes/status patch",
 		"core/pods list", "core/pods watch", "core/pods delete",
 		"core/pods/eviction create",
 		"core/events create", "core/events patch", "events.k8s.io/events create", "events.k8s.io/events patch",
+		"core/services list", "core/services watch",
+		"core/events list", "core/events watch",
 	},
 	// The webhook: node and pod metadata for its caches and reads.
 	"ClusterRole/termgate-webhook": {

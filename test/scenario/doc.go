@@ -1,9 +1,10 @@
 // Package scenario plays termgate's end-to-end scenarios on a local
 // cluster: a Spot node preempted, host maintenance on the GPU node under a
 // PodDisruptionBudget, a maintenance event cancelled mid-drain, a pod
-// pinned onto a marked node, and on the other clouds' nodes
-// (cluster.CloudNodes) an EC2 Spot interruption and an Azure Preempt, each
-// announced by that cloud's stand-in metadata service and read by the
+// pinned onto a marked node, a Spot node behind a load balancer preempted
+// with and without the wait for load balancers, and on the other clouds'
+// nodes (cluster.CloudNodes) an EC2 Spot interruption and an Azure Preempt,
+// each announced by that cloud's stand-in metadata service and read by the
 // agent's own client. The demo (test/cmd/demo) and the end-to-end tests
 // (test/e2e) drive the same code, so what the demo shows is what the tests
 // assert.

@@ -61,6 +61,7 @@ type Env struct {
 	AcceleratorBudget time.Duration
 
 	agents []*localrun.Agent
+	binary string // the agents' binary, to restart one
 	// certManager is the webhook when cert-manager issues its certificate.
 	certManager *localrun.CertManagerWebhook
 	// RealNode is set when termgate runs as pods on the real node
@@ -183,6 +184,7 @@ func (e *Env) startMetadata() error {
 // pod-bound identity: each waits for its own cache sync and first metadata
 // reads.
 func (e *Env) startAgents(ctx context.Context, binary string) error {
+	e.binary = binary
 	// Each agent runs as its DaemonSet pod would: with a token bound to a
 	// pod on its node, under the shipped RBAC and Node policy, installed
 	// once for all of them.

@@ -55,6 +55,9 @@ type Result struct {
 	Timeline  []Event
 	// Took is the scenario's wall time, set-up and reset included.
 	Took time.Duration
+	// LB holds the load-balancer scenario's runs, with their request
+	// timelines.
+	LB []LBRun
 }
 
 // Failures lists the expectations that did not hold.

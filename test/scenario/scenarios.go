@@ -44,6 +44,7 @@ func All() []Scenario {
 		{Name: "gpu-maintenance", Title: "TERMINATE_ON_HOST_MAINTENANCE on the GPU node, a PDB slows the drain", Node: NodeGPU, play: playGPUMaintenance},
 		{Name: "maintenance-cancelled", Title: "Maintenance cancelled mid-drain, node restored", Node: NodeOnDemand, play: playCancelled},
 		{Name: "pinned-pod-refused", Title: "Pod pinned onto a marked node refused, scheduler places elsewhere", Node: NodeSpot, Index: 1, play: playPinned},
+		{Name: "lb-preemption", Title: "Spot node behind a load balancer preempted, with and without the wait", Node: NodeSpot, Index: 2, play: playLBPreemption},
 		{Name: "aws-spot-interruption", Title: "EC2 Spot interruption (stop), 2 min to go, the instance comes back", Node: NodeAWSSpot, play: playEC2Spot},
 		{Name: "azure-preempt", Title: "Azure Spot VM preempted (Scheduled Events, 30 s), the VM comes back", Node: NodeAzureSpot, play: playAzurePreempt},
 	}

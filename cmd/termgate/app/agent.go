@@ -52,11 +52,12 @@ type agentOptions struct {
 	log              daemon.LogOptions
 	// deprecated collects warnings about deprecated flags, logged at start.
 	deprecated []string
+	lb         lbOptions
 }
 
 func newAgentOptions() *agentOptions {
 	o := &agentOptions{agent: agent.DefaultConfig(), watch: watch.DefaultConfig(), aws: aws.DefaultConfig(), azure: azure.DefaultConfig(),
-		cloud: cloudAuto, poll: time.Second, log: daemon.LogOptions{Format: "json"}}
+		cloud: cloudAuto, poll: time.Second, log: daemon.LogOptions{Format: "json"}, lb: newLBOptions()}
 	o.drain = drain.Config{}.WithDefaults()
 	// Probes on loopback: the kubelet reaches them (httpGet with host
 	// 127.0.0.1, the agent runs in the host's network), pods do not.
@@ -104,6 +105,7 @@ func (o *agentOptions) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.agent.DrainOnAdvisory, "drain-on-advisory", false, "drain on advisory notices (EC2 rebalance recommendation) instead of only discouraging new pods")
 	fs.BoolVar(&o.agent.DrainOnPause, "drain-on-pause", false, "drain on notices that freeze the VM briefly (Azure Freeze, EC2 system-maintenance) instead of only discouraging new pods")
 	fs.DurationVar(&o.agent.AdvisoryBudget, "advisory-budget", o.agent.AdvisoryBudget, "deadline assumed after an advisory notice that gives no time (EC2 rebalance recommendation)")
+	o.lb.addFlags(fs, &o.agent.LBMarks)
 	o.log.AddFlags(fs)
 }
 
@@ -113,6 +115,7 @@ func (o *agentOptions) Complete() {
 	o.drain.TaintEffect = o.agent.TaintEffect
 	o.drain.NodeName = o.agent.NodeName
 	o.drain.DryRun = o.agent.DryRun
+	o.drain.LBWaitCaps, o.drain.LBMargin = o.lb.caps.caps, o.lb.margin
 	o.aws.PollInterval, o.azure.PollInterval = o.poll, o.poll
 	if o.listen != "" {
 		o.serving.ProbeAddress = o.listen
@@ -139,7 +142,7 @@ func (o *agentOptions) Validate() error {
 	if o.apiCheckInterval < time.Second {
 		errs = append(errs, fmt.Errorf("--api-check-interval %s must be at least 1s", o.apiCheckInterval))
 	}
-	errs = append(errs, o.client.Validate(), o.serving.Validate(), o.log.Validate())
+	errs = append(errs, o.client.Validate(), o.serving.Validate(), o.log.Validate(), o.lb.validate())
 	return errors.Join(errs...)
 }
 
@@ -212,6 +215,10 @@ func (o *agentOptions) run(ctx context.Context) error {
 
 	clk := clock.RealClock{}
 	pods := drain.NewPodSource(client, o.agent.NodeName)
+	lbs := o.lb.tracker(client, clk, o.agent.NodeName)
+	if lbs != nil {
+		o.drain.LoadBalancers = lbs
+	}
 	a, err := agent.New(o.agent, agent.Parts{
 		Client:  client,
 		Clock:   clk,
@@ -235,7 +242,7 @@ func (o *agentOptions) run(ctx context.Context) error {
 		return err
 	}
 	s.Go("api check", check.Run)
-	return s.while(ctx, a.Run)
+	return s.while(ctx, runBeside(lbs, a.Run))
 }
 
 // newAPICheck builds the readiness check's own client: one request per

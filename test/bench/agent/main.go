@@ -30,6 +30,14 @@
 // unless the webhook's confinement gate answered at least its 110
 // evictions, and the admin one unless it answered none.
 //
+// Load balancers, as deployed, with the real service controller:
+//   - drain_with_lb_to_without_ratio: the as-deployed drain (--lb-wait on,
+//     as shipped) against the same drain with --lb-wait=false, interleaved
+//     in the rounds; the pods back no Service, so nothing should wait
+//   - lb_wait_ms_p50_1svc, lb_wait_ms_p50_10svc: a node backing 1 or 10
+//     Services of type LoadBalancer is preempted; flip until the last
+//     backend is being deleted
+//
 // Fat pods, as deployed on a second node: 60 pods, each with 250 KiB of
 // annotations and 1 MiB of environment, exist before the agent starts; the
 // agent drains them all.
@@ -67,8 +75,8 @@ import (
 )
 
 type options struct {
-	markTrials, cloudMarkTrials, drainTrials, fatPods int
-	out                                               string
+	markTrials, cloudMarkTrials, drainTrials, fatPods, lbTrials int
+	out                                                         string
 }
 
 func main() {
@@ -76,6 +84,7 @@ func main() {
 	flag.IntVar(&o.markTrials, "mark-trials", 200, "notice-to-mark trials (as deployed; 0 skips them)")
 	flag.IntVar(&o.cloudMarkTrials, "cloud-mark-trials", 100, "notice-to-mark trials on the EC2 node and on the Azure node, each about a poll interval long (0 skips them)")
 	flag.IntVar(&o.drainTrials, "drain-trials", 5, "rounds of 110-pod drains: as deployed, admin, eviction floor (0 skips them)")
+	flag.IntVar(&o.lbTrials, "lb-trials", 3, "preemptions of a node backing 1 and 10 Services of type LoadBalancer, for the load-balancer wait (0 skips them)")
 	flag.IntVar(&o.fatPods, "fat-pods", 60, "pods of 250 KiB annotations and 1 MiB environment for the memory figure (0 skips it)")
 	flag.StringVar(&o.out, "out", "bin/bench/agent.json", "where to write the results")
 	flag.Parse()
@@ -110,8 +119,8 @@ type bench struct {
 }
 
 func run(ctx context.Context, o options) error {
-	if o.markTrials < 0 || o.cloudMarkTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 {
-		return errors.New("-mark-trials, -cloud-mark-trials, -drain-trials and -fat-pods must not be negative")
+	if o.markTrials < 0 || o.cloudMarkTrials < 0 || o.drainTrials < 0 || o.fatPods < 0 || o.lbTrials < 0 {
+		return errors.New("-mark-trials, -cloud-mark-trials, -drain-trials, -lb-trials and -fat-pods must not be negative")
 	}
 	nodes := []cluster.NodeSpec{
 		{Name: spotNode, Zone: "us-central1-a", MachineType: "e2-standard-4", Spot: true},
@@ -119,7 +128,8 @@ func run(ctx context.Context, o options) error {
 		{Name: awsNode, Zone: "us-east-1a", MachineType: "m6i.xlarge", Spot: true, Cloud: cluster.CloudAWS},
 		{Name: azureNode, Zone: "eastus-1", MachineType: "Standard_D4s_v5", Spot: true, Cloud: cluster.CloudAzure},
 	}
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, PodDeleteDelay: time.Millisecond})
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, PodDeleteDelay: time.Millisecond,
+		LoadBalancers: &cluster.LoadBalancerOptions{OperationTime: lbOperation}})
 	if err != nil {
 		return err
 	}
@@ -186,8 +196,21 @@ func run(ctx context.Context, o options) error {
 			asdeployed.Figure{Key: "drain110_deployed_to_admin_ratio", Value: ratio(deployed, admin), Target: "<= 1.15"},
 			asdeployed.Figure{Key: "drain110_deployed_to_floor_ratio", Value: ratio(deployed, floor), Target: "<= 1.25"},
 			asdeployed.Figure{Key: "drain110_all_gone_ms_p50", Value: asdeployed.Percentile(d.gone, 50), Note: "as deployed"},
+			asdeployed.Figure{Key: "drain_with_lb_to_without_ratio", Value: ratio(deployed, asdeployed.Percentile(d.issuedNoLB, 50)), Target: "<= 1.05",
+				Note: fmt.Sprintf("pods back no Service; --lb-wait=false drains in %.0f ms", asdeployed.Percentile(d.issuedNoLB, 50))},
 			asdeployed.Figure{Key: "drain110_all_gone_ms_p50_admin", Value: asdeployed.Percentile(d.goneAdmin, 50)},
 			asdeployed.Figure{Key: "agent_rss_mb", Value: slices.Max(d.rss), Target: "<= 40", Note: fmt.Sprintf("as deployed, after a drain, largest of the rounds (anonymous: %.1f)", slices.Max(d.anon))})
+	}
+	if o.lbTrials > 0 {
+		for _, n := range []int{1, 10} {
+			ms, err := b.lbWaitTrials(ctx, n, o.lbTrials)
+			if err != nil {
+				return fmt.Errorf("load-balancer wait, %d Services: %w", n, err)
+			}
+			fmt.Printf("load-balancer wait with %d Services: %v ms\n", n, ms)
+			figures = append(figures, asdeployed.Figure{Key: fmt.Sprintf("lb_wait_ms_p50_%dsvc", n), Value: asdeployed.Percentile(ms, 50),
+				Note: fmt.Sprintf("flip to the last backend evicted; %d trials, cloud calls of %s one after the other, 2 s margin", len(ms), lbOperation)})
+		}
 	}
 	if o.fatPods > 0 {
 		fat, sampled, err := b.fatPodsDrain(ctx, o.fatPods)
@@ -215,6 +238,7 @@ func run(ctx context.Context, o options) error {
 // drains holds the figures of every round, in milliseconds.
 type drains struct {
 	issued, gone, issuedAdmin, goneAdmin, floor []float64
+	issuedNoLB                                  []float64 // as deployed with --lb-wait=false
 	rss, anon                                   []float64 // as-deployed agent after its drain, MiB
 }
 
@@ -225,13 +249,20 @@ type drains struct {
 func (b *bench) drainRounds(ctx context.Context, rounds int) (drains, error) {
 	var d drains
 	for i := range rounds {
-		steps := []string{"deployed", "floor", "admin"}
+		steps := []string{"deployed", "floor", "admin", "nolb"}
 		if i%2 == 1 {
 			slices.Reverse(steps)
 		}
 		var line []string
 		for _, step := range steps {
 			switch step {
+			case "nolb":
+				issued, _, _, err := b.deployedDrain(ctx, "--lb-wait=false")
+				if err != nil {
+					return d, fmt.Errorf("round %d, as-deployed drain without the load-balancer wait: %w", i+1, err)
+				}
+				d.issuedNoLB = append(d.issuedNoLB, issued)
+				line = append(line, fmt.Sprintf("without the lb wait %.0f ms", issued))
 			case "deployed":
 				issued, gone, mem, err := b.deployedDrain(ctx)
 				if err != nil {
@@ -267,11 +298,11 @@ func (b *bench) drainRounds(ctx context.Context, rounds int) (drains, error) {
 // deployedDrain registers the webhook, runs the agent with its own
 // identity through one drain, and checks that the confinement gate really
 // answered every eviction.
-func (b *bench) deployedDrain(ctx context.Context) (issuedMS, goneMS float64, mem asdeployed.Memory, err error) {
+func (b *bench) deployedDrain(ctx context.Context, flags ...string) (issuedMS, goneMS float64, mem asdeployed.Memory, err error) {
 	if err := b.registration.restore(ctx); err != nil {
 		return 0, 0, asdeployed.Memory{}, err
 	}
-	agent, err := b.startAgent(ctx, spotNode, b.md, b.spotID)
+	agent, err := b.startAgentWith(ctx, spotNode, b.md, b.spotID, flags...)
 	if err != nil {
 		return 0, 0, asdeployed.Memory{}, err
 	}
@@ -347,8 +378,13 @@ func ratio(a, b float64) float64 {
 // startAgent starts an agent with the DaemonSet's arguments and environment,
 // with its own identity, or admin credentials when id is nil.
 func (b *bench) startAgent(ctx context.Context, node string, md *gcefake.Server, id *localrun.AgentIdentity) (*localrun.Agent, error) {
+	return b.startAgentWith(ctx, node, md, id)
+}
+
+// startAgentWith is startAgent with flags after the shipped ones.
+func (b *bench) startAgentWith(ctx context.Context, node string, md *gcefake.Server, id *localrun.AgentIdentity, flags ...string) (*localrun.Agent, error) {
 	return asdeployed.StartAgent(ctx, asdeployed.AgentSpec{
-		Cluster: b.c, Binary: b.bin, Node: node, MetadataHost: md.Host(), Identity: id, Shipped: b.shipped, Extra: b.extra,
+		Cluster: b.c, Binary: b.bin, Node: node, MetadataHost: md.Host(), Identity: id, Shipped: b.shipped, Extra: append(slices.Clone(b.extra), flags...),
 	})
 }
 

@@ -209,7 +209,13 @@ func startClusterAndBuild(ctx context.Context, con *console, dir string, nodes [
 		done <- built{bin, err, time.Since(began)}
 	}()
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, CertManager: certManager, RealNode: o.realNode})
+	copts := cluster.Options{Nodes: nodes, CertManager: certManager, RealNode: o.realNode}
+	if !o.realNode {
+		// The real service controller for lb-preemption; its cloud calls
+		// take 5 s, like a GCE target-pool update.
+		copts.LoadBalancers = &cluster.LoadBalancerOptions{OperationTime: 5 * time.Second}
+	}
+	c, err := cluster.Start(ctx, copts)
 	if err != nil {
 		<-done
 		return nil, "", fmt.Errorf("start the local cluster: %w", err)

@@ -50,6 +50,9 @@ type scenarioReport struct {
 	Checks            []scenario.Check        `json:"checks"`
 	Timeline          []eventReport           `json:"timeline"`
 	TookMs            int64                   `json:"took_ms"`
+	// LB holds the load-balancer scenario's runs (lb-preemption): the
+	// request timelines with and without the wait.
+	LB []scenario.LBRun `json:"lb_runs,omitempty"`
 }
 
 type eventReport struct {
@@ -79,7 +82,7 @@ func scenarioJSON(res *scenario.Result) scenarioReport {
 		DrainMs: msIf(res.Drained, res.DrainedAt), RestoredMs: msIf(res.Restored, res.RestoredAt),
 		Evicted: res.Evicted, BlockedByPDB: res.Blocked, BindsRefused: res.BindsRefused,
 		ReplacementsReady: res.Replacements, PodsLost: res.LostCount, LostPods: res.Lost,
-		Budgets: res.Budgets, Checks: res.Checks, TookMs: res.Took.Milliseconds(),
+		Budgets: res.Budgets, Checks: res.Checks, TookMs: res.Took.Milliseconds(), LB: res.LB,
 	}
 	if s.LostPods == nil {
 		s.LostPods = []string{}

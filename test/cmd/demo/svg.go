@@ -102,6 +102,7 @@ func panel(d *svgDoc, n int, s scenarioReport) {
 	budgetBar(d, s)
 	d.y += 8
 	detail(d, s)
+	lbTimelines(d, s)
 	d.add(`<line x1="20" y1="%.1f" x2="%d" y2="%.1f" stroke="#dfe6e9"/>`, d.y+6, svgWidth-20, d.y+6)
 	d.y += 26
 }

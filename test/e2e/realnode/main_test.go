@@ -43,7 +43,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	opts := cluster.Options{Nodes: cluster.DefaultNodes(3), RealNode: true}
+	// The real service controller, whose cloud calls take 5 s like a GCE
+	// target-pool update, for lb_test.go.
+	opts := cluster.Options{Nodes: cluster.DefaultNodes(3), RealNode: true,
+		LoadBalancers: &cluster.LoadBalancerOptions{OperationTime: 5 * time.Second}}
 	code := testenv.RunUnitsAndCluster(m, opts, &shared, func(dir string) error {
 		return install(context.Background(), dir)
 	})

@@ -3,10 +3,16 @@
 // test reads after the pod is gone), then keeps running for $EXIT_DELAY (a Go
 // duration, default 0) before it exits, like a server finishing its requests.
 // A kubelet that kills it early, or never signals it, shows in the file.
+//
+// With $LISTEN (e.g. ":8080") it also serves HTTP, answering every request
+// with $POD_NAME, from its start until it exits, through the EXIT_DELAY
+// after SIGTERM: a server behind a load balancer.
 package main
 
 import (
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -27,6 +33,18 @@ func main() {
 	if err := appendLine(record, "started "+start.UTC().Format(time.RFC3339Nano)); err != nil {
 		fmt.Fprintln(os.Stderr, "termrecord:", err)
 		os.Exit(1)
+	}
+	if addr := os.Getenv("LISTEN"); addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "termrecord: LISTEN:", err)
+			os.Exit(1)
+		}
+		name := envOr("POD_NAME", "termrecord")
+		srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintln(w, name)
+		})}
+		go func() { _ = srv.Serve(ln) }()
 	}
 	fmt.Println("termrecord: running, exit delay", delay)
 	<-sig
