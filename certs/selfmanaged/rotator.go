@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -320,43 +321,47 @@ type webhookConfig struct {
 
 func (r *Rotator) webhookConfigs() []webhookConfig {
 	api := r.client.AdmissionregistrationV1()
+	validating, mutating := api.ValidatingWebhookConfigurations(), api.MutatingWebhookConfigurations()
 	return []webhookConfig{{
 		kind: "validating",
-		read: func(ctx context.Context, name string) ([]string, [][]byte, error) {
-			c, err := api.ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return nil, nil, err
-			}
-			var names []string
-			var bundles [][]byte
+		read: bundlesOf(validating.Get, func(c *admissionregistrationv1.ValidatingWebhookConfiguration) (names []string, bundles [][]byte) {
 			for _, w := range c.Webhooks {
 				names, bundles = append(names, w.Name), append(bundles, w.ClientConfig.CABundle)
 			}
-			return names, bundles, nil
-		},
-		patch: func(ctx context.Context, name string, p []byte) error {
-			_, err := api.ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{})
-			return err
-		},
+			return names, bundles
+		}),
+		patch: patchWith(validating.Patch),
 	}, {
 		kind: "mutating",
-		read: func(ctx context.Context, name string) ([]string, [][]byte, error) {
-			c, err := api.MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-			if err != nil {
-				return nil, nil, err
-			}
-			var names []string
-			var bundles [][]byte
+		read: bundlesOf(mutating.Get, func(c *admissionregistrationv1.MutatingWebhookConfiguration) (names []string, bundles [][]byte) {
 			for _, w := range c.Webhooks {
 				names, bundles = append(names, w.Name), append(bundles, w.ClientConfig.CABundle)
 			}
-			return names, bundles, nil
-		},
-		patch: func(ctx context.Context, name string, p []byte) error {
-			_, err := api.MutatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{})
-			return err
-		},
+			return names, bundles
+		}),
+		patch: patchWith(mutating.Patch),
 	}}
+}
+
+// bundlesOf reads a configuration with get and lists its webhooks' names
+// and bundles with list.
+func bundlesOf[C any](get func(context.Context, string, metav1.GetOptions) (*C, error), list func(*C) ([]string, [][]byte)) func(context.Context, string) ([]string, [][]byte, error) {
+	return func(ctx context.Context, name string) ([]string, [][]byte, error) {
+		c, err := get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, nil, err
+		}
+		names, bundles := list(c)
+		return names, bundles, nil
+	}
+}
+
+// patchWith applies a JSON patch through a typed client's Patch.
+func patchWith[C any](patch func(context.Context, string, types.PatchType, []byte, metav1.PatchOptions, ...string) (*C, error)) func(context.Context, string, []byte) error {
+	return func(ctx context.Context, name string, p []byte) error {
+		_, err := patch(ctx, name, types.JSONPatchType, p, metav1.PatchOptions{})
+		return err
+	}
 }
 
 // injectInto patches the webhooks of one configuration whose bundle
