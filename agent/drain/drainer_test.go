@@ -3,6 +3,7 @@ package drain
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -466,5 +467,20 @@ func TestHurryWakesTheDrainOnceNotForever(t *testing.T) {
 	d.Hurry(exit.Add(-time.Second))
 	if !isClosed(next) {
 		t.Fatal("an earlier exit time did not wake the drain")
+	}
+}
+
+func TestAWaveOfOnePodSaysOnePod(t *testing.T) {
+	k := newKit(t, pod("only"))
+	_, err := k.drive(k.drainer(Config{}), testMark, runOpts{})
+	expectNoError(t, err)
+	var wave string
+	for _, e := range k.events() {
+		if strings.Contains(e, " "+nodemark.EventDrainWaveStarted+" ") && strings.Contains(e, string(StepEvictRegular)) {
+			wave = e
+		}
+	}
+	if !strings.Contains(wave, "evicting 1 pod, ") {
+		t.Errorf("regular wave event %q, want it to say \"evicting 1 pod\"", wave)
 	}
 }

@@ -2,6 +2,7 @@ package drain
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -216,5 +217,13 @@ func (r *run) begin(ctx context.Context, name Step, now time.Time, pods int) {
 	}
 	at := map[string]string{nodemark.EventAnnotationStepTime: now.UTC().Format(time.RFC3339Nano)}
 	r.d.rec.AnnotatedEventf(nodemark.NodeEventRef(r.d.cfg.NodeName), at, corev1.EventTypeNormal, reason,
-		"%s: %s %d pods, %s before the deadline", name, verb, pods, left.Round(time.Millisecond))
+		"%s: %s %s, %s before the deadline", name, verb, podCount(pods), left.Round(time.Millisecond))
+}
+
+// podCount writes a number of pods for an event: "1 pod", "3 pods".
+func podCount(n int) string {
+	if n == 1 {
+		return "1 pod"
+	}
+	return fmt.Sprintf("%d pods", n)
 }
