@@ -94,18 +94,7 @@ func contains(list []string, s string) bool {
 func cloudQuiet(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, "the cloud idle", func(ctx context.Context) (bool, string, error) {
-		s, err := env.LoadBalancers().State(ctx)
-		if err != nil {
-			return false, "", err
-		}
-		var last time.Time
-		for _, c := range s.Calls {
-			if c.Ended.After(last) {
-				last = c.Ended
-			}
-		}
-		quiet := time.Since(last) > lbSyncWindow+time.Second
-		return len(s.InFlight) == 0 && quiet, fmt.Sprintf("%d calls under way, last ended %s ago", len(s.InFlight), time.Since(last).Round(time.Millisecond)), nil
+		return env.LoadBalancers().Idle(ctx, lbSyncWindow+time.Second)
 	})
 }
 

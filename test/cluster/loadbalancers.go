@@ -160,6 +160,24 @@ func (l *LoadBalancers) State(ctx context.Context) (LBState, error) {
 	return s, err
 }
 
+// Idle is a wait condition: no cloud call is under way and none ended
+// within quiet, so that a drain starting now sees an idle service
+// controller and takes the first update after its mark.
+func (l *LoadBalancers) Idle(ctx context.Context, quiet time.Duration) (bool, string, error) {
+	s, err := l.State(ctx)
+	if err != nil {
+		return false, "", err
+	}
+	var last time.Time
+	for _, c := range s.Calls {
+		if c.Ended.After(last) {
+			last = c.Ended
+		}
+	}
+	since := time.Since(last)
+	return len(s.InFlight) == 0 && since > quiet, fmt.Sprintf("%d calls under way, last ended %s ago", len(s.InFlight), since.Round(time.Millisecond)), nil
+}
+
 // Of returns the load balancer of the Service namespace/name, if any.
 func (l *LoadBalancers) Of(ctx context.Context, service string) (LBStatus, bool, error) {
 	s, err := l.State(ctx)

@@ -164,18 +164,7 @@ func (c *lbCase) close(t *testing.T) {
 func lbQuiet(t *testing.T) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, "the cloud idle", func(ctx context.Context) (bool, string, error) {
-		s, err := shared.LoadBalancers().State(ctx)
-		if err != nil {
-			return false, "", err
-		}
-		var last time.Time
-		for _, c := range s.Calls {
-			if c.Ended.After(last) {
-				last = c.Ended
-			}
-		}
-		return len(s.InFlight) == 0 && time.Since(last) > lbSyncWindow+time.Second,
-			fmt.Sprintf("%d calls under way, last ended %s ago", len(s.InFlight), time.Since(last).Round(time.Millisecond)), nil
+		return shared.LoadBalancers().Idle(ctx, lbSyncWindow+time.Second)
 	})
 }
 
