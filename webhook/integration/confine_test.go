@@ -152,35 +152,26 @@ const (
 
 // TestADrainIsConfinedWithoutReadingEachPod: 100 evictions by a pod-bound
 // agent token through the API server and the webhook, right after the
-// node's mark, are answered from the node's list alone, and take about as
-// long as an admin's, whom the webhook is not called for (the floor).
+// node's mark, are answered from the node's list alone: no pod read through
+// the API, none turned away. How long such a drain takes against its floor
+// (an admin's, whom the webhook is not called for) is a benchmark's figure
+// (`make bench-agent`, drain110_deployed_to_floor_ratio), not this test's.
 func TestADrainIsConfinedWithoutReadingEachPod(t *testing.T) {
 	names := nodeNames(t)
 	node := names[2]
 	ns := testenv.Namespace(t, env.Client)
 	for i := range drainPods {
 		createPod(t, kit.Pod(ns, fmt.Sprintf("agent-%d", i), kit.OnNode(node)))
-		createPod(t, kit.Pod(ns, fmt.Sprintf("floor-%d", i), kit.OnNode(node)))
 	}
-	adminCfg := rest.CopyConfig(env.Config)
-	adminCfg.QPS, adminCfg.Burst = 1000, 1000
-	admin, err := kubernetes.NewForConfig(adminCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	floor := drain(t, admin, ns, "floor-")
-
 	agent := agentForDrain(t, node)
 	readsBefore := agentPodReads(t, wh.registry)
 	cachedBefore := counterSum(t, wh.registry, "termgate_webhook_pod_cache_answers_total", map[string]string{"gate": confine.Name})
 	// The agent evicts right after its mark: the webhook's list of the
 	// node may still be under way, and the evictions wait for it.
 	markNode(t, node, false)
-	took := drain(t, agent, ns, "agent-")
+	drain(t, agent, ns, "agent-")
 	reads := agentPodReads(t, wh.registry) - readsBefore
 	cached := counterSum(t, wh.registry, "termgate_webhook_pod_cache_answers_total", map[string]string{"gate": confine.Name}) - cachedBefore
-	t.Logf("%d evictions by a pod-bound agent token: %v (floor, an admin without the webhook: %v); pod reads through the API: %v, answers from memory: %v",
-		drainPods, took.Round(time.Millisecond), floor.Round(time.Millisecond), reads, cached)
 	// Every call carried its length and fitted the limits: none was turned
 	// away.
 	if refused := counterSum(t, wh.registry, "termgate_webhook_requests_refused_total", nil); refused > 0 {

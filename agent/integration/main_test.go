@@ -1,4 +1,10 @@
-package agent_test
+// Package integration runs termgate's agent as users run it, a process with
+// its own pod-bound service-account token under the shipped RBAC and Node
+// policy, against one local cluster (real kube-apiserver, scheduler and
+// controller-manager, kwok nodes, the upstream service controller with
+// loopback load balancers) and the clouds' metadata stand-ins. Every test
+// here needs that cluster; the agent's unit tests stay beside its code.
+package integration
 
 import (
 	"context"
@@ -25,9 +31,9 @@ var (
 
 func TestMain(m *testing.M) {
 	// The real service controller runs beside, for the load-balancer tests
-	// (lb_integration_test.go).
+	// (lb_test.go).
 	opts := cluster.Options{Nodes: cluster.DefaultNodes(2), LoadBalancers: &cluster.LoadBalancerOptions{}}
-	os.Exit(testenv.RunUnitsAndCluster(m, opts, &env, func(dir string) error {
+	os.Exit(testenv.RunWithCluster(m, opts, &env, func(dir string) error {
 		var err error
 		if binary, err = localrun.Build(context.Background(), dir); err != nil {
 			return err
