@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,13 +28,13 @@ func runNotifier(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("notifier: unexpected arguments %v", fs.Args())
 	}
+	if err := o.Complete(); err != nil {
+		return fmt.Errorf("notifier: %w", err)
+	}
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
-	cfg, err := o.Config(identity())
-	if err != nil {
-		return fmt.Errorf("notifier: %w", err)
-	}
+	cfg := o.Config(identity())
 	// Before any client: a bad sink or template fails the start at once.
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("notifier config: %w", err)
@@ -50,7 +49,7 @@ func runNotifier(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	base, err := daemon.ClientOptions{Kubeconfig: o.Kubeconfig, QPS: o.QPS, Burst: o.Burst}.Config("termgate-notifier")
+	base, err := o.Client.Config("termgate-notifier")
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
@@ -63,12 +62,9 @@ func runNotifier(ctx context.Context, args []string) error {
 		return err // names the sink and what is wrong with it
 	}
 	logger.Info("notifier starting", "sinks", len(cfg.Sinks.Sinks), "cluster", cfg.Source.Cluster, "namespace", cfg.Namespace)
-	// The notifier runs in the pod network of its own namespace, not the
-	// host's: its metrics stay plain HTTP, for the NetworkPolicy to guard.
-	serving := daemon.ServingOptions{ProbeAddress: o.HealthAddress, Metrics: daemon.MetricsOptions{BindAddress: o.MetricsAddr}}
 	live := []daemon.Check{{Name: "process", Fn: func() error { return nil }}}
 	ready := []daemon.Check{{Name: "notifier", Fn: n.Ready}}
-	s, err := openServers(ctx, serving, base, reg, daemon.Probes(live, ready), clock.RealClock{})
+	s, err := openServers(ctx, o.Serving, base, reg, daemon.Probes(live, ready), clock.RealClock{})
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
@@ -85,20 +81,9 @@ func notifierParts(o *NotifierOptions, cfg *rest.Config, reg prometheus.Register
 	if err != nil {
 		return notifier.Parts{}, fmt.Errorf("metadata client: %w", err)
 	}
-	lease, err := kubernetes.NewForConfig(withBudget(cfg, o.LeaseQPS, o.LeaseBurst, cfg.UserAgent))
+	lease, err := kubernetes.NewForConfig(withBudget(cfg, o.Election.QPS, o.Election.Burst, cfg.UserAgent))
 	if err != nil {
 		return notifier.Parts{}, fmt.Errorf("lease client: %w", err)
 	}
 	return notifier.Parts{Kube: kube, Metadata: meta, Lease: lease, Clock: clock.RealClock{}, Registry: reg}, nil
-}
-
-// probe answers 200 "ok" while check passes, else 503 with why.
-func probe(check func(context.Context) error) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if err := check(r.Context()); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	}
 }

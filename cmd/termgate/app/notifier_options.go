@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"time"
 
 	"termgate.dev/termgate/cmd/termgate/daemon"
 	"termgate.dev/termgate/notifier"
@@ -15,11 +14,11 @@ import (
 
 // NotifierOptions are the notifier's flags.
 type NotifierOptions struct {
-	Kubeconfig    string
-	QPS           float64
-	Burst         int
-	HealthAddress string
-	MetricsAddr   string
+	Client daemon.ClientOptions
+	// Serving holds the probe and metrics addresses. The notifier runs in
+	// the pod network of its own namespace, not the host's: its metrics
+	// are plain HTTP by default, for the NetworkPolicy to guard.
+	Serving daemon.ServingOptions
 
 	ConfigFile  string
 	Namespace   string
@@ -27,14 +26,12 @@ type NotifierOptions struct {
 	RecordName  string
 	Source      source.Config
 
-	LeaseName          string
-	LeaseDuration      time.Duration
-	LeaseRenewDeadline time.Duration
-	LeaseRetryPeriod   time.Duration
-	LeaseQPS           float64
-	LeaseBurst         int
+	Election daemon.ElectionOptions
 
 	Log daemon.LogOptions
+
+	// sinks is --config's file, read by Complete.
+	sinks sink.File
 }
 
 // NewNotifierOptions returns the defaults.
@@ -46,26 +43,22 @@ func NewNotifierOptions() *NotifierOptions {
 	src := source.DefaultConfig()
 	src.Cluster = "kubernetes"
 	return &NotifierOptions{
-		QPS: 20, Burst: 40,
-		HealthAddress: ":8081", MetricsAddr: ":8080",
+		Client:      daemon.ClientOptions{QPS: 20, Burst: 40},
+		Serving:     daemon.ServingOptions{ProbeAddress: ":8081", Metrics: daemon.MetricsOptions{BindAddress: ":8080"}},
 		ConfigFile:  "/etc/termgate/notifier/config.yaml",
 		Namespace:   ns,
 		SinksSecret: "termgate-notifier-sinks",
 		RecordName:  "termgate-notifier-record",
 		Source:      src,
-		LeaseName:   "termgate-notifier", LeaseDuration: 15 * time.Second, LeaseRenewDeadline: 10 * time.Second, LeaseRetryPeriod: 2 * time.Second,
-		LeaseQPS: 5, LeaseBurst: 10,
-		Log: daemon.LogOptions{Format: "json"},
+		Election:    daemon.DefaultElection("termgate-notifier"),
+		Log:         daemon.LogOptions{Format: "json"},
 	}
 }
 
 // AddFlags binds the options to fs.
 func (o *NotifierOptions) AddFlags(fs *flag.FlagSet) {
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
-	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for the caches, the sinks Secret and the delivery record.")
-	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the caches, the sinks Secret and the delivery record.")
-	fs.StringVar(&o.HealthAddress, "health-probe-bind-address", o.HealthAddress, "Address serving /healthz and /readyz; \"0\" disables.")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address serving Prometheus /metrics; \"0\" disables.")
+	o.Client.AddFlags(fs, "the caches, the sinks Secret and the delivery record")
+	o.Serving.AddFlags(fs)
 	fs.StringVar(&o.ConfigFile, "config", o.ConfigFile, "The sinks configuration file (YAML; see docs/notifications.md). Read once at start.")
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Namespace of the Lease, the delivery record and the sinks Secret; defaults to $POD_NAMESPACE or termgate.")
 	fs.StringVar(&o.SinksSecret, "sinks-secret", o.SinksSecret, "Secret holding each sink's <name>.url, and optionally <name>.headers and <name>.hmac-key. Read at start and at each leadership term.")
@@ -74,46 +67,39 @@ func (o *NotifierOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Source.AgentComponent, "agent-event-source", o.Source.AgentComponent, "source.component of the agents' events.")
 	fs.DurationVar(&o.Source.Window, "history-window", o.Source.Window, "How far back events count, and how long what was sent is remembered: at least the API server's --event-ttl (1h by default). Marks still on a Node count whatever their age.")
 	fs.DurationVar(&o.Source.WithdrawalHold, "withdrawal-hold", o.Source.WithdrawalHold, "How long a mark seen removed waits for the agent's event that says why, before it is sent without it.")
-	fs.StringVar(&o.LeaseName, "leader-election-lease", o.LeaseName, "Lease electing the one replica that sends notifications.")
-	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", o.LeaseDuration, "Lease duration: how long a standby waits for a leader that stopped renewing.")
-	fs.DurationVar(&o.LeaseRenewDeadline, "leader-election-renew-deadline", o.LeaseRenewDeadline, "Lease renew deadline: a leader that cannot renew for this long stops sending.")
-	fs.DurationVar(&o.LeaseRetryPeriod, "leader-election-retry-period", o.LeaseRetryPeriod, "Lease retry period.")
-	fs.Float64Var(&o.LeaseQPS, "leader-election-qps", o.LeaseQPS, "Client QPS reserved for the Lease.")
-	fs.IntVar(&o.LeaseBurst, "leader-election-burst", o.LeaseBurst, "Client burst reserved for the Lease.")
+	o.Election.AddFlags(fs, "sends notifications")
 	o.Log.AddFlags(fs)
 }
 
-// Validate checks the flags that need no file.
-func (o *NotifierOptions) Validate() error {
-	var errs []error
-	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 {
-		errs = append(errs, errors.New("client QPS and burst must be positive"))
-	}
+// Complete reads the sinks file --config names: a file that cannot be read
+// or parsed fails the start before any client exists.
+func (o *NotifierOptions) Complete() error {
 	if o.ConfigFile == "" {
-		errs = append(errs, errors.New("--config is required"))
+		return errors.New("--config is required")
 	}
-	if err := o.Log.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// Config reads the configuration file and returns the notifier's config;
-// notifier.New validates the whole.
-func (o *NotifierOptions) Config(identity string) (notifier.Config, error) {
 	b, err := os.ReadFile(o.ConfigFile)
 	if err != nil {
-		return notifier.Config{}, fmt.Errorf("--config: %w", err)
+		return fmt.Errorf("--config: %w", err)
 	}
-	f, err := sink.ParseFile(b)
-	if err != nil {
-		return notifier.Config{}, fmt.Errorf("--config %s: %w", o.ConfigFile, err)
+	if o.sinks, err = sink.ParseFile(b); err != nil {
+		return fmt.Errorf("--config %s: %w", o.ConfigFile, err)
 	}
+	return nil
+}
+
+// Validate checks the completed options; the sinks themselves are checked
+// with the whole configuration by notifier.Config.Validate.
+func (o *NotifierOptions) Validate() error {
+	return errors.Join(o.Client.Validate(), o.Serving.Validate(), o.Election.Validate(), o.Log.Validate())
+}
+
+// Config is the notifier's configuration for the replica named identity.
+func (o *NotifierOptions) Config(identity string) notifier.Config {
 	return notifier.Config{
-		Namespace: o.Namespace, Sinks: f, SinksSecret: o.SinksSecret, RecordName: o.RecordName, Source: o.Source,
+		Namespace: o.Namespace, Sinks: o.sinks, SinksSecret: o.SinksSecret, RecordName: o.RecordName, Source: o.Source,
 		Election: notifier.Election{
-			LeaseName: o.LeaseName, Identity: identity,
-			LeaseDuration: o.LeaseDuration, RenewDeadline: o.LeaseRenewDeadline, RetryPeriod: o.LeaseRetryPeriod,
+			LeaseName: o.Election.LeaseName, Identity: identity,
+			LeaseDuration: o.Election.LeaseDuration, RenewDeadline: o.Election.RenewDeadline, RetryPeriod: o.Election.RetryPeriod,
 		},
-	}, nil
+	}
 }

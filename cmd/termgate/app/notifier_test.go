@@ -20,6 +20,9 @@ func parseNotifierFlags(t *testing.T, args ...string) (*NotifierOptions, error) 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	if err := o.Complete(); err != nil {
+		return o, err
+	}
 	return o, o.Validate()
 }
 
@@ -37,10 +40,7 @@ func TestNotifierDefaultsWithTheShippedConfigAreValid(t *testing.T) {
 	if err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}
-	cfg, err := o.Config("replica-1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := o.Config("replica-1")
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("default config refused: %v", err)
 	}
@@ -56,10 +56,7 @@ func TestNotifierFlagsFillTheConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := o.Config("x")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := o.Config("x")
 	if cfg.Source.Cluster != "prod-eu" || cfg.Source.Window != 3*time.Hour || cfg.Election.LeaseDuration != 30*time.Second ||
 		cfg.Namespace != "platform" || cfg.SinksSecret != "mine" || cfg.RecordName != "rec" {
 		t.Errorf("flags not in the config: %+v", cfg)
@@ -81,6 +78,8 @@ func TestNotifierRefusesBadSettingsAtStart(t *testing.T) {
 		},
 		"An empty cluster name is refused.":   {args: []string{"--cluster-name="}, config: "sinks: [{name: a}]", want: "cluster name"},
 		"A client without budget is refused.": {args: []string{"--kube-api-qps=0"}, config: "sinks: [{name: a}]", want: "QPS"},
+		"A Lease without budget is refused.":  {args: []string{"--leader-election-qps=0"}, config: "sinks: [{name: a}]", want: "leader election: client QPS"},
+		"No configuration file is refused.":   {args: []string{"--config="}, want: "--config is required"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

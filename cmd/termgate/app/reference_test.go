@@ -30,8 +30,9 @@ func TestTheReferenceListsEveryFlagWithItsDefault(t *testing.T) {
 	}
 	sections := referenceSections(string(b))
 	for name, add := range map[string]func(*flag.FlagSet){
-		"Agent":   newAgentOptions().AddFlags,
-		"Webhook": NewWebhookOptions().AddFlags,
+		"Agent":    newAgentOptions().AddFlags,
+		"Webhook":  NewWebhookOptions().AddFlags,
+		"Notifier": NewNotifierOptions().AddFlags,
 	} {
 		t.Run(name, func(t *testing.T) {
 			fs := flag.NewFlagSet(name, flag.ContinueOnError)

@@ -37,6 +37,9 @@ func runWebhook(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("webhook: unexpected arguments %v", fs.Args())
 	}
+	if err := o.Complete(); err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
 	if err := o.Validate(); err != nil {
 		return fmt.Errorf("webhook: %w", err)
 	}
@@ -71,7 +74,7 @@ type webhookDeps struct {
 }
 
 func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
-	cfg, err := daemon.ClientOptions{Kubeconfig: o.Kubeconfig, QPS: o.QPS, Burst: o.Burst}.Config("termgate-webhook")
+	cfg, err := o.Client.Config("termgate-webhook")
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +103,7 @@ func newWebhookDeps(o *WebhookOptions) (*webhookDeps, error) {
 			return nil, fmt.Errorf("client for %s: %w", b.purpose, err)
 		}
 	}
-	if d.lease, err = kubernetes.NewForConfig(withBudget(cfg, o.LeaseQPS, o.LeaseBurst, cfg.UserAgent)); err != nil {
+	if d.lease, err = kubernetes.NewForConfig(withBudget(cfg, o.Election.QPS, o.Election.Burst, cfg.UserAgent)); err != nil {
 		return nil, fmt.Errorf("lease client: %w", err)
 	}
 	if o.CertMode == CertModeCertManager {
@@ -130,10 +133,7 @@ func serveWebhook(ctx context.Context, o *WebhookOptions, clk clock.WithTicker) 
 	if err != nil {
 		return err
 	}
-	wo, err := o.webhookOptions()
-	if err != nil {
-		return err
-	}
+	wo := o.webhookOptions()
 	reg, err := daemon.NewRegistry()
 	if err != nil {
 		return err
@@ -179,8 +179,8 @@ func newCertSource(o *WebhookOptions, deps *webhookDeps, clk clock.Clock) webhoo
 		return selfmanaged.NewSource(deps.kube, deps.lease, selfmanaged.SourceOptions{
 			Rotator: o.rotatorOptions(),
 			Leader: selfmanaged.LeaderOptions{
-				Namespace: o.Namespace, LeaseName: o.LeaseName, Identity: identity(),
-				LeaseDuration: o.LeaseDuration, RenewDeadline: o.LeaseRenewDeadline, RetryPeriod: o.LeaseRetryPeriod,
+				Namespace: o.Namespace, LeaseName: o.Election.LeaseName, Identity: identity(),
+				LeaseDuration: o.Election.LeaseDuration, RenewDeadline: o.Election.RenewDeadline, RetryPeriod: o.Election.RetryPeriod,
 			},
 			Dir:          o.CertDir,
 			SyncInterval: o.CertSyncInterval,

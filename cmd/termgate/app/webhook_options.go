@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"termgate.dev/termgate/certs/selfmanaged"
 	"termgate.dev/termgate/cmd/termgate/daemon"
@@ -27,12 +28,10 @@ const (
 
 // WebhookOptions are the webhook's flags.
 type WebhookOptions struct {
-	Kubeconfig  string
+	Client      daemon.ClientOptions
 	BindAddress string
 	// Serving holds the probe and metrics addresses.
 	Serving daemon.ServingOptions
-	QPS     float64
-	Burst   int
 
 	TaintEffect   string
 	AgentUsername string
@@ -96,14 +95,14 @@ type WebhookOptions struct {
 	CertSyncInterval  time.Duration
 	CertificateName   string
 
-	LeaseName          string
-	LeaseDuration      time.Duration
-	LeaseRenewDeadline time.Duration
-	LeaseRetryPeriod   time.Duration
-	LeaseQPS           float64
-	LeaseBurst         int
+	// Election elects the replica that writes certificates (self-managed).
+	Election daemon.ElectionOptions
 
 	Log daemon.LogOptions
+
+	// Set by Complete from the flags above.
+	confirmSelectors []labels.Selector
+	expectedPeers    []netip.Prefix
 }
 
 // NewWebhookOptions returns the defaults.
@@ -140,43 +139,35 @@ func NewWebhookOptions() *WebhookOptions {
 			ProbeAddress: ":8081",
 			Metrics:      daemon.MetricsOptions{BindAddress: ":8443", Secure: true},
 		},
-		QPS:                20,
-		Burst:              40,
-		TaintEffect:        string(corev1.TaintEffectNoSchedule),
-		AgentUsername:      "system:serviceaccount:termgate-agent:termgate-agent",
-		ShutdownDelay:      5 * time.Second,
-		ShutdownTimeout:    20 * time.Second,
-		Namespace:          ns,
-		ServiceName:        "termgate-webhook",
-		WebhookConfigName:  "termgate",
-		CertMode:           CertModeSelfManaged,
-		CertDir:            "/var/run/termgate/certs",
-		CertSecret:         "termgate-webhook-certs",
-		CASecret:           "termgate-webhook-ca",
-		CAValidity:         10 * 365 * 24 * time.Hour,
-		CARenewBefore:      365 * 24 * time.Hour,
-		CertValidity:       90 * 24 * time.Hour,
-		CertRenewBefore:    30 * 24 * time.Hour,
-		CertResync:         time.Minute,
-		CertSyncInterval:   10 * time.Second,
-		CertificateName:    "termgate-webhook-serving",
-		LeaseName:          "termgate-webhook-certs",
-		LeaseDuration:      15 * time.Second,
-		LeaseRenewDeadline: 10 * time.Second,
-		LeaseRetryPeriod:   2 * time.Second,
-		LeaseQPS:           5,
-		LeaseBurst:         10,
-		Log:                daemon.LogOptions{Format: "json"},
+		Client:            daemon.ClientOptions{QPS: 20, Burst: 40},
+		TaintEffect:       string(corev1.TaintEffectNoSchedule),
+		AgentUsername:     "system:serviceaccount:termgate-agent:termgate-agent",
+		ShutdownDelay:     5 * time.Second,
+		ShutdownTimeout:   20 * time.Second,
+		Namespace:         ns,
+		ServiceName:       "termgate-webhook",
+		WebhookConfigName: "termgate",
+		CertMode:          CertModeSelfManaged,
+		CertDir:           "/var/run/termgate/certs",
+		CertSecret:        "termgate-webhook-certs",
+		CASecret:          "termgate-webhook-ca",
+		CAValidity:        10 * 365 * 24 * time.Hour,
+		CARenewBefore:     365 * 24 * time.Hour,
+		CertValidity:      90 * 24 * time.Hour,
+		CertRenewBefore:   30 * 24 * time.Hour,
+		CertResync:        time.Minute,
+		CertSyncInterval:  10 * time.Second,
+		CertificateName:   "termgate-webhook-serving",
+		Election:          daemon.DefaultElection("termgate-webhook-certs"),
+		Log:               daemon.LogOptions{Format: "json"},
 	}
 }
 
 // AddFlags binds the options to fs.
 func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
-	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	o.Client.AddFlags(fs, "the node cache, the bind gate's pod reads and certificate work")
 	fs.StringVar(&o.BindAddress, "bind-address", o.BindAddress, "Address the HTTPS admission server listens on.")
 	o.Serving.AddFlags(fs)
-	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for the node cache, the bind gate's pod reads and certificate work.")
-	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for the node cache, the bind gate's pod reads and certificate work.")
 	fs.Float64Var(&o.ConfineQPS, "confine-kube-api-qps", o.ConfineQPS, "Client QPS of the pod lists of nodes that become terminating (the agent confinement's memory).")
 	fs.IntVar(&o.ConfineBurst, "confine-kube-api-burst", o.ConfineBurst, "Client burst of the pod lists of nodes that become terminating.")
 	fs.Float64Var(&o.ConfineReadQPS, "confine-read-kube-api-qps", o.ConfineReadQPS, "Client QPS of the agent confinement's single reads: the agent's node when the cache has not seen its mark, and pods the lists do not hold.")
@@ -222,16 +213,25 @@ func (o *WebhookOptions) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.CertResync, "cert-resync", o.CertResync, "self-managed: how often the leader re-checks the Secret and re-injects a drifted CA bundle.")
 	fs.DurationVar(&o.CertSyncInterval, "cert-sync-interval", o.CertSyncInterval, "self-managed: how often each replica copies the Secret to --cert-dir.")
 	fs.StringVar(&o.CertificateName, "certificate-name", o.CertificateName, "cert-manager: the serving Certificate whose Ready condition gates readiness.")
-	fs.StringVar(&o.LeaseName, "leader-election-lease", o.LeaseName, "self-managed: Lease electing the one replica that writes certificates.")
-	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", o.LeaseDuration, "Lease duration.")
-	fs.DurationVar(&o.LeaseRenewDeadline, "leader-election-renew-deadline", o.LeaseRenewDeadline, "Lease renew deadline.")
-	fs.DurationVar(&o.LeaseRetryPeriod, "leader-election-retry-period", o.LeaseRetryPeriod, "Lease retry period.")
-	fs.Float64Var(&o.LeaseQPS, "leader-election-qps", o.LeaseQPS, "Client QPS reserved for the lease.")
-	fs.IntVar(&o.LeaseBurst, "leader-election-burst", o.LeaseBurst, "Client burst reserved for the lease.")
+	o.Election.AddFlags(fs, "writes certificates (self-managed)")
 	o.Log.AddFlags(fs)
 }
 
-// Validate checks the options once at start-up.
+// Complete parses the flags that are lists (node selectors, peer ranges)
+// once, for Validate and the wiring to use.
+func (o *WebhookOptions) Complete() error {
+	var errs []error
+	var err error
+	if o.confirmSelectors, err = nodecache.ParseSelectors(o.ConfirmNodeSelectors); err != nil {
+		errs = append(errs, fmt.Errorf("--confirm-node-selectors: %w", err))
+	}
+	if o.expectedPeers, err = parsePeerCIDRs(o.ExpectedPeerCIDRs); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks the completed options once at start-up.
 func (o *WebhookOptions) Validate() error {
 	var errs []error
 	switch corev1.TaintEffect(o.TaintEffect) {
@@ -245,9 +245,7 @@ func (o *WebhookOptions) Validate() error {
 		if o.CertSyncInterval <= 0 {
 			errs = append(errs, errors.New("--cert-sync-interval must be positive"))
 		}
-		if o.LeaseRenewDeadline >= o.LeaseDuration || o.LeaseRetryPeriod <= 0 {
-			errs = append(errs, errors.New("leader election: renew deadline must be shorter than the lease duration and the retry period positive"))
-		}
+		errs = append(errs, o.Election.Validate())
 	case CertModeCertManager:
 		if o.CertificateName == "" {
 			errs = append(errs, errors.New("--certificate-name is required with --cert-mode=cert-manager"))
@@ -268,13 +266,11 @@ func (o *WebhookOptions) Validate() error {
 	if o.ShutdownDelay < 0 || o.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("--shutdown-delay must not be negative and --shutdown-timeout must be positive"))
 	}
-	if _, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors); err != nil {
-		errs = append(errs, fmt.Errorf("--confirm-node-selectors: %w", err))
-	}
 	if o.ConfirmTimeout <= 0 {
 		errs = append(errs, errors.New("--confirm-timeout must be positive"))
 	}
-	if o.QPS <= 0 || o.Burst <= 0 || o.LeaseQPS <= 0 || o.LeaseBurst <= 0 || o.ConfineQPS <= 0 || o.ConfineBurst <= 0 ||
+	errs = append(errs, o.Client.Validate())
+	if o.ConfineQPS <= 0 || o.ConfineBurst <= 0 ||
 		o.ConfineReadQPS <= 0 || o.ConfineReadBurst <= 0 || o.ConfineNodeReadQPS <= 0 || o.ConfineNodeReadBurst <= 0 ||
 		o.ConfirmQPS <= 0 || o.ConfirmBurst <= 0 || o.PinnedConfirmQPS <= 0 || o.PinnedConfirmBurst <= 0 {
 		errs = append(errs, errors.New("client QPS and burst must be positive"))
@@ -285,44 +281,34 @@ func (o *WebhookOptions) Validate() error {
 	if err := o.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := o.expectedPeers(); err != nil {
-		errs = append(errs, err)
-	}
 	errs = append(errs, o.Serving.Validate())
 	return errors.Join(errs...)
 }
 
-// webhookOptions are the settings webhook.New takes.
-func (o *WebhookOptions) webhookOptions() (webhook.Options, error) {
-	atRisk, err := nodecache.ParseSelectors(o.ConfirmNodeSelectors)
-	if err != nil {
-		return webhook.Options{}, fmt.Errorf("--confirm-node-selectors: %w", err)
-	}
-	expected, err := o.expectedPeers()
-	if err != nil {
-		return webhook.Options{}, err
-	}
+// webhookOptions are the settings webhook.New takes, from the completed
+// options.
+func (o *WebhookOptions) webhookOptions() webhook.Options {
 	return webhook.Options{
 		TaintEffect:       corev1.TaintEffect(o.TaintEffect),
 		AgentUsername:     o.AgentUsername,
-		ConfirmSelectors:  atRisk,
+		ConfirmSelectors:  o.confirmSelectors,
 		ConfirmTimeout:    o.ConfirmTimeout,
 		RefuseUnconfirmed: o.RefuseUnconfirmed,
 		ConfinePods: nodepods.Options{
 			Linger: o.ConfineLinger, NodeReadQPS: o.ConfineNodeReadQPS, NodeReadBurst: o.ConfineNodeReadBurst,
 		},
 		Limits:          o.Limits,
-		ExpectedPeers:   expected,
+		ExpectedPeers:   o.expectedPeers,
 		ShutdownDelay:   o.ShutdownDelay,
 		ShutdownTimeout: o.ShutdownTimeout,
 		CertDir:         o.CertDir,
-	}, nil
+	}
 }
 
-// expectedPeers parses --expected-peer-cidrs.
-func (o *WebhookOptions) expectedPeers() ([]netip.Prefix, error) {
+// parsePeerCIDRs parses --expected-peer-cidrs.
+func parsePeerCIDRs(list string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for _, c := range strings.Split(o.ExpectedPeerCIDRs, ",") {
+	for _, c := range strings.Split(list, ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue
 		}

@@ -19,6 +19,9 @@ func parseWebhookFlags(t *testing.T, args ...string) (*WebhookOptions, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	if err := o.Complete(); err != nil {
+		return o, err
+	}
 	return o, o.Validate()
 }
 
@@ -56,6 +59,8 @@ func TestWebhookFlagsAreValidated(t *testing.T) {
 		"A malformed expected peer range is refused.":          {args: []string{"--expected-peer-cidrs=172.16.0.0/28,10.0.0.300/8"}, want: "--expected-peer-cidrs"},
 		"No bound on a peer's calls being read is refused.":    {args: []string{"--max-reading-calls-per-peer=0"}, want: "limits must be positive"},
 		"Probes and metrics on one address are refused.":       {args: []string{"--metrics-bind-address=:8081"}, want: "cannot share"},
+		"A malformed node selector is refused.":                {args: []string{"--confirm-node-selectors=cloud.google.com/gke-spot in (true"}, want: "--confirm-node-selectors"},
+		"A lease without budget is refused.":                   {args: []string{"--leader-election-burst=0"}, want: "leader election: client QPS"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -89,12 +94,25 @@ func TestWebhookExpectedPeersAreParsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := o.expectedPeers()
-	if err != nil || len(got) != 2 || got[0].String() != "172.16.0.0/28" || got[1].String() != "10.1.0.0/16" {
-		t.Fatalf("expected peers %v, %v", got, err)
+	got := o.webhookOptions().ExpectedPeers
+	if len(got) != 2 || got[0].String() != "172.16.0.0/28" || got[1].String() != "10.1.0.0/16" {
+		t.Fatalf("expected peers %v", got)
 	}
 	if o.Serving.Metrics.BindAddress != ":8443" || !o.Serving.Metrics.Secure || o.Serving.ProbeAddress != ":8081" {
 		t.Fatalf("serving defaults %+v", o.Serving)
+	}
+}
+
+// TestWebhookSelectorsAreParsedOnceIntoTheGateOptions: the selectors the
+// bind gate re-reads nodes for are the ones --confirm-node-selectors names.
+func TestWebhookSelectorsAreParsedOnceIntoTheGateOptions(t *testing.T) {
+	o, err := parseWebhookFlags(t, "--confirm-node-selectors=pool=spot;cloud.google.com/gke-spot=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := o.webhookOptions().ConfirmSelectors
+	if len(got) != 2 || got[0].String() != "pool=spot" || got[1].String() != "cloud.google.com/gke-spot=true" {
+		t.Fatalf("selectors %v", got)
 	}
 }
 

@@ -68,6 +68,14 @@ type ClientOptions struct {
 	Burst int
 }
 
+// AddFlags binds --kubeconfig, --kube-api-qps and --kube-api-burst;
+// budgetFor says what the main client's budget is spent on, for their help.
+func (o *ClientOptions) AddFlags(fs *flag.FlagSet, budgetFor string) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.Float64Var(&o.QPS, "kube-api-qps", o.QPS, "Client QPS for "+budgetFor+".")
+	fs.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Client burst for "+budgetFor+".")
+}
+
 // Validate checks the rate limits.
 func (o ClientOptions) Validate() error {
 	if o.QPS <= 0 || o.Burst <= 0 {
