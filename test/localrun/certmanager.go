@@ -24,7 +24,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -32,6 +31,7 @@ import (
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/proc"
 )
 
@@ -238,14 +238,11 @@ func renderCertManagerOverlay(ctx context.Context, c *cluster.Cluster, dir strin
 
 	var deployArgs []string
 	var mountedSecret string
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
-	for {
-		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return nil, fmt.Errorf("parse rendered %s: %w", dir, err)
-		}
+	objs, err := manifest.Decode(bytes.NewReader(out))
+	if err != nil {
+		return nil, fmt.Errorf("parse rendered %s: %w", dir, err)
+	}
+	for _, u := range objs {
 		switch {
 		case u.GetAPIVersion() == "cert-manager.io/v1":
 			o.apply = append(o.apply, u)

@@ -2,9 +2,7 @@ package localrun
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,12 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
-	"k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -29,6 +23,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/manifest"
 )
 
 // The agent's identity as the shipped manifests define it: a namespace of
@@ -89,7 +84,7 @@ func InstallAgentPermissions(ctx context.Context, s IdentitySpec) error {
 		return err
 	}
 	for _, f := range AgentManifests {
-		if err := applyFile(ctx, s.AdminConfig, filepath.Join(manifests, f)); err != nil {
+		if err := manifest.ApplyFile(ctx, s.AdminConfig, filepath.Join(manifests, f)); err != nil {
 			return err
 		}
 	}
@@ -175,7 +170,7 @@ func NewWebhookIdentity(ctx context.Context, s IdentitySpec, certSource string) 
 	}
 	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-flowschema.yaml", "webhook-ca-bundle-policy.yaml",
 		filepath.Join("..", "overlays", certSource, rbac)} {
-		if err := applyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
+		if err := manifest.ApplyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
 			return "", err
 		}
 	}
@@ -228,69 +223,6 @@ func writeTokenKubeconfig(path string, cfg *rest.Config) error {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
-}
-
-// ApplyFile creates or updates, by server-side apply, every object of a
-// multi-document YAML file of the shipped manifests.
-func ApplyFile(ctx context.Context, admin *rest.Config, file string) error {
-	return applyFile(ctx, admin, file)
-}
-
-func applyFile(ctx context.Context, admin *rest.Config, file string) error {
-	f, err := os.Open(file)
-	if err != nil {
-		return fmt.Errorf("open manifest: %w", err)
-	}
-	defer f.Close()
-	dyn, err := dynamic.NewForConfig(admin)
-	if err != nil {
-		return err
-	}
-	dec := yaml.NewYAMLOrJSONDecoder(f, 4096)
-	for {
-		var obj unstructured.Unstructured
-		if err := dec.Decode(&obj.Object); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return fmt.Errorf("decode %s: %w", file, err)
-		}
-		if len(obj.Object) == 0 {
-			continue
-		}
-		if err := apply(ctx, dyn, &obj); err != nil {
-			return fmt.Errorf("apply %s %s from %s: %w", obj.GetKind(), obj.GetName(), file, err)
-		}
-	}
-}
-
-// resources maps the kinds the shipped manifests hold to their resources.
-var resources = map[string]schema.GroupVersionResource{
-	"Namespace":                        {Version: "v1", Resource: "namespaces"},
-	"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
-	"Service":                          {Version: "v1", Resource: "services"},
-	"ResourceQuota":                    {Version: "v1", Resource: "resourcequotas"},
-	"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-	"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-	"Role":                             {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "roles"},
-	"RoleBinding":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"},
-	"PriorityClass":                    {Group: "scheduling.k8s.io", Version: "v1", Resource: "priorityclasses"},
-	"FlowSchema":                       {Group: "flowcontrol.apiserver.k8s.io", Version: "v1", Resource: "flowschemas"},
-	"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
-	"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
-}
-
-func apply(ctx context.Context, dyn dynamic.Interface, obj *unstructured.Unstructured) error {
-	gvr, ok := resources[obj.GetKind()]
-	if !ok {
-		return fmt.Errorf("kind %s is not handled by localrun.ApplyFile", obj.GetKind())
-	}
-	var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-	if ns := obj.GetNamespace(); ns != "" {
-		ri = dyn.Resource(gvr).Namespace(ns)
-	}
-	_, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "termgate-test", Force: true})
-	return err
 }
 
 // WaitAgentPoliciesEnforced waits until the API server enforces the agent's

@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/manifest"
 )
 
 // The scraper's identity: a service account in a monitoring namespace of
@@ -43,7 +44,7 @@ func NewMetricsReader(ctx context.Context, s IdentitySpec) (*MetricsReader, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := applyFile(ctx, s.AdminConfig, filepath.Join(manifests, "metrics-reader-rbac.yaml")); err != nil {
+	if err := manifest.ApplyFile(ctx, s.AdminConfig, filepath.Join(manifests, "metrics-reader-rbac.yaml")); err != nil {
 		return nil, err
 	}
 	token, err := ScraperToken(ctx, s.Admin, ScraperServiceAccount)

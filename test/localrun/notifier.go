@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/proc"
 )
 
@@ -56,7 +57,7 @@ func NewNotifierIdentity(ctx context.Context, s IdentitySpec) (kubeconfig string
 		return "", err
 	}
 	for _, f := range []string{filepath.Join(base, "namespace.yaml"), filepath.Join(component, "notifier-rbac.yaml")} {
-		if err := applyFile(ctx, s.AdminConfig, f); err != nil {
+		if err := manifest.ApplyFile(ctx, s.AdminConfig, f); err != nil {
 			return "", err
 		}
 	}

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -16,13 +14,11 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/proc"
 )
 
@@ -283,32 +279,26 @@ func LoadWebhookConfigurations(dir string) (*WebhookConfigurations, error) {
 }
 
 func (c *WebhookConfigurations) load(file string) error {
-	b, err := os.ReadFile(file)
+	objs, err := manifest.ReadFile(file)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", file, err)
+		return err
 	}
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
-	for {
-		var u unstructured.Unstructured
-		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("parse %s: %w", file, err)
-		}
+	for _, u := range objs {
 		switch u.GetKind() {
 		case "ValidatingWebhookConfiguration":
 			c.Validating = &admissionv1.ValidatingWebhookConfiguration{}
-			err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, c.Validating)
+			err = manifest.Into(u, c.Validating)
 			c.Name = c.Validating.Name
 		case "MutatingWebhookConfiguration":
 			c.Mutating = &admissionv1.MutatingWebhookConfiguration{}
-			err = runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, c.Mutating)
+			err = manifest.Into(u, c.Mutating)
 			c.Name = c.Mutating.Name
 		}
 		if err != nil {
-			return fmt.Errorf("parse %s in %s: %w", u.GetKind(), file, err)
+			return fmt.Errorf("%s: %w", file, err)
 		}
 	}
+	return nil
 }
 
 // PointAt replaces every webhook's Service reference by a URL on base

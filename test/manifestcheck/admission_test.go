@@ -9,6 +9,8 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
@@ -193,4 +195,37 @@ func atoi(t *testing.T, s string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestTheWebhookExpectsCallsFromTheNetworkPolicysControlPlaneRange: the
+// webhook counts calls from outside the control plane's range, and the
+// NetworkPolicy admits the control plane by that range. The two must say
+// the same thing in every install, so that changing the one
+// docs/security.md tells users to set, and not the other, is caught here.
+func TestTheWebhookExpectsCallsFromTheNetworkPolicysControlPlaneRange(t *testing.T) {
+	forEachInstall(t, func(t *testing.T, objs []*unstructured.Unstructured) {
+		var np networkingv1.NetworkPolicy
+		convert(t, find(t, objs, "NetworkPolicy", "termgate-webhook"), &np)
+		var ranges []string
+		for _, rule := range np.Spec.Ingress {
+			for _, from := range rule.From {
+				if from.IPBlock != nil {
+					ranges = append(ranges, from.IPBlock.CIDR)
+				}
+			}
+		}
+		var d appsv1.Deployment
+		convert(t, find(t, objs, "Deployment", "termgate-webhook"), &d)
+		var expected []string
+		for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+			if v, ok := strings.CutPrefix(a, "--expected-peer-cidrs="); ok {
+				expected = strings.Split(v, ",")
+			}
+		}
+		slices.Sort(ranges)
+		slices.Sort(expected)
+		if len(ranges) == 0 || !slices.Equal(ranges, expected) {
+			t.Fatalf("the NetworkPolicy admits %v by address, the Deployment's --expected-peer-cidrs lists %v", ranges, expected)
+		}
+	})
 }

@@ -36,6 +36,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/testenv"
 	"termgate.dev/termgate/webhook"
 	"termgate.dev/termgate/webhook/nodecache"
@@ -282,7 +283,7 @@ func installPolicies(ctx context.Context, c *cluster.Cluster) error {
 		return err
 	}
 	for _, f := range []string{"agent-node-policy.yaml", "agent-delete-policy.yaml"} {
-		if err := localrun.ApplyFile(ctx, c.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
+		if err := manifest.ApplyFile(ctx, c.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
 			return err
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -137,7 +138,7 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := localrun.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", "webhook-priorityclass.yaml")); err != nil {
+	if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", "webhook-priorityclass.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: deployment.Spec.Template.Spec.ServiceAccountName}}
@@ -207,7 +208,7 @@ func TestTheWebhooksNamespaceAdmitsItsPodsAndRefusesAHostNetworkPod(t *testing.T
 	// The namespaces, accounts and PriorityClass as shipped: admission
 	// checks the pods' references to them.
 	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-priorityclass.yaml"} {
-		if err := localrun.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
+		if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -3,9 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -28,6 +25,7 @@ import (
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -93,30 +91,20 @@ transformers:
 // builtObjects splits kustomize's output into objects.
 func builtObjects(t *testing.T, built string) []*unstructured.Unstructured {
 	t.Helper()
-	var objs []*unstructured.Unstructured
-	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(built), 4096)
-	for {
-		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			return objs
-		} else if err != nil {
-			t.Fatalf("parse built manifests: %v", err)
-		}
-		if len(u.Object) > 0 {
-			objs = append(objs, u)
-		}
+	objs, err := manifest.Decode(strings.NewReader(built))
+	if err != nil {
+		t.Fatalf("parse built manifests: %v", err)
 	}
+	return objs
 }
 
 func findObject(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
 	t.Helper()
-	for _, o := range objs {
-		if o.GetKind() == kind && o.GetName() == name {
-			return o
-		}
+	o := manifest.Find(objs, kind, name)
+	if o == nil {
+		t.Fatalf("built manifests hold no %s %s", kind, name)
 	}
-	t.Fatalf("built manifests hold no %s %s", kind, name)
-	return nil
+	return o
 }
 
 // writeObjects writes objs as one multi-document YAML file.

@@ -21,6 +21,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/localrun"
+	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -474,7 +475,7 @@ func webhookAccount(t *testing.T) kubernetes.Interface {
 		filepath.Join("overlays", "self-managed", "webhook-certs-rbac.yaml"),
 		filepath.Join("base", "webhook-ca-bundle-policy.yaml"),
 	} {
-		if err := localrun.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", f)); err != nil {
+		if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", f)); err != nil {
 			t.Fatal(err)
 		}
 	}

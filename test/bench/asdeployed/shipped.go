@@ -9,17 +9,15 @@ package asdeployed
 import (
 	"fmt"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
+	"k8s.io/apimachinery/pkg/runtime"
 
-	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/manifest"
 )
 
 // Container is what a shipped workload gives its termgate container.
@@ -47,7 +45,7 @@ func (c Container) Environ() []string {
 // ShippedAgent reads the agent container of manifests/base/agent-daemonset.yaml.
 func ShippedAgent() (Container, error) {
 	var ds appsv1.DaemonSet
-	if err := readManifest("agent-daemonset.yaml", &ds); err != nil {
+	if err := readShipped("agent-daemonset.yaml", "DaemonSet", &ds); err != nil {
 		return Container{}, err
 	}
 	return container(ds.Spec.Template.Spec, "agent")
@@ -56,26 +54,28 @@ func ShippedAgent() (Container, error) {
 // ShippedWebhook reads the webhook container of manifests/base/webhook-deployment.yaml.
 func ShippedWebhook() (Container, error) {
 	var d appsv1.Deployment
-	if err := readManifest("webhook-deployment.yaml", &d); err != nil {
+	if err := readShipped("webhook-deployment.yaml", "Deployment", &d); err != nil {
 		return Container{}, err
 	}
 	return container(d.Spec.Template.Spec, "webhook")
 }
 
-func readManifest(name string, into any) error {
-	root, err := cluster.RepoRoot()
+// readShipped reads the one object of kind in manifests/base/name.
+func readShipped(name, kind string, into runtime.Object) error {
+	path, err := manifest.Shipped("base", name)
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(root, "manifests", "base", name)
-	b, err := os.ReadFile(path)
+	objs, err := manifest.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("read shipped manifest: %w", err)
+		return err
 	}
-	if err := yaml.Unmarshal(b, into); err != nil {
-		return fmt.Errorf("parse %s: %w", path, err)
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			return manifest.Into(o, into)
+		}
 	}
-	return nil
+	return fmt.Errorf("%s holds no %s", path, kind)
 }
 
 // listenFlags are replaced by loopback addresses that localrun chooses.
