@@ -23,7 +23,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -37,8 +36,6 @@ import (
 
 // CertificateGVR is cert-manager's Certificate resource.
 var CertificateGVR = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "certificates"}
-
-var issuerGVR = schema.GroupVersionResource{Group: "cert-manager.io", Version: "v1", Resource: "issuers"}
 
 // injectCAFrom is the annotation cert-manager's CA injector follows.
 const injectCAFrom = "cert-manager.io/inject-ca-from"
@@ -176,11 +173,14 @@ func StartCertManagerWebhook(ctx context.Context, s CertManagerWebhookSpec) (*Ce
 	}
 	w.NotReadyBeforeApply = w.readyz()
 	w.AppliedAt = time.Now()
-	for _, obj := range o.apply {
-		if err := applyObject(ctx, dyn, obj); err != nil {
-			w.Stop()
-			return nil, err
-		}
+	applier, err := manifest.NewApplier(c.Config)
+	if err != nil {
+		w.Stop()
+		return nil, err
+	}
+	if err := applier.Apply(ctx, o.apply...); err != nil {
+		w.Stop()
+		return nil, fmt.Errorf("cert-manager objects of the overlay: %w", err)
 	}
 	if err := w.waitReady(ctx); err != nil {
 		w.Stop()
@@ -347,27 +347,6 @@ func ExpandedArgs(container map[string]any) []string {
 		args[i] = a
 	}
 	return args
-}
-
-// applyObject server-side applies one cert-manager.io object.
-func applyObject(ctx context.Context, dyn dynamic.Interface, u *unstructured.Unstructured) error {
-	gvr := issuerGVR
-	if u.GetKind() == "Certificate" {
-		gvr = CertificateGVR
-	} else if u.GetKind() != "Issuer" {
-		return fmt.Errorf("apply %s %s: only Issuers and Certificates are expected in the overlay", u.GetKind(), u.GetName())
-	}
-	body, err := u.MarshalJSON()
-	if err != nil {
-		return fmt.Errorf("apply %s %s: %w", u.GetKind(), u.GetName(), err)
-	}
-	force := true
-	_, err = dyn.Resource(gvr).Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, body,
-		metav1.PatchOptions{FieldManager: "termgate-test", Force: &force})
-	if err != nil {
-		return fmt.Errorf("apply %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
-	}
-	return nil
 }
 
 // waitUp waits until the webhook answers /readyz at all (ready or not).

@@ -60,27 +60,40 @@ type AgentSpec struct {
 	// Pod is the agent's own pod (POD_NAME and POD_NAMESPACE), whose grace
 	// period bounds a drain after SIGTERM; see NewAgentIdentity.
 	Pod *corev1.Pod
+	// Unshipped starts the agent with the binary's defaults alone, without
+	// the DaemonSet's arguments and environment: only for a test about the
+	// defaults themselves.
+	Unshipped bool
 	// NoWait returns once the process runs, without waiting for /readyz
 	// (for agents that cannot become ready, such as a metadata server
 	// that fails).
 	NoWait bool
 }
 
-// StartAgent starts an agent and waits until it reports ready, or until the
-// agent's own start-up budget passes.
+// StartAgent starts an agent as the DaemonSet runs it (its arguments, then
+// s.Flags, which win; its environment, then s.Env) and waits until it reports
+// ready, or until the agent's own start-up budget passes.
 func StartAgent(ctx context.Context, s AgentSpec) (*Agent, error) {
-	return proc.RetryOnTakenPort(func() (*Agent, error) { return startAgentOnce(ctx, s) })
+	var shipped Container
+	if !s.Unshipped {
+		var err error
+		if shipped, err = ShippedAgent(); err != nil {
+			return nil, err
+		}
+	}
+	return proc.RetryOnTakenPort(func() (*Agent, error) { return startAgentOnce(ctx, s, shipped) })
 }
 
-func startAgentOnce(ctx context.Context, s AgentSpec) (*Agent, error) {
+func startAgentOnce(ctx context.Context, s AgentSpec, shipped Container) (*Agent, error) {
 	ports, err := proc.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
 	addr, metricsAddr := "127.0.0.1:"+strconv.Itoa(ports[0]), "127.0.0.1:"+strconv.Itoa(ports[1])
-	args := append([]string{"agent", "--kubeconfig=" + s.Kubeconfig,
-		"--health-probe-bind-address=" + addr, "--metrics-bind-address=" + metricsAddr, "--log-format=text"}, s.Flags...)
-	env := []string{"NODE_NAME=" + s.Node}
+	args := append(append([]string{"agent"}, shipped.Args...), "--kubeconfig="+s.Kubeconfig,
+		"--health-probe-bind-address="+addr, "--metrics-bind-address="+metricsAddr, "--log-format=text")
+	args = append(args, s.Flags...)
+	env := append(shipped.Environ(), "NODE_NAME="+s.Node)
 	if s.MetadataHost != "" {
 		env = append(env, "GCE_METADATA_HOST="+s.MetadataHost)
 	}

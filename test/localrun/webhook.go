@@ -36,9 +36,11 @@ type WebhookSpec struct {
 	// if missing. Defaults to termgate.
 	Namespace string
 	Flags     []string // extra flags
-	// Env is added to the process's environment, e.g. MEMORY_LIMIT as the
-	// Deployment sets it from the container's limit.
+	// Env is added to the process's environment after the Deployment's.
 	Env []string
+	// Unshipped starts the webhook without the Deployment's arguments and
+	// environment: only for a test about the binary's defaults.
+	Unshipped bool
 }
 
 // Webhook is one running `termgate webhook` process, registered with the
@@ -78,10 +80,16 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 	if err != nil {
 		return nil, err
 	}
-	return proc.RetryOnTakenPort(func() (*Webhook, error) { return startWebhookOnce(ctx, s, configs) })
+	var shipped Container
+	if !s.Unshipped {
+		if shipped, err = ShippedWebhook(); err != nil {
+			return nil, err
+		}
+	}
+	return proc.RetryOnTakenPort(func() (*Webhook, error) { return startWebhookOnce(ctx, s, configs, shipped) })
 }
 
-func startWebhookOnce(ctx context.Context, s WebhookSpec, configs *WebhookConfigurations) (*Webhook, error) {
+func startWebhookOnce(ctx context.Context, s WebhookSpec, configs *WebhookConfigurations, shipped Container) (*Webhook, error) {
 	ports, err := proc.FreePorts(3)
 	if err != nil {
 		return nil, err
@@ -97,22 +105,31 @@ func startWebhookOnce(ctx context.Context, s WebhookSpec, configs *WebhookConfig
 	if err := configs.Register(ctx, s.Client); err != nil {
 		return nil, err
 	}
-	args := append([]string{"webhook",
-		"--kubeconfig=" + s.Kubeconfig,
-		"--bind-address=" + w.Addr,
-		"--health-probe-bind-address=" + w.HealthAddr,
-		"--metrics-bind-address=" + w.MetricsAddr,
-		"--namespace=" + s.Namespace,
+	// The Deployment's arguments first; then what differs on loopback,
+	// each for its reason; then the test's own flags.
+	args := append([]string{"webhook"}, shipped.Args...)
+	args = append(args,
+		"--kubeconfig="+s.Kubeconfig,
+		"--bind-address="+w.Addr,
+		"--health-probe-bind-address="+w.HealthAddr,
+		"--metrics-bind-address="+w.MetricsAddr,
+		"--namespace="+s.Namespace,
 		"--cert-mode=self-managed",
-		"--cert-dir=" + filepath.Join(s.Dir, "webhook-certs"),
+		"--cert-dir="+filepath.Join(s.Dir, "webhook-certs"),
 		"--cert-hosts=127.0.0.1",
-		"--webhook-config-name=" + configs.Name,
+		// The configurations registered, which a test may have renamed.
+		"--webhook-config-name="+configs.Name,
 		"--log-format=text",
 		// Nothing load-balances to a loopback process: no need to keep
 		// serving after turning not-ready.
 		"--shutdown-delay=0s",
-	}, s.Flags...)
-	env := append([]string{"POD_NAMESPACE=" + s.Namespace, "POD_NAME=webhook-local"}, s.Env...)
+		// The local API server calls from loopback, its control-plane
+		// range here.
+		"--expected-peer-cidrs=127.0.0.0/8",
+	)
+	args = append(args, s.Flags...)
+	env := append(shipped.Environ(), "POD_NAMESPACE="+s.Namespace, "POD_NAME=webhook-local")
+	env = append(env, s.Env...)
 	if w.proc, err = proc.Start(s.Dir, "webhook", env, s.Binary, args...); err != nil {
 		w.unregister()
 		return nil, err

@@ -87,7 +87,7 @@ func (b *bench) timeOn(ctx context.Context, node string, endpoint asdeployed.Age
 		return nil, err
 	}
 	agent, err := asdeployed.StartAgent(ctx, asdeployed.AgentSpec{
-		Cluster: b.c, Binary: b.bin, Node: node, Identity: id, Shipped: b.shipped,
+		Cluster: b.c, Binary: b.bin, Node: node, Identity: id,
 		Extra: append(append([]string{}, b.extra...), endpoint.Extra...), Env: endpoint.Env,
 	})
 	if err != nil {

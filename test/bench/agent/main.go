@@ -104,7 +104,7 @@ const (
 type bench struct {
 	c       *cluster.Cluster
 	bin     string
-	shipped asdeployed.Container
+	shipped localrun.Container
 	extra   []string
 	fleet   *gcefake.Fleet
 	webhook *localrun.Webhook
@@ -139,7 +139,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	fmt.Println("measuring", state)
-	shipped, err := asdeployed.ShippedAgent()
+	shipped, err := localrun.ShippedAgent()
 	if err != nil {
 		return err
 	}
@@ -384,7 +384,7 @@ func (b *bench) startAgent(ctx context.Context, node string, md *gcefake.Server,
 // startAgentWith is startAgent with flags after the shipped ones.
 func (b *bench) startAgentWith(ctx context.Context, node string, md *gcefake.Server, id *localrun.AgentIdentity, flags ...string) (*localrun.Agent, error) {
 	return asdeployed.StartAgent(ctx, asdeployed.AgentSpec{
-		Cluster: b.c, Binary: b.bin, Node: node, MetadataHost: md.Host(), Identity: id, Shipped: b.shipped, Extra: append(slices.Clone(b.extra), flags...),
+		Cluster: b.c, Binary: b.bin, Node: node, MetadataHost: md.Host(), Identity: id, Extra: append(slices.Clone(b.extra), flags...),
 	})
 }
 

@@ -23,9 +23,7 @@ type AgentSpec struct {
 	// Identity is the agent's own (Identity); nil runs the agent with the
 	// cluster's admin credentials, for the comparison figure.
 	Identity *localrun.AgentIdentity
-	// Shipped holds the DaemonSet's arguments and environment (ShippedAgent).
-	Shipped Container
-	// Extra flags come after the shipped ones, so they win.
+	// Extra flags come after the DaemonSet's, so they win.
 	Extra []string
 	// Env is added after the shipped environment (another cloud's
 	// metadata endpoint, e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT).
@@ -42,12 +40,12 @@ func Identity(ctx context.Context, c *cluster.Cluster, node string) (*localrun.A
 	return id, nil
 }
 
-// StartAgent starts the agent with the DaemonSet's arguments and
-// environment.
+// StartAgent starts the agent through the launcher, which gives it the
+// DaemonSet's arguments and environment.
 func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 	spec := localrun.AgentSpec{
 		Binary: s.Binary, Dir: s.Cluster.Dir, Kubeconfig: s.Cluster.Kubeconfig, Node: s.Node, MetadataHost: s.MetadataHost,
-		Flags: append(slices.Clone(s.Shipped.Args), s.Extra...), Env: append(s.Shipped.Environ(), s.Env...),
+		Flags: s.Extra, Env: s.Env,
 	}
 	if s.Identity != nil {
 		spec.Kubeconfig, spec.Pod = s.Identity.Kubeconfig, s.Identity.Pod
@@ -55,14 +53,11 @@ func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 	return localrun.StartAgent(ctx, spec)
 }
 
-// StartWebhook starts the webhook as `make demo` does, with the shipped
-// Deployment's environment and its own service account's token.
+// StartWebhook starts the webhook as `make demo` does: the Deployment's
+// arguments and environment (the launcher's default) and its own service
+// account's token.
 func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*localrun.Webhook, error) {
-	shipped, err := ShippedWebhook()
-	if err != nil {
-		return nil, err
-	}
-	return localrun.StartWebhookWithOwnIdentity(ctx, c, localrun.WebhookSpec{Binary: binary, Env: shipped.Environ()})
+	return localrun.StartWebhookWithOwnIdentity(ctx, c, localrun.WebhookSpec{Binary: binary})
 }
 
 // MetricsReader makes the scraper the benchmarks read metrics with: a

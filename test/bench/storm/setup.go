@@ -65,7 +65,7 @@ func setUp(ctx context.Context, o options) (*env, error) {
 		return e, err
 	}
 	say("measuring %s", e.state)
-	shipped, err := asdeployed.ShippedWebhook()
+	shipped, err := localrun.ShippedWebhook()
 	if err != nil {
 		return e, err
 	}
@@ -215,10 +215,6 @@ func (e *env) workload(ctx context.Context, o options) error {
 // pod cache and read the metadata server within localrun's 10 s readiness
 // budget, on two cores shared by everything.
 func (e *env) startAgents(ctx context.Context, ids map[string]*localrun.AgentIdentity, extra []string) error {
-	shipped, err := asdeployed.ShippedAgent()
-	if err != nil {
-		return err
-	}
 	var mu sync.Mutex
 	return inParallel(slices.Sorted(maps.Keys(ids)), 5, func(node string) error {
 		md, err := e.fleet.Add(gcefake.Instance{Name: node, Preemptible: true})
@@ -226,7 +222,7 @@ func (e *env) startAgents(ctx context.Context, ids map[string]*localrun.AgentIde
 			return fmt.Errorf("metadata server for %s: %w", node, err)
 		}
 		a, err := asdeployed.StartAgent(ctx, asdeployed.AgentSpec{
-			Cluster: e.c, Binary: e.bin, Node: node, MetadataHost: md.Host(), Identity: ids[node], Shipped: shipped, Extra: extra,
+			Cluster: e.c, Binary: e.bin, Node: node, MetadataHost: md.Host(), Identity: ids[node], Extra: extra,
 		})
 		if err != nil {
 			return err

@@ -1,10 +1,7 @@
-// Package asdeployed runs termgate's benchmarks the way the shipped
-// manifests run termgate: the agent with its own pod-bound service-account
-// token and the DaemonSet's arguments and memory limit, the webhook
-// registered through the shipped configurations. It also records what a
-// figure was measured on (commit, uncommitted changes, binary), because the
-// code under measurement changes while people work.
-package asdeployed
+package localrun
+
+// What the shipped workloads give termgate's containers, read from
+// manifests/base: the launcher starts every agent and webhook with it.
 
 import (
 	"fmt"
@@ -23,10 +20,14 @@ import (
 // Container is what a shipped workload gives its termgate container.
 type Container struct {
 	// Args are the container's arguments without the subcommand and
-	// without the listen addresses, which localrun picks on loopback.
+	// without the listen addresses, which localrun picks on loopback,
+	// with $(VAR) expanded from the container's literal env as the kubelet
+	// expands it.
 	Args []string
-	// Env holds the variables the manifest fills from the container's own
-	// resource limits (MEMORY_LIMIT), in bytes, as the kubelet would.
+	// Env holds the container's literal variables and those the manifest
+	// fills from the container's own resource limits (MEMORY_LIMIT), in
+	// bytes, as the kubelet would. Variables from the downward API
+	// (NODE_NAME, POD_NAME) are the launcher's to set.
 	Env map[string]string
 	// MemoryLimit is limits.memory in bytes (0 when unset).
 	MemoryLimit int64
@@ -78,7 +79,7 @@ func readShipped(name, kind string, into runtime.Object) error {
 	return fmt.Errorf("%s holds no %s", path, kind)
 }
 
-// listenFlags are replaced by loopback addresses that localrun chooses.
+// listenFlags are replaced by loopback addresses the launcher chooses.
 var listenFlags = []string{"--listen", "--bind-address", "--health-probe-bind-address", "--metrics-bind-address", "--cert-dir"}
 
 func container(spec corev1.PodSpec, sub string) (Container, error) {
@@ -90,19 +91,26 @@ func container(spec corev1.PodSpec, sub string) (Container, error) {
 		if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
 			out.MemoryLimit = q.Value()
 		}
-		for _, a := range c.Args[1:] {
-			name, _, _ := strings.Cut(a, "=")
-			if !slices.Contains(listenFlags, name) {
-				out.Args = append(out.Args, a)
-			}
-		}
 		for _, e := range c.Env {
+			if e.ValueFrom == nil {
+				out.Env[e.Name] = e.Value
+			}
 			if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil && e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" {
 				if out.MemoryLimit == 0 {
 					return Container{}, fmt.Errorf("container %s: %s comes from limits.memory, which is unset", c.Name, e.Name)
 				}
 				out.Env[e.Name] = strconv.FormatInt(out.MemoryLimit, 10)
 			}
+		}
+		for _, a := range c.Args[1:] {
+			name, _, _ := strings.Cut(a, "=")
+			if slices.Contains(listenFlags, name) {
+				continue
+			}
+			for k, v := range out.Env {
+				a = strings.ReplaceAll(a, "$("+k+")", v)
+			}
+			out.Args = append(out.Args, a)
 		}
 		return out, nil
 	}
