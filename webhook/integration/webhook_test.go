@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -35,21 +34,7 @@ func tlsDial(addr string) (*tls.Conn, error) {
 func ctx(t *testing.T) context.Context { return t.Context() }
 
 // nodeNames returns the cluster's nodes in a stable order.
-func nodeNames(t *testing.T) []string {
-	t.Helper()
-	list, err := env.Client.CoreV1().Nodes().List(ctx(t), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, n := range list.Items {
-		names = append(names, n.Name)
-	}
-	if len(names) < 3 {
-		t.Fatalf("need 3 nodes, have %v", names)
-	}
-	return names
-}
+func nodeNames(t *testing.T) []string { return testenv.NodeNames(t, env.Client, 3) }
 
 // markNode marks node as terminating the way the agent does (annotations
 // from nodemark, optionally the taint) and unmarks it when the test ends.
@@ -105,18 +90,7 @@ func unmarkNode(t *testing.T, node string) {
 
 func patchNode(t *testing.T, name string, mutate func(*corev1.Node)) {
 	t.Helper()
-	testenv.Eventually(t, 10*time.Second, "update node "+name, func(ctx context.Context) (bool, string, error) {
-		n, err := env.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		mutate(n)
-		_, err = env.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			return false, "conflict", nil
-		}
-		return err == nil, "", err
-	})
+	testenv.UpdateNode(t, env.Client, name, mutate)
 }
 
 func preferNode(node string) func(*corev1.Pod) {
@@ -134,11 +108,7 @@ func preferNode(node string) func(*corev1.Pod) {
 
 func createPod(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 	t.Helper()
-	got, err := env.Client.CoreV1().Pods(pod.Namespace).Create(ctx(t), pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create pod %s: %v", pod.Name, err)
-	}
-	return got
+	return testenv.CreatePod(t, env.Client, pod)
 }
 
 func expectBound(t *testing.T, ns, name string, budget time.Duration) string {
@@ -299,29 +269,28 @@ func TestARotatedCertificateIsServedWithoutRestart(t *testing.T) {
 // (localrun.NewAgentIdentity).
 func agentClient(t *testing.T, node string) kubernetes.Interface {
 	t.Helper()
-	client, err := kubernetes.NewForConfig(agentIdentity(t, node).Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return client
+	return testenv.AgentClient(t, env, node)
 }
 
 func agentIdentity(t *testing.T, node string) *localrun.AgentIdentity {
 	t.Helper()
-	id, err := localrun.NewAgentIdentity(ctx(t), localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config, Dir: t.TempDir(), Node: node})
-	if err != nil {
-		t.Fatalf("agent identity on %s: %v", node, err)
-	}
-	return id
+	return testenv.AgentIdentity(t, env, node)
 }
 
-// evict evicts pod ns/name as c, with the pod's UID as a precondition, as
-// the agent sends its evictions (the UID is read as an admin first; a pod
-// that does not exist is evicted without one).
+// agentTokenBoundTo returns a client of the agent's service account whose
+// token is bound to ref, not to a pod of the agent.
+func agentTokenBoundTo(t *testing.T, ref *authenticationv1.BoundObjectReference) kubernetes.Interface {
+	t.Helper()
+	return testenv.AgentTokenBoundTo(t, env, ref)
+}
+
+func getNode(t *testing.T, c kubernetes.Interface, name string) *corev1.Node {
+	t.Helper()
+	return testenv.GetNode(t, c, name)
+}
+
+// evict evicts pod ns/name as c, as the agent sends its evictions
+// (testenv.Evict).
 func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
-	ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	if pod, err := env.Client.CoreV1().Pods(ns).Get(ctx(t), name, metav1.GetOptions{}); err == nil {
-		ev.DeleteOptions = &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}
-	}
-	return c.PolicyV1().Evictions(ns).Evict(ctx(t), ev)
+	return testenv.Evict(t, env.Client, c, ns, name)
 }

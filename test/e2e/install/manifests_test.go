@@ -1,4 +1,4 @@
-package integration
+package install
 
 import (
 	"context"
@@ -22,23 +22,6 @@ import (
 	"termgate.dev/termgate/test/manifest"
 	"termgate.dev/termgate/test/testenv"
 )
-
-// kubectl runs the repository's kubectl (the control-plane binary) against
-// the local cluster.
-func kubectl(t *testing.T, args ...string) string {
-	t.Helper()
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.CommandContext(t.Context(), filepath.Join(root, "bin", "kubectl"), append([]string{"--kubeconfig", env.Kubeconfig}, args...)...)
-	cmd.Dir = root
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 // certManagerCRDs is the CRD folder of the cert-manager module in the build.
 func certManagerCRDs(t *testing.T) string {
@@ -66,7 +49,7 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 	}
 	for _, overlay := range []string{"self-managed", "cert-manager"} {
 		t.Run(overlay, func(t *testing.T) {
-			built := renameWebhookConfigurations(kubectl(t, "kustomize", filepath.Join("manifests", "overlays", overlay)))
+			built := renameWebhookConfigurations(kubectl(t, "kustomize", shipped(t, "overlays", overlay)))
 			file := filepath.Join(t.TempDir(), overlay+".yaml")
 			if err := os.WriteFile(file, []byte(built), 0o600); err != nil {
 				t.Fatal(err)
@@ -128,7 +111,7 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 	// The shipped Deployment, in a namespace of its own; only its placement
 	// is under test (kwok plays the kubelet, the image never runs).
 	ns := testenv.Namespace(t, env.Client)
-	dep := findObject(t, builtObjects(t, kubectl(t, "kustomize", filepath.Join("manifests", "base"))), "Deployment", "termgate-webhook")
+	dep := findObject(t, builtObjects(t, kubectl(t, "kustomize", shipped(t, "base"))), "Deployment", "termgate-webhook")
 	dep.SetNamespace(ns)
 	deployment := &appsv1.Deployment{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, deployment); err != nil {
@@ -215,7 +198,7 @@ func TestTheWebhooksNamespaceAdmitsItsPodsAndRefusesAHostNetworkPod(t *testing.T
 	if err := localrun.InstallAgentPermissions(ctx(t), localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config}); err != nil {
 		t.Fatal(err)
 	}
-	objs := builtObjects(t, kubectl(t, "kustomize", filepath.Join("manifests", "overlays", "self-managed")))
+	objs := builtObjects(t, kubectl(t, "kustomize", shipped(t, "overlays", "self-managed")))
 	webhookPod := podOf(t, findObject(t, objs, "Deployment", "termgate-webhook"), "webhook-pss")
 	agentPod := podOf(t, findObject(t, objs, "DaemonSet", "termgate-agent"), "agent-pss")
 	if webhookPod.Namespace != localrun.WebhookNamespace || agentPod.Namespace != localrun.AgentNamespace {

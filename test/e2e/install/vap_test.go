@@ -1,8 +1,7 @@
-package integration
+package install
 
 import (
 	"context"
-	"encoding/json"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	"termgate.dev/termgate/certs/selfmanaged"
@@ -32,32 +30,6 @@ const (
 	foreignLabel      = "example.com/pool"
 	foreignTaintKey   = "example.com/dedicated"
 )
-
-// agentTokenBoundTo returns a client of the agent's service account whose
-// token is bound to ref (nil: to nothing), not to a pod of the agent.
-func agentTokenBoundTo(t *testing.T, ref *authenticationv1.BoundObjectReference) kubernetes.Interface {
-	t.Helper()
-	tr, err := env.Client.CoreV1().ServiceAccounts(localrun.AgentNamespace).CreateToken(ctx(t), localrun.AgentServiceAccount, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600), BoundObjectRef: ref},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("token request: %v", err)
-	}
-	return tokenClient(t, tr.Status.Token)
-}
-
-// tokenClient returns a client of the local cluster that authenticates
-// with token alone.
-func tokenClient(t *testing.T, token string) kubernetes.Interface {
-	t.Helper()
-	cfg := rest.AnonymousClientConfig(env.Config)
-	cfg.BearerToken = token
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
 
 // withForeignMarks gives node an annotation, a label and a taint that are
 // not termgate's, and removes them when the test ends.
@@ -145,24 +117,6 @@ func agentConditionRemoval(t *testing.T) []byte {
 
 func withoutTermgateTaint(taints []corev1.Taint) []corev1.Taint {
 	return slices.DeleteFunc(slices.Clone(taints), func(tn corev1.Taint) bool { return tn.Key == nodemark.TaintKey })
-}
-
-func mustJSON(t *testing.T, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func getNode(t *testing.T, c kubernetes.Interface, name string) *corev1.Node {
-	t.Helper()
-	n, err := c.CoreV1().Nodes().Get(ctx(t), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("get node %s: %v", name, err)
-	}
-	return n
 }
 
 // patchAs patches node (or its status) with the agent's field manager.

@@ -1,8 +1,7 @@
-package integration
+package install
 
 import (
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,36 +12,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/kit"
 	"termgate.dev/termgate/test/testenv"
 )
-
-// webhookOutOfThePath points every shipped registration at a port nobody
-// listens on, as if every webhook replica were stopped, waits until the API
-// server stops reaching the webhook (a pod comes back unstamped) and puts
-// the registrations back when t ends.
-func webhookOutOfThePath(t *testing.T, ns string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
-	wh.restoreRegistrationsAtEnd(t)
-	if err := wh.register(ctx(t), closed, wh.caPEM); err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 10*time.Second, "the API server no longer reaching the webhook", func(ctx context.Context) (bool, string, error) {
-		p, err := env.Client.CoreV1().Pods(ns).Create(ctx, kit.Pod(ns, "probe"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		_, stamped := p.Annotations[nodemark.AnnotationDefaultDrainOrder]
-		return !stamped, "still stamped by the webhook", nil
-	})
-}
 
 func dryRunEvict(t *testing.T, c kubernetes.Interface, ns, name string) error {
 	t.Helper()
