@@ -3,6 +3,8 @@ package testenv
 import (
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
+	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/localrun"
 )
@@ -152,4 +155,34 @@ func MustJSON(t testing.TB, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// WriteMark writes a terminating mark onto node as the agent writes it (the
+// annotations from nodemark, with the taint when taint is set) and returns
+// it; the caller waits for whatever must see it.
+func WriteMark(t testing.TB, client kubernetes.Interface, node string, taint bool) nodemark.Mark {
+	t.Helper()
+	now := time.Now()
+	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "test"}
+	UpdateNode(t, client, node, func(n *corev1.Node) {
+		if n.Annotations == nil {
+			n.Annotations = map[string]string{}
+		}
+		maps.Copy(n.Annotations, m.Annotations())
+		if taint {
+			n.Spec.Taints = append(n.Spec.Taints, nodemark.Taint(corev1.TaintEffectNoSchedule))
+		}
+	})
+	return m
+}
+
+// RemoveMark removes termgate's annotations and taint from node.
+func RemoveMark(t testing.TB, client kubernetes.Interface, node string) {
+	t.Helper()
+	UpdateNode(t, client, node, func(n *corev1.Node) {
+		for _, k := range nodemark.AnnotationKeys {
+			delete(n.Annotations, k)
+		}
+		n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(tn corev1.Taint) bool { return tn.Key == nodemark.TaintKey })
+	})
 }

@@ -41,19 +41,7 @@ func nodeNames(t *testing.T) []string { return testenv.NodeNames(t, env.Client, 
 // It waits until the webhook's cache has seen the mark.
 func markNode(t *testing.T, node string, taint bool) nodemark.Mark {
 	t.Helper()
-	now := time.Now()
-	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "test"}
-	patchNode(t, node, func(n *corev1.Node) {
-		if n.Annotations == nil {
-			n.Annotations = map[string]string{}
-		}
-		for k, v := range m.Annotations() {
-			n.Annotations[k] = v
-		}
-		if taint {
-			n.Spec.Taints = append(n.Spec.Taints, nodemark.Taint(corev1.TaintEffectNoSchedule))
-		}
-	})
+	m := testenv.WriteMark(t, env.Client, node, taint)
 	t.Cleanup(func() { unmarkNode(t, node) })
 	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" terminating", func(ctx context.Context) (bool, string, error) {
 		n, _ := wh.nodes.Lookup(ctx, node)
@@ -70,18 +58,8 @@ func taintNode(t *testing.T, node string) {
 }
 
 func unmarkNode(t *testing.T, node string) {
-	patchNode(t, node, func(n *corev1.Node) {
-		for _, k := range nodemark.AnnotationKeys {
-			delete(n.Annotations, k)
-		}
-		var keep []corev1.Taint
-		for _, tn := range n.Spec.Taints {
-			if tn.Key != nodemark.TaintKey {
-				keep = append(keep, tn)
-			}
-		}
-		n.Spec.Taints = keep
-	})
+	t.Helper()
+	testenv.RemoveMark(t, env.Client, node)
 	testenv.Eventually(t, 10*time.Second, "webhook cache sees "+node+" unmarked", func(ctx context.Context) (bool, string, error) {
 		n, _ := wh.nodes.Lookup(ctx, node)
 		return !n.Terminating(), "still terminating", nil

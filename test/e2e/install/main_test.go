@@ -132,19 +132,7 @@ func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
 // test ends.
 func markNode(t *testing.T, node string, taint bool) nodemark.Mark {
 	t.Helper()
-	now := time.Now()
-	m := nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted, NoticeTime: now, Deadline: now.Add(30 * time.Second), BootID: "test"}
-	patchNode(t, node, func(n *corev1.Node) {
-		if n.Annotations == nil {
-			n.Annotations = map[string]string{}
-		}
-		for k, v := range m.Annotations() {
-			n.Annotations[k] = v
-		}
-		if taint {
-			n.Spec.Taints = append(n.Spec.Taints, nodemark.Taint(corev1.TaintEffectNoSchedule))
-		}
-	})
+	m := testenv.WriteMark(t, env.Client, node, taint)
 	t.Cleanup(func() { unmarkNode(t, node) })
 	testenv.Eventually(t, 10*time.Second, "the webhook refusing pods pinned onto "+node, func(ctx context.Context) (bool, string, error) {
 		err := pinnedDryRun(ctx, node)
@@ -157,18 +145,7 @@ func markNode(t *testing.T, node string, taint bool) nodemark.Mark {
 // until the webhook admits a pod pinned there again.
 func unmarkNode(t *testing.T, node string) {
 	t.Helper()
-	patchNode(t, node, func(n *corev1.Node) {
-		for _, k := range nodemark.AnnotationKeys {
-			delete(n.Annotations, k)
-		}
-		var keep []corev1.Taint
-		for _, tn := range n.Spec.Taints {
-			if tn.Key != nodemark.TaintKey {
-				keep = append(keep, tn)
-			}
-		}
-		n.Spec.Taints = keep
-	})
+	testenv.RemoveMark(t, env.Client, node)
 	testenv.Eventually(t, 10*time.Second, "the webhook admitting pods pinned onto "+node, func(ctx context.Context) (bool, string, error) {
 		err := pinnedDryRun(ctx, node)
 		if err == nil {
