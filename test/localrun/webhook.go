@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -323,9 +324,16 @@ func (c *WebhookConfigurations) load(file string) error {
 // for the webhook to inject).
 func (c *WebhookConfigurations) PointAt(base string, caBundle []byte) {
 	url := func(cc *admissionv1.WebhookClientConfig) {
+		// The path of the Service reference, or of the URL an earlier
+		// PointAt wrote: pointing again moves only the host.
 		path := ""
-		if cc.Service != nil && cc.Service.Path != nil {
+		switch {
+		case cc.Service != nil && cc.Service.Path != nil:
 			path = *cc.Service.Path
+		case cc.URL != nil:
+			if u, err := neturl.Parse(*cc.URL); err == nil {
+				path = u.Path
+			}
 		}
 		u := base + path
 		cc.Service, cc.URL, cc.CABundle = nil, &u, caBundle

@@ -196,6 +196,12 @@ func webhookOutOfThePath(t *testing.T, ns string) {
 		if err := point(context.Background(), webhook.Addr); err != nil {
 			t.Errorf("point the registrations back at the webhook: %v", err)
 		}
+		defer func() {
+			if t.Failed() {
+				b, _ := os.ReadFile(webhook.LogPath())
+				t.Logf("webhook log:\n%s", b[max(0, len(b)-6000):])
+			}
+		}()
 		testenv.Eventually(t, 10*time.Second, "the API server reaching the webhook again", func(ctx context.Context) (bool, string, error) {
 			stamped, err := stampedDryRun(ctx, "default")
 			return stamped, "not stamped", err
