@@ -136,15 +136,14 @@ unit:
 	$(GO) test -short -count=1 ./...
 
 ## test: every test, unit and integration, on the local cluster.
-# The two real-node packages take turns on the one real node (a machine-wide
-# lock). Run as a chain of their own beside the rest, the second does not
-# hold one of go test's parallel slots while it waits for the first; their
-# output follows the rest's.
-REALNODE_PKGS := ./test/e2e/realnode ./test/e2e/realnodecm
+# The packages with a real node take turns on it (a machine-wide lock). Run
+# as a chain of their own beside the rest, none holds one of go test's
+# parallel slots while it waits for another; their output follows the rest's.
+REALNODE_PKGS := ./test/e2e/realnode ./test/e2e/realnodecm ./test/cluster
 test: binaries image lint
 	cd test/servicecontroller && $(GO) test -count=1 ./netlb/
 	@$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(REALNODE_PKGS) > $(BIN)/realnode-test.log 2>&1 & realnode=$$!; \
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/test/e2e/realnode'); rest=$$?; \
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/test/e2e/realnode' -e '/test/cluster$$'); rest=$$?; \
 	wait $$realnode; rn=$$?; cat $(BIN)/realnode-test.log; \
 	echo "go test: real-node packages rc=$$rn, the others rc=$$rest"; [ $$rest -eq 0 ] && [ $$rn -eq 0 ]
 
