@@ -20,7 +20,7 @@ KWOK_STAGES := node/fast/node-initialize node/heartbeat-with-lease/node-heartbea
 	pod/fast/pod-ready pod/fast/pod-complete
 TEST_TIMEOUT ?= 40m
 
-.PHONY: build test unit lint demo bench bench-agent bench-webhook cluster binaries clean
+.PHONY: chart-test build test unit lint demo bench bench-agent bench-webhook cluster binaries clean
 .PHONY: image real-node-binaries
 
 build:
@@ -132,6 +132,11 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+## chart-test: the Helm chart rendered through Helm's own Go SDK (a module of
+## its own, charts/termgate/test) and compared with the kustomize install.
+chart-test:
+	cd charts/termgate/test && $(GO) vet ./... && $(GO) test -count=1 ./...
+
 unit:
 	$(GO) test -short -count=1 ./...
 
@@ -140,7 +145,7 @@ unit:
 # as a chain of their own beside the rest, none holds one of go test's
 # parallel slots while it waits for another; their output follows the rest's.
 REALNODE_PKGS := ./test/e2e/realnode ./test/e2e/realnodecm ./test/cluster
-test: binaries image lint
+test: binaries image lint chart-test
 	cd test/servicecontroller && $(GO) test -count=1 ./netlb/
 	@$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(REALNODE_PKGS) > $(BIN)/realnode-test.log 2>&1 & realnode=$$!; \
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/test/e2e/realnode' -e '/test/cluster$$'); rest=$$?; \
