@@ -335,16 +335,17 @@ func (c *WebhookConfigurations) services() []string {
 // literal env values, as the kubelet expands them.
 func ExpandedArgs(container map[string]any) []string {
 	args, _, _ := unstructured.NestedStringSlice(container, "args")
-	env, _, _ := unstructured.NestedSlice(container, "env")
-	for i, a := range args {
-		for _, e := range env {
-			e, _ := e.(map[string]any)
-			name, _ := e["name"].(string)
-			if v, ok := e["value"].(string); ok && name != "" {
-				a = strings.ReplaceAll(a, "$("+name+")", v)
-			}
+	list, _, _ := unstructured.NestedSlice(container, "env")
+	env := map[string]string{}
+	for _, e := range list {
+		e, _ := e.(map[string]any)
+		name, _ := e["name"].(string)
+		if v, ok := e["value"].(string); ok && name != "" {
+			env[name] = v
 		}
-		args[i] = a
+	}
+	for i, a := range args {
+		args[i] = expand(a, env)
 	}
 	return args
 }

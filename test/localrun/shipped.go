@@ -107,12 +107,18 @@ func container(spec corev1.PodSpec, sub string) (Container, error) {
 			if slices.Contains(listenFlags, name) {
 				continue
 			}
-			for k, v := range out.Env {
-				a = strings.ReplaceAll(a, "$("+k+")", v)
-			}
-			out.Args = append(out.Args, a)
+			out.Args = append(out.Args, expand(a, out.Env))
 		}
 		return out, nil
 	}
 	return Container{}, fmt.Errorf("no container running %q in the shipped manifest", sub)
+}
+
+// expand replaces each $(NAME) in arg by env's value, as the kubelet expands
+// a container's arguments from its environment.
+func expand(arg string, env map[string]string) string {
+	for k, v := range env {
+		arg = strings.ReplaceAll(arg, "$("+k+")", v)
+	}
+	return arg
 }

@@ -81,7 +81,7 @@ func CreatePod(t testing.TB, client kubernetes.Interface, pod *corev1.Pod) *core
 // Evict evicts pod ns/name as c, with the pod's UID as a precondition, as
 // the agent sends its evictions (the UID read by admin first; a pod that
 // does not exist is evicted without one).
-func Evict(t testing.TB, admin, c kubernetes.Interface, ns, name string) error {
+func Evict(admin, c kubernetes.Interface, ns, name string) error {
 	ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
 	if pod, err := admin.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{}); err == nil {
 		ev.DeleteOptions = &metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}}

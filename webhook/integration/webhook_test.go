@@ -270,5 +270,5 @@ func getNode(t *testing.T, c kubernetes.Interface, name string) *corev1.Node {
 // evict evicts pod ns/name as c, as the agent sends its evictions
 // (testenv.Evict).
 func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
-	return testenv.Evict(t, env.Client, c, ns, name)
+	return testenv.Evict(env.Client, c, ns, name)
 }

@@ -144,17 +144,24 @@ func kustomize(t *testing.T, dir string) []object {
 	}
 	var out []object
 	for _, r := range res.Resources() {
-		b, err := r.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var o object
-		if err := json.Unmarshal(b, &o); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, o)
+		out = append(out, toObject(t, r.MarshalJSON))
 	}
 	return out
+}
+
+// toObject decodes what marshal writes (a kustomize resource or YAML node)
+// into an object.
+func toObject(t *testing.T, marshal func() ([]byte, error)) object {
+	t.Helper()
+	b, err := marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o object
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatal(err)
+	}
+	return o
 }
 
 // withComponents writes a kustomization of an overlay plus components, as
@@ -193,15 +200,7 @@ func parseLikeKustomize(t *testing.T, manifest string) []object {
 	}
 	var out []object
 	for _, n := range nodes {
-		b, err := n.MarshalJSON()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var o object
-		if err := json.Unmarshal(b, &o); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, o)
+		out = append(out, toObject(t, n.MarshalJSON))
 	}
 	return out
 }

@@ -123,7 +123,7 @@ func tokenClient(t *testing.T, token string) kubernetes.Interface {
 }
 
 func evict(c kubernetes.Interface, t *testing.T, ns, name string) error {
-	return testenv.Evict(t, env.Client, c, ns, name)
+	return testenv.Evict(env.Client, c, ns, name)
 }
 
 // markNode marks node as terminating the way the agent does (the
