@@ -98,6 +98,20 @@ func (r *Reloader) Loaded() error {
 	return nil
 }
 
+// NotAfter is the expiry of the certificate served now, zero before one is
+// loaded.
+func (r *Reloader) NotAfter() time.Time {
+	cw := r.watcher.Load()
+	if cw == nil {
+		return time.Time{}
+	}
+	cert, err := cw.GetCertificate(nil)
+	if err != nil || cert == nil || cert.Leaf == nil {
+		return time.Time{}
+	}
+	return cert.Leaf.NotAfter
+}
+
 // ServerConfig is the webhook's TLS configuration: TLS 1.2 at least, the
 // certificate from getCert on each handshake.
 func ServerConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {

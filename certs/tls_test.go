@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"testing"
 	"time"
 
@@ -44,6 +45,9 @@ func TestReloaderServesANewPairWithoutRestart(t *testing.T) {
 	if r.Loaded() == nil {
 		t.Fatal("ready before any certificate exists")
 	}
+	if !r.NotAfter().IsZero() {
+		t.Fatalf("expiry %v before any certificate exists", r.NotAfter())
+	}
 	if _, err := r.GetCertificate(&tls.ClientHelloInfo{}); err == nil {
 		t.Fatal("a handshake got a certificate before any exists")
 	}
@@ -64,6 +68,13 @@ func TestReloaderServesANewPairWithoutRestart(t *testing.T) {
 		}
 		if err := r.Loaded(); err != nil {
 			t.Fatalf("not ready with pair %d: %v", i, err)
+		}
+		leaf, err := x509.ParseCertificate(want.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.NotAfter(); !got.Equal(leaf.NotAfter) {
+			t.Errorf("pair %d: expiry %v, want the served certificate's %v", i, got, leaf.NotAfter)
 		}
 	}
 }

@@ -114,10 +114,11 @@ func New(o Options, c Clients, certSource CertSource, reg prometheus.Registerer,
 	}
 	pods := nodepods.New(nodepods.APILister{Client: c.ConfineLists}, nodepods.APILister{Client: c.ConfineReads}, clk, o.ConfinePods)
 	nodes.OnTerminatingChange(pods.SetTerminating)
-	if err := registerIndexMetrics(reg, pods); err != nil {
+	reloader := certs.NewReloader(o.CertDir, clk)
+	if err := registerIndexMetrics(reg, pods, reloader); err != nil {
 		return nil, err
 	}
-	w := &Webhook{opts: o, nodes: nodes, pods: pods, reloader: certs.NewReloader(o.CertDir, clk), certs: certSource}
+	w := &Webhook{opts: o, nodes: nodes, pods: pods, reloader: reloader, certs: certSource}
 	w.handler = Handler(Config{
 		Nodes:       nodecache.NewConfirmer(nodes, reread(c.BindRereads, o.ConfirmTimeout), o.ConfirmSelectors, confirmMetrics),
 		PinnedNodes: nodecache.NewConfirmer(nodes, reread(c.PinnedRereads, o.ConfirmTimeout), o.ConfirmSelectors, confirmMetrics),
@@ -166,7 +167,7 @@ func (o Options) validate(c Clients) error {
 }
 
 // registerIndexMetrics reports what the confinement holds in memory.
-func registerIndexMetrics(reg prometheus.Registerer, pods *nodepods.Index) error {
+func registerIndexMetrics(reg prometheus.Registerer, pods *nodepods.Index, served *certs.Reloader) error {
 	for _, g := range []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: "termgate", Subsystem: "webhook", Name: "followed_nodes",
@@ -176,6 +177,18 @@ func registerIndexMetrics(reg prometheus.Registerer, pods *nodepods.Index) error
 			Namespace: "termgate", Subsystem: "webhook", Name: "confinement_pods",
 			Help: "Pods held in memory for the agent confinement, of nodes draining now or recently.",
 		}, func() float64 { return float64(pods.Stats().Pods) }),
+		// Whatever renews the certificate (the rotator, cert-manager, a
+		// person), this is what the API server is shown: an alert on it
+		// covers every certificate mode.
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "termgate", Subsystem: "webhook", Name: "serving_certificate_expiry_timestamp_seconds",
+			Help: "Unix time at which the serving certificate in use expires; 0 until one is loaded.",
+		}, func() float64 {
+			if at := served.NotAfter(); !at.IsZero() {
+				return float64(at.Unix())
+			}
+			return 0
+		}),
 	} {
 		if err := reg.Register(g); err != nil {
 			return fmt.Errorf("register webhook metrics: %w", err)

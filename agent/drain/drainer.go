@@ -154,6 +154,7 @@ func (d *Drainer) Run(ctx context.Context, mark nodemark.Mark) (Result, error) {
 	res := r.result(last)
 	res.Duration = d.clk.Since(began)
 	d.cfg.Metrics.setLBPending(0)
+	d.cfg.Metrics.setProgress(0, time.Time{})
 	d.cfg.Metrics.observeDuration(outcome, res.Duration)
 	r.finish(ctx, outcome, res)
 	return res, err
@@ -184,6 +185,7 @@ func (r *run) loop(ctx context.Context, changes <-chan struct{}) (string, *pass,
 		pods := r.d.pods.List()
 		r.overrides.note(r.d, pods)
 		p := classify(pods, now, r.sched, r.d.cfg.TaintEffect)
+		r.d.cfg.Metrics.setProgress(p.remaining(), r.sched.deadline)
 		if p.remaining() == 0 {
 			return outcomeComplete, p, nil
 		}

@@ -16,6 +16,8 @@ type Metrics struct {
 	duration    *prometheus.HistogramVec
 	lbWait      *prometheus.HistogramVec
 	lbPending   prometheus.Gauge
+	remaining   prometheus.Gauge
+	deadline    prometheus.Gauge
 }
 
 // Outcomes of the wait for load balancers, the label of its histogram.
@@ -57,13 +59,41 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "termgate", Subsystem: "agent", Name: "lb_services_pending",
 			Help: "Load-balancer Services the draining node is not yet confirmed gone from (0 outside a drain).",
 		}),
+		// The two gauges put a drain's progress beside its deadline on a
+		// dashboard while it runs, where the histograms only tell of it
+		// once it ended.
+		remaining: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "termgate", Subsystem: "drain", Name: "pods_remaining",
+			Help: "Pods the running drain has still to move off the node (0 outside a drain).",
+		}),
+		deadline: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "termgate", Subsystem: "drain", Name: "deadline_timestamp_seconds",
+			Help: "Unix time of the running drain's deadline (0 outside a drain).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration, m.lbWait, m.lbPending} {
+	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration, m.lbWait, m.lbPending, m.remaining, m.deadline} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register drain metrics: %w", err)
 		}
 	}
+	m.exposeAtZero()
 	return m, nil
+}
+
+// exposeAtZero creates the series the chart's alerts read before their
+// first event: Prometheus' increase() over a series that appears with its
+// first event at 1 sees no increase, so the first missed deadline of an
+// agent would never alert.
+func (m *Metrics) exposeAtZero() {
+	for _, o := range []string{outcomeComplete, outcomeDeadline, outcomeCancelled} {
+		m.duration.WithLabelValues(o)
+	}
+	for _, o := range []outcome{outcomeAccepted, outcomeGone, outcomeBlocked, outcomeThrottled, outcomeServerError, outcomeError} {
+		m.evictions.WithLabelValues(string(o))
+	}
+	for _, w := range []nodemark.Wave{nodemark.WaveRegular, nodemark.WaveSystem} {
+		m.escalations.WithLabelValues(string(w))
+	}
 }
 
 func (m *Metrics) observeEviction(out outcome) {
@@ -88,6 +118,20 @@ func (m *Metrics) observeLBWait(outcome string, d time.Duration) {
 	if m != nil {
 		m.lbWait.WithLabelValues(outcome).Observe(d.Seconds())
 	}
+}
+
+// setProgress shows a running drain: its pods left and its deadline; a
+// zero deadline says no drain runs.
+func (m *Metrics) setProgress(remaining int, deadline time.Time) {
+	if m == nil {
+		return
+	}
+	m.remaining.Set(float64(remaining))
+	if deadline.IsZero() {
+		m.deadline.Set(0)
+		return
+	}
+	m.deadline.Set(float64(deadline.UnixMilli()) / 1000)
 }
 
 func (m *Metrics) setLBPending(n int) {

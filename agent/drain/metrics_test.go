@@ -77,3 +77,34 @@ func TestRegisteringTheMetricsTwiceIsAnErrorNotAPanic(t *testing.T) {
 		t.Error("second registration succeeded")
 	}
 }
+
+// The alerts' series exist before their first event, at zero: a series
+// born at 1 shows Prometheus no increase.
+func TestTheAlertedSeriesExistAtZeroFromTheStart(t *testing.T) {
+	reg, _ := newTestMetrics(t)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{
+		`termgate_drain_duration_seconds{outcome="deadline"}`: false,
+		`termgate_drain_evictions_total{result="throttled"}`:  false,
+		`termgate_drain_pods_escalated_total{wave="regular"}`: false,
+		`termgate_drain_pods_escalated_total{wave="system"}`:  false,
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				key := f.GetName() + "{" + l.GetName() + `="` + l.GetValue() + `"}`
+				if _, ok := want[key]; ok {
+					want[key] = true
+				}
+			}
+		}
+	}
+	for k, seen := range want {
+		if !seen {
+			t.Errorf("%s is not exposed before its first event", k)
+		}
+	}
+}

@@ -80,6 +80,12 @@ func (m *Metrics) ForGate(gate string) *GateMetrics {
 	if m == nil {
 		return nil
 	}
+	// The verdicts that allow without having checked (the chart's alert
+	// on them) exist at zero from the start, so that their first rise
+	// counts as an increase.
+	for _, v := range []string{VerdictUnconfirmed, VerdictUnknownNode} {
+		m.decisions.WithLabelValues(gate, v)
+	}
 	return &GateMetrics{
 		gate:      gate,
 		decisions: m.decisions,

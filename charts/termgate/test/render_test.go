@@ -7,8 +7,6 @@
 package charttest
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -207,5 +205,3 @@ func readFile(t testing.TB, path string) []byte {
 	return b
 }
 
-var _ = bytes.NewBuffer
-var _ = errors.New
