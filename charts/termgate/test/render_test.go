@@ -204,4 +204,3 @@ func readFile(t testing.TB, path string) []byte {
 	}
 	return b
 }
-
