@@ -28,7 +28,7 @@ build:
 
 ## binaries: the local cluster's control plane, kwok, cert-manager and service controller, rebuilt only when their pins change.
 binaries: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/cert-manager $(BIN)/service-controller real-node-binaries \
-	$(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp
+	$(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp $(BIN)/prometheus
 
 # One multi-call binary: etcd, kube-apiserver, kube-scheduler,
 # kube-controller-manager and kubectl link once.
@@ -57,6 +57,13 @@ $(BIN)/ec2-metadata-mock-$(AEMM_VERSION).stamp:
 $(BIN)/cert-manager: test/certmanager/go.mod test/certmanager/go.sum test/certmanager/main.go
 	@mkdir -p $(BIN)
 	cd test/certmanager && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $@ .
+
+# Prometheus itself, for the end-to-end test of the chart's alerts
+# (test/e2e/monitoring); no service discovery but static targets is linked.
+$(BIN)/prometheus: test/prometheus/go.mod test/prometheus/go.sum
+	@mkdir -p $(BIN)
+	cd test/prometheus && CGO_ENABLED=0 $(GO) build -trimpath -tags remove_all_sd -ldflags '-s -w' \
+		-o $@ github.com/prometheus/prometheus/cmd/prometheus
 
 # The upstream service controller (k8s.io/cloud-provider, the control
 # plane's pins) with a cloud whose load balancers run on this machine
