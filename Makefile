@@ -144,6 +144,11 @@ lint:
 chart-test:
 	cd charts/termgate/test && $(GO) vet ./... && $(GO) test -count=1 ./...
 
+## chart-docs: rewrite docs/helm.md's values table from the chart's values.
+.PHONY: chart-docs
+chart-docs:
+	cd charts/termgate/test && $(GO) test -count=1 -run TestTheValuesTableIsTheChartsValues ./... -update
+
 unit:
 	$(GO) test -short -count=1 ./...
 
