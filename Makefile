@@ -141,8 +141,10 @@ lint:
 
 ## chart-test: the Helm chart rendered through Helm's own Go SDK (a module of
 ## its own, charts/termgate/test) and compared with the kustomize install.
+## (Its install/ package, the chart installed through the SDK on the real
+## node, runs in `make test`'s real-node chain.)
 chart-test:
-	cd charts/termgate/test && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd charts/termgate/test && $(GO) vet ./... && $(GO) test -count=1 .
 
 ## chart-docs: rewrite docs/helm.md's values table from the chart's values.
 .PHONY: chart-docs
@@ -159,7 +161,9 @@ unit:
 REALNODE_PKGS := ./test/e2e/realnode ./test/e2e/realnodecm ./test/cluster
 test: binaries image lint chart-test
 	cd test/servicecontroller && $(GO) test -count=1 ./netlb/
-	@$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(REALNODE_PKGS) > $(BIN)/realnode-test.log 2>&1 & realnode=$$!; \
+	@{ $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(REALNODE_PKGS); a=$$?; \
+		cd charts/termgate/test && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./install/; b=$$?; \
+		exit $$((a | b)); } > $(BIN)/realnode-test.log 2>&1 & realnode=$$!; \
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/test/e2e/realnode' -e '/test/cluster$$'); rest=$$?; \
 	wait $$realnode; rn=$$?; cat $(BIN)/realnode-test.log; \
 	echo "go test: real-node packages rc=$$rn, the others rc=$$rest"; [ $$rest -eq 0 ] && [ $$rn -eq 0 ]
