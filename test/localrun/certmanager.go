@@ -422,7 +422,7 @@ func (w *CertManagerWebhook) waitReady(ctx context.Context) error {
 		if gone, err := w.proc.Exited(); gone {
 			return err
 		}
-		certReady, _, certErr := w.CertificateReady(ctx, w.Certificate)
+		certReady, _, _ := w.CertificateReady(ctx, w.Certificate)
 		if certReady && w.CertificateReadyAt.IsZero() {
 			w.CertificateReadyAt = time.Now()
 		}
@@ -431,7 +431,11 @@ func (w *CertManagerWebhook) waitReady(ctx context.Context) error {
 		}
 		last = w.readyz()
 		if last == "" {
-			if certErr == nil && !certReady {
+			// Read the Certificate again after the 200: it may have turned
+			// Ready between the first read and /readyz, which the webhook's
+			// watch may see first. Still not Ready now means the webhook was
+			// ready before it.
+			if ready, _, err := w.CertificateReady(ctx, w.Certificate); err == nil && !ready {
 				w.ReadyBeforeCertificate = true
 			}
 			if _, err := w.ServedCertificate(ctx); err != nil {
