@@ -33,6 +33,11 @@ type result struct {
 	Nodes        int     `json:"nodes"`
 	DurationSec  float64 `json:"duration_s"`
 	WebhookRSSMB float64 `json:"webhook_rss_mb"`
+	// The same load on a bare handler of the same reviews, in the same run
+	// (serveFloor): the absolute rate moves threefold between machines of
+	// one kind, the ratio much less.
+	FloorRPS            float64 `json:"floor_rps"`
+	BindRPSToFloorRatio float64 `json:"bind_rps_to_floor_ratio"`
 	// Set with -cluster: the API server's Binding round trip, median,
 	// without termgate's webhook and with `termgate webhook` as deployed,
 	// onto an on-demand node and onto a Spot node; the ratios are to the
@@ -57,7 +62,7 @@ func drive(ctx context.Context, o options) error {
 	if err := certs.WriteFiles(dir, pems.Cert, pems.Key); err != nil {
 		return err
 	}
-	c, err := startChild(ctx, o, dir)
+	c, err := startChild(ctx, o, "server", dir)
 	if err != nil {
 		return err
 	}
@@ -85,7 +90,16 @@ func drive(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("read webhook memory: %w", err)
 	}
+	c.stop()
 	r := summarize(lat, errs, denied, elapsed, rss, o)
+	floor, err := floorRPS(ctx, o, dir, client, bodies)
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	r.FloorRPS = floor
+	if floor > 0 {
+		r.BindRPSToFloorRatio = r.BindRPS / floor
+	}
 	if o.cluster {
 		bl, err := measureAPIServer(ctx)
 		if err != nil {
@@ -105,6 +119,25 @@ func drive(ctx context.Context, o options) error {
 	}
 	data, _ := json.MarshalIndent(r, "", "  ")
 	return os.WriteFile(o.out, append(data, '\n'), 0o644)
+}
+
+// floorRPS drives the floor child with the same clients, reviews and
+// times as the webhook.
+func floorRPS(ctx context.Context, o options, certDir string, client *http.Client, bodies [][]byte) (float64, error) {
+	f, err := startChild(ctx, o, "floor", certDir)
+	if err != nil {
+		return 0, err
+	}
+	defer f.stop()
+	client.CloseIdleConnections()
+	url := "https://" + f.addr + "/validate-binding"
+	load(ctx, client, url, bodies, o.clients, o.warmup)
+	began := time.Now()
+	lat, errs, _ := load(ctx, client, url, bodies, o.clients, o.duration)
+	if errs > 0 {
+		return 0, fmt.Errorf("%d of %d floor calls failed", errs, len(lat))
+	}
+	return float64(len(lat)) / time.Since(began).Seconds(), nil
 }
 
 // load runs clients callers for d and returns every latency, errors and
@@ -184,6 +217,8 @@ func printTable(w io.Writer, r result) {
 	fmt.Fprintf(tw, "bind p99\t%.3f ms\n", r.BindP99Ms)
 	fmt.Fprintf(tw, "bind max\t%.3f ms\n", r.BindMaxMs)
 	fmt.Fprintf(tw, "webhook rss\t%.1f MB\n", r.WebhookRSSMB)
+	fmt.Fprintf(tw, "floor rps (bare handler, same reviews)\t%.0f\n", r.FloorRPS)
+	fmt.Fprintf(tw, "bind rps to floor ratio\t%.2f\n", r.BindRPSToFloorRatio)
 	if r.APIServerBindRatio > 0 {
 		fmt.Fprintf(tw, "apiserver bind p50 without webhook\t%.3f ms\n", r.APIServerBindP50MsNoHook)
 		fmt.Fprintf(tw, "apiserver bind p50 with termgate webhook, on-demand node\t%.3f ms\n", r.APIServerBindP50MsWith)

@@ -46,7 +46,7 @@ type options struct {
 func run(ctx context.Context, args []string) error {
 	o := options{}
 	fs := flag.NewFlagSet("webhookbench", flag.ContinueOnError)
-	fs.StringVar(&o.role, "role", "load", "load drives a webhook child; server is the child itself")
+	fs.StringVar(&o.role, "role", "load", "load drives a webhook child and a floor child; server is the webhook child, floor a bare handler of the same reviews")
 	fs.IntVar(&o.nodes, "nodes", 1000, "nodes in the webhook's cache")
 	fs.IntVar(&o.marked, "marked-every", 10, "every n-th node is marked terminating (0: none)")
 	fs.IntVar(&o.clients, "clients", 4, "concurrent callers, each on its own keep-alive connection (the API server keeps a few per webhook)")
@@ -61,26 +61,30 @@ func run(ctx context.Context, args []string) error {
 	if o.nodes <= 0 || o.clients <= 0 || o.duration <= 0 {
 		return errors.New("-nodes, -clients and -duration must be positive")
 	}
-	if o.role == "server" {
+	switch o.role {
+	case "server":
 		return serve(ctx, o)
+	case "floor":
+		return serveFloor(ctx, o)
 	}
 	return drive(ctx, o)
 }
 
 // child is the webhook server process.
 type child struct {
-	cmd  *exec.Cmd
-	addr string
+	cmd     *exec.Cmd
+	addr    string
+	stopped bool
 }
 
 // startChild re-executes this binary as the server and waits for its
 // address on stdout.
-func startChild(ctx context.Context, o options, certDir string) (*child, error) {
+func startChild(ctx context.Context, o options, role, certDir string) (*child, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, self, "-role=server", "-cert-dir="+certDir,
+	cmd := exec.CommandContext(ctx, self, "-role="+role, "-cert-dir="+certDir,
 		fmt.Sprintf("-nodes=%d", o.nodes), fmt.Sprintf("-marked-every=%d", o.marked))
 	cmd.Stderr = os.Stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
@@ -106,7 +110,13 @@ func startChild(ctx context.Context, o options, certDir string) (*child, error) 
 	return &child{cmd: cmd, addr: addr}, nil
 }
 
+// stop ends the child once; the floor is measured with the webhook child
+// gone, so that the two never share the cores.
 func (c *child) stop() {
+	if c.stopped {
+		return
+	}
+	c.stopped = true
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	_ = c.cmd.Wait()
 }

@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/clock"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -72,6 +75,54 @@ func serve(ctx context.Context, o options) error {
 	}
 	fmt.Fprintf(os.Stdout, "listening %s\n", ln.Addr())
 	return srv.Serve(ctx, ln)
+}
+
+// serveFloor is the floor the bind gate is measured against, on the same
+// machine in the same run: a bare HTTPS handler over the same TLS set-up
+// that decodes the same review and allows it. What the gate costs beyond it
+// is termgate's own: the review's checks, the node cache, metrics and the
+// server's limits.
+func serveFloor(ctx context.Context, o options) error {
+	ctrllog.SetLogger(logr.Discard())
+	reloader := certs.NewReloader(o.certDir, clock.RealClock{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = reloader.Start(ctx) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	for reloader.Loaded() != nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var review admissionv1.AdmissionReview
+			if err := json.NewDecoder(r.Body).Decode(&review); err != nil || review.Request == nil {
+				http.Error(w, "bad review", http.StatusBadRequest)
+				return
+			}
+			review.Response = &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true}
+			review.Request = nil
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(&review)
+		}),
+		TLSConfig:         certs.ServerConfig(reloader.GetCertificate),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	fmt.Fprintf(os.Stdout, "listening %s\n", ln.Addr())
+	if err := srv.ServeTLS(ln, "", ""); err != nil && err != http.ErrServerClosed {
+		return err
+	}
+	return nil
 }
 
 func nodeName(i int) string { return "node-" + strconv.Itoa(i) }
