@@ -47,7 +47,12 @@ func serve(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	reloader := certs.NewReloader(o.certDir, clock.RealClock{})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ln, reloader, err := listenTLS(ctx, o.certDir)
+	if err != nil || ln == nil {
+		return err
+	}
 	srv := &webhook.Server{
 		Handler: webhook.Handler(webhook.Config{
 			Nodes: nodecache.NewFromStore(store), Pods: memPods{}, TaintEffect: corev1.TaintEffectNoSchedule,
@@ -57,24 +62,29 @@ func serve(ctx context.Context, o options) error {
 		TLSConfig: certs.ServerConfig(reloader.GetCertificate),
 		Clock:     clock.RealClock{},
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	fmt.Fprintf(os.Stdout, "listening %s\n", ln.Addr())
+	return srv.Serve(ctx, ln)
+}
+
+// listenTLS loads the serving pair from certDir and opens a loopback
+// listener; the parent waits for the child's "listening" line, printed
+// after this, before it sends load. A nil listener with a nil error means
+// ctx ended first.
+func listenTLS(ctx context.Context, certDir string) (net.Listener, *certs.Reloader, error) {
+	reloader := certs.NewReloader(certDir, clock.RealClock{})
 	go func() { _ = reloader.Start(ctx) }()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	// The parent waits for this line before it sends load; the reloader
-	// loads the files on its first poll, which the parent's warm-up covers.
 	for reloader.Loaded() != nil {
 		select {
 		case <-ctx.Done():
-			return nil
+			return nil, nil, nil
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	fmt.Fprintf(os.Stdout, "listening %s\n", ln.Addr())
-	return srv.Serve(ctx, ln)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	return ln, reloader, nil
 }
 
 // serveFloor is the floor the bind gate is measured against, on the same
@@ -84,20 +94,11 @@ func serve(ctx context.Context, o options) error {
 // server's limits.
 func serveFloor(ctx context.Context, o options) error {
 	ctrllog.SetLogger(logr.Discard())
-	reloader := certs.NewReloader(o.certDir, clock.RealClock{})
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { _ = reloader.Start(ctx) }()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	ln, reloader, err := listenTLS(ctx, o.certDir)
+	if err != nil || ln == nil {
 		return err
-	}
-	for reloader.Loaded() != nil {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(10 * time.Millisecond):
-		}
 	}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
