@@ -8,8 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
 	promapi "github.com/prometheus/client_golang/api"
@@ -211,14 +211,10 @@ func collectSelectorNames(n any, names *[]string) {
 // HasSeries reports whether Prometheus holds any series of metric name
 // (for a histogram, its _count).
 func (p *Prometheus) HasSeries(ctx context.Context, name string) (bool, error) {
-	match := fmt.Sprintf(`{__name__=~%q}`, regexpQuote(name)+"(_count)?")
+	match := fmt.Sprintf(`{__name__=~%q}`, regexp.QuoteMeta(name)+"(_count)?")
 	sets, _, _, err := p.API.Series(ctx, []string{match}, time.Now().Add(-time.Hour), time.Now())
 	if err != nil {
 		return false, fmt.Errorf("series of %s: %w", name, err)
 	}
 	return len(sets) > 0, nil
-}
-
-func regexpQuote(s string) string {
-	return strings.NewReplacer(".", `\.`, "+", `\+`, "*", `\*`).Replace(s)
 }

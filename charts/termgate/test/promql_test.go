@@ -1,16 +1,10 @@
 package charttest
 
 import (
-	"encoding/json"
-	"go/ast"
-	"go/parser"
-	"go/token"
-	"io/fs"
 	"log/slog"
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -18,6 +12,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	promql "github.com/prometheus/prometheus/promql/parser"
+
+	"termgate.dev/termgate/test/metricref"
 )
 
 // upstream are the metrics the alerts and the dashboard read that termgate
@@ -79,30 +75,13 @@ var grafanaVariables = strings.NewReplacer(
 // Every panel's expression parses once Grafana's variables are filled in,
 // and names only metrics that exist.
 func TestTheDashboardParsesAndNamesOnlyMetricsThatExist(t *testing.T) {
-	var dash struct {
-		UID    string `json:"uid"`
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	b := readFile(t, filepath.Join(chartDir(t), "files", "dashboard.json"))
-	if err := json.Unmarshal(b, &dash); err != nil {
-		t.Fatalf("dashboard.json: %v", err)
-	}
-	if dash.UID == "" || len(dash.Panels) == 0 {
-		t.Fatalf("dashboard without uid or panels")
+	queries, err := metricref.DashboardQueries(filepath.Join(chartDir(t), "files", "dashboard.json"), grafanaVariables)
+	if err != nil {
+		t.Fatal(err)
 	}
 	defined := definedMetrics(t)
-	for _, p := range dash.Panels {
-		if len(p.Targets) == 0 {
-			t.Errorf("panel %q has no query", p.Title)
-		}
-		for _, tg := range p.Targets {
-			checkNames(t, "panel "+p.Title, grafanaVariables.Replace(tg.Expr), defined)
-		}
+	for where, q := range queries {
+		checkNames(t, "panel "+where, q, defined)
 	}
 }
 
@@ -132,7 +111,7 @@ func MetricNames(expr string) ([]string, error) {
 	for _, sel := range promql.ExtractSelectors(e) {
 		for _, m := range sel {
 			if m.Name == labels.MetricName && m.Type == labels.MatchEqual {
-				names = append(names, baseName(m.Value))
+				names = append(names, metricref.BaseName(m.Value))
 			}
 		}
 	}
@@ -140,70 +119,24 @@ func MetricNames(expr string) ([]string, error) {
 	return slices.Compact(names), nil
 }
 
-func baseName(n string) string {
-	for _, s := range []string{"_bucket", "_count", "_sum"} {
-		if b, ok := strings.CutSuffix(n, s); ok && strings.HasSuffix(b, "_seconds") {
-			return b
-		}
-	}
-	return n
-}
-
-// definedMetrics reads the Prometheus options literals (Namespace:
-// "termgate", Subsystem, Name) of the product's non-test Go files: the
-// metrics the code defines, whether or not a process has exposed them yet.
-// The end-to-end test checks them against a real scrape.
+// definedMetrics are the metrics the product's code defines (the
+// end-to-end test checks them against a real scrape).
 func definedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	out := map[string]bool{}
-	for _, dir := range []string{"agent", "webhook", "cmd", "certs", "nodemark", "notifier"} {
-		err := filepath.WalkDir(filepath.Join(repoRoot(t), dir), func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-				return err
-			}
-			f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
-			if err != nil {
-				return err
-			}
-			ast.Inspect(f, func(n ast.Node) bool {
-				if lit, ok := n.(*ast.CompositeLit); ok {
-					if name := optsName(lit); name != "" {
-						out[name] = true
-					}
-				}
-				return true
-			})
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+	var dirs []string
+	for _, d := range []string{"agent", "webhook", "cmd", "certs", "nodemark", "notifier"} {
+		dirs = append(dirs, filepath.Join(repoRoot(t), d))
 	}
-	if len(out) < 10 {
-		t.Fatalf("%d metric definitions found: the reader no longer matches the code", len(out))
+	names, err := metricref.Defined(dirs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) < 10 {
+		t.Fatalf("%d metric definitions found: the reader no longer matches the code", len(names))
+	}
+	out := map[string]bool{}
+	for _, n := range names {
+		out[n] = true
 	}
 	return out
-}
-
-func optsName(lit *ast.CompositeLit) string {
-	fields := map[string]string{}
-	for _, e := range lit.Elts {
-		kv, ok := e.(*ast.KeyValueExpr)
-		if !ok {
-			continue
-		}
-		key, ok1 := kv.Key.(*ast.Ident)
-		val, ok2 := kv.Value.(*ast.BasicLit)
-		if ok1 && ok2 && val.Kind == token.STRING {
-			fields[key.Name], _ = strconv.Unquote(val.Value)
-		}
-	}
-	if fields["Namespace"] != "termgate" || fields["Name"] == "" {
-		return ""
-	}
-	parts := []string{"termgate"}
-	if fields["Subsystem"] != "" {
-		parts = append(parts, fields["Subsystem"])
-	}
-	return strings.Join(append(parts, fields["Name"]), "_")
 }

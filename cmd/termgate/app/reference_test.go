@@ -2,18 +2,15 @@ package app
 
 import (
 	"flag"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
+
+	"termgate.dev/termgate/test/metricref"
 )
 
 // Users configure termgate from docs/reference.md, so each section must list
@@ -161,44 +158,10 @@ func TestTheReferencePagesNameEveryMetricRegistered(t *testing.T) {
 // metricName matches a metric in a table's first cell: `name` or `name{labels}`.
 var metricName = regexp.MustCompile("(?m)^\\| `(termgate_[a-z_]+)[`{]|, `(termgate_[a-z_]+)[`{]")
 
-// registeredMetrics reads the Prometheus options literals
-// (Namespace: "termgate", Subsystem: ..., Name: ...) in the non-test Go files
-// under dir.
+// registeredMetrics returns the metrics the non-test Go files under dir define.
 func registeredMetrics(t *testing.T, dir string) []string {
 	t.Helper()
-	var names []string
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return err
-		}
-		f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
-		if err != nil {
-			return err
-		}
-		ast.Inspect(f, func(n ast.Node) bool {
-			lit, ok := n.(*ast.CompositeLit)
-			if !ok {
-				return true
-			}
-			fields := map[string]string{}
-			for _, e := range lit.Elts {
-				kv, ok := e.(*ast.KeyValueExpr)
-				if !ok {
-					continue
-				}
-				key, ok1 := kv.Key.(*ast.Ident)
-				val, ok2 := kv.Value.(*ast.BasicLit)
-				if ok1 && ok2 && val.Kind == token.STRING {
-					fields[key.Name], _ = strconv.Unquote(val.Value)
-				}
-			}
-			if fields["Namespace"] == "termgate" && fields["Name"] != "" {
-				names = append(names, strings.Join(slices.DeleteFunc([]string{"termgate", fields["Subsystem"], fields["Name"]}, func(s string) bool { return s == "" }), "_"))
-			}
-			return true
-		})
-		return nil
-	})
+	names, err := metricref.Defined(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

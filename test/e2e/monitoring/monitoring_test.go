@@ -2,10 +2,8 @@ package monitoring
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/cluster"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/metricref"
 	"termgate.dev/termgate/test/testenv"
 )
 
@@ -181,7 +180,7 @@ func TestEveryMetricTheAlertsAndTheDashboardNameIsScraped(t *testing.T) {
 				continue
 			}
 			checked[n] = true
-			ok, err := prom.HasSeries(t.Context(), baseName(n))
+			ok, err := prom.HasSeries(t.Context(), metricref.BaseName(n))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -204,15 +203,6 @@ var bornAtFirstEvent = map[string]bool{
 	"apiserver_flowcontrol_rejected_requests_total": true,
 }
 
-func baseName(n string) string {
-	for _, s := range []string{"_bucket", "_count", "_sum"} {
-		if b, ok := strings.CutSuffix(n, s); ok && strings.HasSuffix(b, "_seconds") {
-			return b
-		}
-	}
-	return n
-}
-
 // dashboardExprs are the dashboard's queries with Grafana's variables
 // filled in as Grafana fills them.
 func dashboardExprs(t *testing.T) map[string]string {
@@ -221,27 +211,10 @@ func dashboardExprs(t *testing.T) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(root, "charts", "termgate", "files", "dashboard.json"))
+	fill := strings.NewReplacer("$__rate_interval", "1m", "$agent_job", agentJob, "$webhook_job", webhookJob)
+	q, err := metricref.DashboardQueries(filepath.Join(root, "charts", "termgate", "files", "dashboard.json"), fill)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var dash struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(b, &dash); err != nil {
-		t.Fatal(err)
-	}
-	fill := strings.NewReplacer("$__rate_interval", "1m", "$agent_job", agentJob, "$webhook_job", webhookJob)
-	out := map[string]string{}
-	for _, p := range dash.Panels {
-		for i, tg := range p.Targets {
-			out[fmt.Sprintf("%s #%d", p.Title, i+1)] = fill.Replace(tg.Expr)
-		}
-	}
-	return out
+	return q
 }
