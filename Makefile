@@ -151,6 +151,12 @@ chart-test:
 chart-docs:
 	cd charts/termgate/test && $(GO) test -count=1 -run TestTheValuesTableIsTheChartsValues ./... -update
 
+## manifests: rewrite manifests/static/<mode> (the kustomize install) from
+## the chart's render; `make chart-test` fails while they differ.
+.PHONY: manifests
+manifests:
+	cd charts/termgate/test && $(GO) test -count=1 -run TestTheStaticManifestsAreTheChartsRender . -update
+
 unit:
 	$(GO) test -short -count=1 ./...
 

@@ -24,7 +24,7 @@ import (
 	"termgate.dev/termgate/webhook/review"
 )
 
-// Paths the webhook configurations in manifests/base call.
+// Paths the webhook configurations in manifests/static/self-managed call.
 const (
 	PathBinding    = "/validate-binding"
 	PathPinnedPod  = "/validate-pinned-pod"

@@ -57,7 +57,7 @@ type IdentitySpec struct {
 	Dir  string
 	Node string
 	// Manifests is the folder with agent-rbac.yaml; defaults to the
-	// repository's manifests/base.
+	// repository's manifests/static/self-managed.
 	Manifests string
 }
 
@@ -77,7 +77,7 @@ func NewAgentIdentity(ctx context.Context, s IdentitySpec) (*AgentIdentity, erro
 // PriorityClass outside kube-system, the FlowSchema that keeps its Node
 // marks ahead of its evictions, and the ValidatingAdmissionPolicies
 // confining its Node patches and its pod deletes to its own node
-// (manifests/base). s.Node is not used.
+// (manifests/static/self-managed). s.Node is not used.
 func InstallAgentPermissions(ctx context.Context, s IdentitySpec) error {
 	manifests, err := manifestsOr(s.Manifests)
 	if err != nil {
@@ -91,7 +91,7 @@ func InstallAgentPermissions(ctx context.Context, s IdentitySpec) error {
 	return nil
 }
 
-// AgentManifests are the files of manifests/base that InstallAgentPermissions
+// AgentManifests are the files of manifests/static/self-managed that InstallAgentPermissions
 // applies, in order.
 var AgentManifests = []string{"agent-namespace.yaml", "agent-rbac.yaml", "agent-resourcequota.yaml", "agent-flowschema.yaml",
 	"agent-node-policy.yaml", "agent-delete-policy.yaml"}
@@ -122,7 +122,7 @@ func AgentIdentityOn(ctx context.Context, s IdentitySpec) (*AgentIdentity, error
 	return &AgentIdentity{Kubeconfig: path, Config: cfg, Pod: pod}, nil
 }
 
-// manifestsOr returns dir, or the repository's manifests/base when it is
+// manifestsOr returns dir, or the repository's manifests/static/self-managed when it is
 // empty.
 func manifestsOr(dir string) (string, error) {
 	if dir != "" {
@@ -132,7 +132,7 @@ func manifestsOr(dir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(root, "manifests", "base"), nil
+	return filepath.Join(root, "manifests", manifest.StaticDir), nil
 }
 
 // The webhook's account as the shipped manifests define it.

@@ -1,7 +1,7 @@
 package localrun
 
 // What the shipped workloads give termgate's containers, read from
-// manifests/base: the launcher starts every agent and webhook with it.
+// manifests/static/self-managed: the launcher starts every agent and webhook with it.
 
 import (
 	"fmt"
@@ -43,7 +43,7 @@ func (c Container) Environ() []string {
 	return env
 }
 
-// ShippedAgent reads the agent container of manifests/base/agent-daemonset.yaml.
+// ShippedAgent reads the agent container of manifests/static/self-managed/agent-daemonset.yaml.
 func ShippedAgent() (Container, error) {
 	var ds appsv1.DaemonSet
 	if err := readShipped("agent-daemonset.yaml", "DaemonSet", &ds); err != nil {
@@ -52,7 +52,7 @@ func ShippedAgent() (Container, error) {
 	return container(ds.Spec.Template.Spec, "agent")
 }
 
-// ShippedWebhook reads the webhook container of manifests/base/webhook-deployment.yaml.
+// ShippedWebhook reads the webhook container of manifests/static/self-managed/webhook-deployment.yaml.
 func ShippedWebhook() (Container, error) {
 	var d appsv1.Deployment
 	if err := readShipped("webhook-deployment.yaml", "Deployment", &d); err != nil {
@@ -61,9 +61,9 @@ func ShippedWebhook() (Container, error) {
 	return container(d.Spec.Template.Spec, "webhook")
 }
 
-// readShipped reads the one object of kind in manifests/base/name.
+// readShipped reads the one object of kind in manifests/static/self-managed/name.
 func readShipped(name, kind string, into runtime.Object) error {
-	path, err := manifest.Shipped("base", name)
+	path, err := manifest.Shipped(manifest.StaticDir, name)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ type WebhookSpec struct {
 	// Client registers the webhook configurations.
 	Client kubernetes.Interface
 	// Manifests holds the shipped webhook configurations; defaults to the
-	// repository's manifests/base.
+	// repository's manifests/static/self-managed.
 	Manifests string
 	// Namespace holds the webhook's certificate Secret and lease; created
 	// if missing. Defaults to termgate.
@@ -75,7 +75,7 @@ func StartWebhook(ctx context.Context, s WebhookSpec) (*Webhook, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.Manifests = filepath.Join(root, "manifests", "base")
+		s.Manifests = filepath.Join(root, "manifests", manifest.StaticDir)
 	}
 	configs, err := LoadWebhookConfigurations(s.Manifests)
 	if err != nil {

@@ -9,7 +9,7 @@ import (
 // A test that points the shipped registrations elsewhere and back must get
 // every webhook's path back with them.
 func TestPointingTheRegistrationsAgainKeepsEachPath(t *testing.T) {
-	dir, err := manifest.Shipped("base")
+	dir, err := manifest.Shipped(manifest.StaticDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func TestIntoRefusesAFieldTheTypeDoesNotHave(t *testing.T) {
 // installs is what the files say.
 func TestEveryShippedBaseFileReads(t *testing.T) {
 	for _, f := range []string{"agent-daemonset.yaml", "webhook-deployment.yaml", "webhook-configurations.yaml", "agent-node-policy.yaml"} {
-		path, err := manifest.Shipped("base", f)
+		path, err := manifest.Shipped(manifest.StaticDir, f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +56,7 @@ func TestEveryShippedBaseFileReads(t *testing.T) {
 		}
 	}
 	var d appsv1.Deployment
-	path, _ := manifest.Shipped("base", "webhook-deployment.yaml")
+	path, _ := manifest.Shipped(manifest.StaticDir, "webhook-deployment.yaml")
 	objs, _ := manifest.ReadFile(path)
 	if o := manifest.Find(objs, "Deployment", "termgate-webhook"); o == nil {
 		t.Fatal("no webhook Deployment")

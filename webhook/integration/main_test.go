@@ -1,7 +1,7 @@
 // Package integration runs termgate's webhook in-process against a real
 // local control plane (kube-apiserver, scheduler, controller-manager, kwok
 // nodes), registered through the webhook configuration that ships in
-// manifests/base with only its clientConfig pointed at the local server.
+// manifests/static/self-managed with only its clientConfig pointed at the local server.
 package integration
 
 import (
@@ -227,13 +227,13 @@ func startWebhook(c *cluster.Cluster) (*runningWebhook, func(), error) {
 	return w, stop, nil
 }
 
-// shippedConfigurations reads the configurations in manifests/base.
+// shippedConfigurations reads the configurations in manifests/static/self-managed.
 func shippedConfigurations() (*localrun.WebhookConfigurations, error) {
 	root, err := cluster.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
-	return localrun.LoadWebhookConfigurations(filepath.Join(root, "manifests", "base"))
+	return localrun.LoadWebhookConfigurations(filepath.Join(root, "manifests", manifest.StaticDir))
 }
 
 // install registers the shipped configurations (pointed at addr) and the
@@ -283,7 +283,7 @@ func installPolicies(ctx context.Context, c *cluster.Cluster) error {
 		return err
 	}
 	for _, f := range []string{"agent-node-policy.yaml", "agent-delete-policy.yaml"} {
-		if err := manifest.ApplyFile(ctx, c.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
+		if err := manifest.ApplyFile(ctx, c.Config, filepath.Join(root, "manifests", manifest.StaticDir, f)); err != nil {
 			return err
 		}
 	}

@@ -48,11 +48,6 @@ var differences = []difference{
 		},
 	},
 	{
-		what:      "the image: termgate:<appVersion> from the chart (image.tag defaults to the appVersion), termgate:latest in the manifests",
-		chart:     eachContainer(func(c map[string]any, root object) error { return swapImage(c, "termgate:"+appVersion(root)) }),
-		manifests: eachContainer(func(c map[string]any, _ object) error { return swapImage(c, "termgate:latest") }),
-	},
-	{
 		what: "the notifier's priorityClassName: termgate-webhook in the chart (every pod the chart renders has a class), none in components/notifier",
 		chart: onlyNotifier(func(spec map[string]any) error {
 			if spec["priorityClassName"] != "termgate-webhook" {

@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 			return err
 		}
 		for _, f := range []string{"agent-node-policy.yaml", "agent-delete-policy.yaml"} {
-			path, err := manifest.Shipped("base", f)
+			path, err := manifest.Shipped(manifest.StaticDir, f)
 			if err != nil {
 				return err
 			}
@@ -173,7 +173,7 @@ func webhookOutOfThePath(t *testing.T, ns string) {
 	}
 	closed := ln.Addr().String()
 	ln.Close()
-	path, err := manifest.Shipped("base")
+	path, err := manifest.Shipped(manifest.StaticDir)
 	if err != nil {
 		t.Fatal(err)
 	}

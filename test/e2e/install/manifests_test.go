@@ -111,7 +111,7 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 	// The shipped Deployment, in a namespace of its own; only its placement
 	// is under test (kwok plays the kubelet, the image never runs).
 	ns := testenv.Namespace(t, env.Client)
-	dep := findObject(t, builtObjects(t, kubectl(t, "kustomize", shipped(t, "base"))), "Deployment", "termgate-webhook")
+	dep := findObject(t, builtObjects(t, kubectl(t, "kustomize", shipped(t, manifest.StaticDir))), "Deployment", "termgate-webhook")
 	dep.SetNamespace(ns)
 	deployment := &appsv1.Deployment{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(dep.Object, deployment); err != nil {
@@ -121,7 +121,7 @@ func TestWebhookReplicasSpreadOverZonesOntoOnDemandNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", "webhook-priorityclass.yaml")); err != nil {
+	if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", manifest.StaticDir, "webhook-priorityclass.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: deployment.Spec.Template.Spec.ServiceAccountName}}
@@ -191,7 +191,7 @@ func TestTheWebhooksNamespaceAdmitsItsPodsAndRefusesAHostNetworkPod(t *testing.T
 	// The namespaces, accounts and PriorityClass as shipped: admission
 	// checks the pods' references to them.
 	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-priorityclass.yaml"} {
-		if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", "base", f)); err != nil {
+		if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", manifest.StaticDir, f)); err != nil {
 			t.Fatal(err)
 		}
 	}

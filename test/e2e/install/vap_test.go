@@ -424,10 +424,10 @@ func webhookAccount(t *testing.T) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	for _, f := range []string{
-		filepath.Join("base", "namespace.yaml"),
-		filepath.Join("base", "webhook-rbac.yaml"),
+		filepath.Join(manifest.StaticDir, "namespace.yaml"),
+		filepath.Join(manifest.StaticDir, "webhook-rbac.yaml"),
 		filepath.Join("overlays", "self-managed", "webhook-certs-rbac.yaml"),
-		filepath.Join("base", "webhook-ca-bundle-policy.yaml"),
+		filepath.Join(manifest.StaticDir, "webhook-ca-bundle-policy.yaml"),
 	} {
 		if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", f)); err != nil {
 			t.Fatal(err)
