@@ -10,8 +10,10 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
@@ -147,13 +149,15 @@ const (
 	CertSourceCertManager = "cert-manager"
 )
 
-// certSourceRBAC is each overlay's grant to the webhook for its certificate.
-var certSourceRBAC = map[string]string{
-	CertSourceSelfManaged: "webhook-certs-rbac.yaml",
-	CertSourceCertManager: "webhook-certificate-rbac.yaml",
+// certSourceFile is each certificate source's template as the chart renders
+// it into manifests/static/<source>; its RBAC is the webhook's grant for its
+// certificate.
+var certSourceFile = map[string]string{
+	CertSourceSelfManaged: "certificates-self-managed.yaml",
+	CertSourceCertManager: "certificates-cert-manager.yaml",
 }
 
-// NewWebhookIdentity installs what the shipped overlay of certSource grants
+// NewWebhookIdentity installs what the shipped install of certSource grants
 // the webhook (its RBAC, the certificate source's RBAC, the policy that
 // lets it change only CA bundles, the FlowSchema for its single reads),
 // applied as they are, and writes a kubeconfig with a one-hour token of its
@@ -161,18 +165,20 @@ var certSourceRBAC = map[string]string{
 // replica in the cluster would be refused, and queued where it would be
 // queued.
 func NewWebhookIdentity(ctx context.Context, s IdentitySpec, certSource string) (kubeconfig string, err error) {
-	rbac, ok := certSourceRBAC[certSource]
+	file, ok := certSourceFile[certSource]
 	if !ok {
 		return "", fmt.Errorf("certificate source %q: want %s or %s", certSource, CertSourceSelfManaged, CertSourceCertManager)
 	}
 	if s.Manifests, err = manifestsOr(s.Manifests); err != nil {
 		return "", err
 	}
-	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-flowschema.yaml", "webhook-ca-bundle-policy.yaml",
-		filepath.Join("..", "overlays", certSource, rbac)} {
+	for _, f := range []string{"namespace.yaml", "webhook-rbac.yaml", "webhook-flowschema.yaml", "webhook-ca-bundle-policy.yaml"} {
 		if err := manifest.ApplyFile(ctx, s.AdminConfig, filepath.Join(s.Manifests, f)); err != nil {
 			return "", err
 		}
+	}
+	if err := applyCertSourceRBAC(ctx, s.AdminConfig, certSource, file); err != nil {
+		return "", err
 	}
 	tr, err := s.Admin.CoreV1().ServiceAccounts(WebhookNamespace).CreateToken(ctx, WebhookServiceAccount, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)},
@@ -187,6 +193,37 @@ func NewWebhookIdentity(ctx context.Context, s IdentitySpec, certSource string) 
 		return "", err
 	}
 	return path, nil
+}
+
+// applyCertSourceRBAC applies the RBAC objects of the certificate source's
+// file, leaving its Issuers and Certificates to the tests that run
+// cert-manager.
+func applyCertSourceRBAC(ctx context.Context, cfg *rest.Config, certSource, file string) error {
+	path, err := manifest.Shipped("static", certSource, file)
+	if err != nil {
+		return err
+	}
+	objs, err := manifest.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var rbac []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GroupVersionKind().Group == rbacv1.GroupName {
+			rbac = append(rbac, o)
+		}
+	}
+	if len(rbac) == 0 {
+		return fmt.Errorf("%s holds no RBAC for the webhook", path)
+	}
+	a, err := manifest.NewApplier(cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Apply(ctx, rbac...); err != nil {
+		return fmt.Errorf("apply %s: %w", path, err)
+	}
+	return nil
 }
 
 // ensureAgentPod creates (or finds) the stand-in pod of the agent's

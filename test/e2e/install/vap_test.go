@@ -426,7 +426,7 @@ func webhookAccount(t *testing.T) kubernetes.Interface {
 	for _, f := range []string{
 		filepath.Join(manifest.StaticDir, "namespace.yaml"),
 		filepath.Join(manifest.StaticDir, "webhook-rbac.yaml"),
-		filepath.Join("overlays", "self-managed", "webhook-certs-rbac.yaml"),
+		filepath.Join(manifest.StaticDir, "certificates-self-managed.yaml"),
 		filepath.Join(manifest.StaticDir, "webhook-ca-bundle-policy.yaml"),
 	} {
 		if err := manifest.ApplyFile(ctx(t), env.Config, filepath.Join(root, "manifests", f)); err != nil {
