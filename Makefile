@@ -58,6 +58,15 @@ $(BIN)/cert-manager: test/certmanager/go.mod test/certmanager/go.sum test/certma
 	@mkdir -p $(BIN)
 	cd test/certmanager && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $@ .
 
+## helm: the Helm the chart's tests use (the chart module's tool), for
+## trying the chart on `make cluster`; no test needs the binary.
+HELM_VERSION = $(shell awk '$$1 == "helm.sh/helm/v4" {print $$2}' charts/termgate/test/go.mod)
+$(BIN)/helm: charts/termgate/test/go.mod charts/termgate/test/go.sum
+	@mkdir -p $(BIN)
+	cd charts/termgate/test && CGO_ENABLED=0 $(GO) build -trimpath \
+		-ldflags '-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM_VERSION)' \
+		-o $(abspath $@) helm.sh/helm/v4/cmd/helm
+
 # Prometheus itself, for the end-to-end test of the chart's alerts
 # (test/e2e/monitoring); no service discovery but static targets is linked.
 $(BIN)/prometheus: test/prometheus/go.mod test/prometheus/go.sum
@@ -179,7 +188,7 @@ demo: binaries build image
 	$(GO) run ./test/cmd/demo $(DEMO_FLAGS)
 
 ## cluster: the local cluster in the foreground until Ctrl-C.
-cluster: binaries
+cluster: binaries image $(BIN)/helm
 	$(GO) run ./test/cmd/localcluster $(CLUSTER_FLAGS)
 
 ## bench: every benchmark; each prints a table and writes bin/bench/<name>.json.

@@ -17,7 +17,11 @@ require (
 	sigs.k8s.io/yaml v1.6.0
 )
 
-require github.com/go-chi/chi/v5 v5.5.0 // indirect
+require (
+	github.com/Masterminds/vcs v1.13.3 // indirect
+	github.com/cpuguy83/go-md2man/v2 v2.0.6 // indirect
+	github.com/go-chi/chi/v5 v5.5.0 // indirect
+)
 
 require (
 	dario.cat/mergo v1.0.1 // indirect
@@ -148,3 +152,5 @@ require (
 )
 
 replace termgate.dev/termgate => ../../..
+
+tool helm.sh/helm/v4/cmd/helm

@@ -78,28 +78,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// values are what a user changes to install on this cluster: the image
-// (imported, never pulled), where the pods run (the real node is the only
-// one that runs containers), the agent's metadata server.
-func values() map[string]any {
-	image := map[string]any{"repository": "termgate.local/termgate", "tag": "dev", "digest": "", "pullPolicy": "Never"}
-	onRealNode := map[string]any{"nodeAffinity": map[string]any{
-		"requiredDuringSchedulingIgnoredDuringExecution": map[string]any{"nodeSelectorTerms": []any{
-			map[string]any{"matchExpressions": []any{map[string]any{"key": "kubernetes.io/hostname", "operator": "In", "values": []any{node.Name}}}},
-		}},
-	}}
-	return map[string]any{
-		"agent": map[string]any{
-			"image": image, "affinity": onRealNode,
-			"extraEnv": []any{map[string]any{"name": "GCE_METADATA_HOST", "value": md.Host()}},
-		},
-		"webhook": map[string]any{
-			"image": image, "affinity": onRealNode,
-			"tolerations": []any{map[string]any{"key": cluster.RealNodeTaint, "operator": "Exists", "effect": "NoSchedule"}},
-		},
-		"networkPolicy": map[string]any{"controlPlaneCIDRs": []any{"172.16.0.0/28"}},
-	}
-}
+// values are what a user changes to install on this cluster, as `make
+// cluster` writes them for a newcomer.
+func values() map[string]any { return realnodeinstall.ChartValues(node.Name, md.Host()) }
 
 func helmConfig(t *testing.T) *action.Configuration {
 	t.Helper()
