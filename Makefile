@@ -133,14 +133,22 @@ $(REALNODE_BIN)/images.stamp: $(wildcard test/imagebuild/*.go test/imagebuild/*/
 	touch $@
 
 ## image: the image users run, as an OCI archive (bin/termgate-image.tar) built
-## offline: the static binary on an empty base, user 65532. Push it with e.g.
-## `skopeo copy oci-archive:bin/termgate-image.tar docker://REGISTRY/termgate:TAG`.
+## offline: one image index for linux/amd64 and linux/arm64, each the static
+## binary on an empty base, user 65532, with OCI labels. Push both with e.g.
+## `skopeo copy --all oci-archive:bin/termgate-image.tar docker://REGISTRY/termgate:TAG`.
 IMAGE ?= termgate.local/termgate:dev
+IMAGE_SOURCE ?= https://github.com/termgate/termgate
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE_ARCHES := amd64 arm64
 image:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '-s -w' \
-		-o $(BIN)/termgate-linux-amd64 ./cmd/termgate
-	cd test/imagebuild && $(GO) run . termgate -binary $(BIN)/termgate-linux-amd64 \
+	for arch in $(IMAGE_ARCHES); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '-s -w' \
+			-o $(BIN)/termgate-linux-$$arch ./cmd/termgate || exit 1; done
+	cd test/imagebuild && $(GO) run . termgate \
+		-binary linux/amd64=$(BIN)/termgate-linux-amd64 -binary linux/arm64=$(BIN)/termgate-linux-arm64 \
+		-version '$(VERSION)' -revision '$(REVISION)' -source '$(IMAGE_SOURCE)' \
 		-ref $(IMAGE) -o $(BIN)/termgate-image.tar
 
 lint:
@@ -175,6 +183,7 @@ unit:
 # parallel slots while it waits for another; their output follows the rest's.
 REALNODE_PKGS := ./test/e2e/realnode ./test/e2e/realnodecm ./test/cluster
 test: binaries image lint chart-test
+	cd test/imagebuild && $(GO) test -count=1 ./...
 	cd test/servicecontroller && $(GO) test -count=1 ./netlb/
 	@{ $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(REALNODE_PKGS); a=$$?; \
 		cd charts/termgate/test && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./install/; b=$$?; \

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"debug/elf"
 	"fmt"
 	"io"
 	"io/fs"
@@ -22,25 +23,124 @@ import (
 // spec is everything an image built here holds: one executable file and the
 // few config fields a runtime needs.
 type spec struct {
-	binary     string   // file on this machine
-	path       string   // where it lands in the image
-	user       string   // "" runs as the runtime's default (root)
-	entrypoint []string // the command
+	binary     string            // file on this machine
+	path       string            // where it lands in the image
+	user       string            // "" runs as the runtime's default (root)
+	entrypoint []string          // the command
+	labels     map[string]string // config labels; nil for none
+}
+
+// platformBinary is one platform of a multi-platform image and the binary
+// built for it.
+type platformBinary struct {
+	platform v1.Platform
+	binary   string
+}
+
+// elfMachines is the ELF machine a binary must be built for to run on each
+// architecture an image here can target.
+var elfMachines = map[string]elf.Machine{
+	"amd64": elf.EM_X86_64,
+	"arm64": elf.EM_AARCH64,
 }
 
 // epoch is every timestamp in the image, so the same binary always gives the
 // same digest.
 var epoch = time.Unix(0, 0).UTC()
 
-// writeArchive writes an OCI image layout holding one linux/amd64 image as a
-// tar file. The index names the image twice: org.opencontainers.image.ref.name
-// for OCI tools and io.containerd.image.name for `ctr images import`, which
-// otherwise imports it without a name.
-func writeArchive(out, ref string, s spec) error {
-	img, err := buildImage(s)
+// nameAnnotations names an image in index.json twice:
+// org.opencontainers.image.ref.name for OCI tools and io.containerd.image.name
+// for `ctr images import`, which otherwise imports it without a name.
+func nameAnnotations(ref string) map[string]string {
+	return map[string]string{
+		"org.opencontainers.image.ref.name": ref,
+		"io.containerd.image.name":          ref,
+	}
+}
+
+// checkBinary refuses a file that is not a Linux ELF executable for the
+// platform's architecture: an arm64 image holding an amd64 binary would
+// build fine and only fail on the node with "exec format error".
+func checkBinary(path string, p v1.Platform) error {
+	want, ok := elfMachines[p.Architecture]
+	if p.OS != "linux" || !ok {
+		return fmt.Errorf("platform %s: not supported (want linux/amd64 or linux/arm64)", p)
+	}
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("platform %s: binary %s: not an ELF file: %w", p, path, err)
+	}
+	defer f.Close()
+	if f.Machine != want {
+		return fmt.Errorf("platform %s: binary %s is built for %s, want %s", p, path, f.Machine, want)
+	}
+	return nil
+}
+
+// writeArchive writes an OCI image layout holding one image for one platform
+// as a tar file, the index.json entry carrying the platform and both names.
+func writeArchive(out, ref string, s spec, p v1.Platform) error {
+	if err := checkBinary(s.binary, p); err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	img, err := buildImage(s, p)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
+	return writeLayout(out, ref, func(l layout.Path) error {
+		return l.AppendImage(img, layout.WithAnnotations(nameAnnotations(ref)), layout.WithPlatform(p))
+	})
+}
+
+// writeIndexArchive writes an OCI image layout whose index.json has one
+// entry: an OCI image index with one image per platform, each built from s
+// with that platform's binary. The nested index carries s's labels as
+// annotations; the entry naming it carries both names. Every binary is
+// checked before anything is built.
+func writeIndexArchive(out, ref string, s spec, bins []platformBinary) error {
+	if len(bins) == 0 {
+		return fmt.Errorf("image %s: no platform", ref)
+	}
+	for _, b := range bins {
+		if err := checkBinary(b.binary, b.platform); err != nil {
+			return fmt.Errorf("image %s: %w", ref, err)
+		}
+	}
+	idx, err := buildIndex(s, bins)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	return writeLayout(out, ref, func(l layout.Path) error {
+		return l.AppendIndex(idx, layout.WithAnnotations(nameAnnotations(ref)))
+	})
+}
+
+// buildIndex builds an OCI image index of one image per platform.
+func buildIndex(s spec, bins []platformBinary) (v1.ImageIndex, error) {
+	adds := make([]mutate.IndexAddendum, 0, len(bins))
+	for _, b := range bins {
+		one := s
+		one.binary = b.binary
+		img, err := buildImage(one, b.platform)
+		if err != nil {
+			return nil, fmt.Errorf("platform %s: %w", b.platform, err)
+		}
+		p := b.platform
+		adds = append(adds, mutate.IndexAddendum{
+			Add:        img,
+			Descriptor: v1.Descriptor{Platform: &p},
+		})
+	}
+	idx := mutate.IndexMediaType(mutate.AppendManifests(empty.Index, adds...), types.OCIImageIndex)
+	if len(s.labels) > 0 {
+		idx = mutate.Annotations(idx, s.labels).(v1.ImageIndex)
+	}
+	return idx, nil
+}
+
+// writeLayout writes an OCI layout into a temporary directory through add
+// and then tars it to out.
+func writeLayout(out, ref string, add func(layout.Path) error) error {
 	dir, err := os.MkdirTemp("", "imagebuild-layout-")
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
@@ -50,11 +150,7 @@ func writeArchive(out, ref string, s spec) error {
 	if err != nil {
 		return fmt.Errorf("image %s: write layout: %w", ref, err)
 	}
-	err = p.AppendImage(img, layout.WithAnnotations(map[string]string{
-		"org.opencontainers.image.ref.name": ref,
-		"io.containerd.image.name":          ref,
-	}), layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
-	if err != nil {
+	if err := add(p); err != nil {
 		return fmt.Errorf("image %s: write layout: %w", ref, err)
 	}
 	if err := tarDir(dir, out); err != nil {
@@ -63,7 +159,7 @@ func writeArchive(out, ref string, s spec) error {
 	return nil
 }
 
-func buildImage(s spec) (v1.Image, error) {
+func buildImage(s spec, p v1.Platform) (v1.Image, error) {
 	bin, err := os.ReadFile(s.binary)
 	if err != nil {
 		return nil, fmt.Errorf("read binary: %w", err)
@@ -107,11 +203,17 @@ func buildImage(s spec) (v1.Image, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.OS, cfg.Architecture, cfg.Variant = p.OS, p.Architecture, p.Variant
 	cfg.Created = v1.Time{Time: epoch}
 	cfg.Config.User = s.user
 	cfg.Config.Entrypoint = s.entrypoint
 	cfg.Config.WorkingDir = "/"
+	if len(s.labels) > 0 {
+		cfg.Config.Labels = map[string]string{}
+		for k, v := range s.labels {
+			cfg.Config.Labels[k] = v
+		}
+	}
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)

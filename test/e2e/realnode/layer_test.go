@@ -9,24 +9,28 @@ import (
 	"io"
 )
 
-// layerFiles lists the regular files of a gzipped layer, as absolute paths.
-func layerFiles(layer []byte) ([]string, error) {
+// layerContents adds the regular files of a gzipped layer tar to files, by
+// absolute path.
+func layerContents(layer []byte, files map[string][]byte) error {
 	zr, err := gzip.NewReader(bytes.NewReader(layer))
 	if err != nil {
-		return nil, fmt.Errorf("layer: %w", err)
+		return fmt.Errorf("layer: %w", err)
 	}
-	var files []string
 	tr := tar.NewReader(zr)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return files, nil
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("layer: %w", err)
+			return fmt.Errorf("layer: %w", err)
 		}
 		if h.Typeflag == tar.TypeReg {
-			files = append(files, "/"+h.Name)
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				return fmt.Errorf("layer: %s: %w", h.Name, err)
+			}
+			files["/"+h.Name] = b
 		}
 	}
 }
