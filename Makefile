@@ -166,7 +166,7 @@ chart-test:
 ## chart-docs: rewrite docs/helm.md's values table from the chart's values.
 .PHONY: chart-docs
 chart-docs:
-	cd charts/termgate/test && $(GO) test -count=1 -run TestTheValuesTableIsTheChartsValues ./... -update
+	cd charts/termgate/test && $(GO) test -count=1 -run TestTheValuesTableIsTheChartsValues . -update
 
 ## manifests: rewrite manifests/static/<mode> (the kustomize install) from
 ## the chart's render; `make chart-test` fails while they differ.

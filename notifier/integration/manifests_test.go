@@ -121,7 +121,10 @@ func TestTheNotifiersPodPassesTheRestrictedPodSecurityStandard(t *testing.T) {
 	pod := func(mutate func(*corev1.PodSpec)) *corev1.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "notifier-" + rand.String(5), Namespace: ns, Labels: dep.Spec.Template.Labels},
 			Spec: *dep.Spec.Template.Spec.DeepCopy()}
-		p.Spec.ServiceAccountName = "" // the namespace's default: only the security context is on trial
+		// The namespace's default account and no PriorityClass (the install's
+		// termgate-webhook is not applied here): only the security context
+		// is on trial.
+		p.Spec.ServiceAccountName, p.Spec.PriorityClassName = "", ""
 		mutate(&p.Spec)
 		return p
 	}

@@ -47,86 +47,6 @@ var differences = []difference{
 			return nil
 		},
 	},
-	{
-		what: "the notifier's priorityClassName: termgate-webhook in the chart (every pod the chart renders has a class), none in components/notifier",
-		chart: onlyNotifier(func(spec map[string]any) error {
-			if spec["priorityClassName"] != "termgate-webhook" {
-				return fmt.Errorf("priorityClassName %v", spec["priorityClassName"])
-			}
-			delete(spec, "priorityClassName")
-			return nil
-		}),
-	},
-	{
-		what: "the notifier's pod annotation termgate.dev/config-hash, which rolls its pods when notifier.config changes",
-		chart: func(o object) error {
-			if str(o, "kind") != "Deployment" || str(o, "metadata", "name") != "termgate-notifier" {
-				return nil
-			}
-			meta, _ := get(o, "spec", "template", "metadata").(map[string]any)
-			ann, _ := meta["annotations"].(map[string]any)
-			if _, ok := ann["termgate.dev/config-hash"]; !ok {
-				return fmt.Errorf("no termgate.dev/config-hash annotation")
-			}
-			delete(ann, "termgate.dev/config-hash")
-			if len(ann) == 0 {
-				delete(meta, "annotations")
-			}
-			return nil
-		},
-	},
-	{
-		what: "app.kubernetes.io/part-of: termgate on every object: the kustomize base and components/notifier label theirs, " +
-			"but the overlays' certificate objects and components/drain-order-policy's policy carry no labels",
-		both: func(c, m object) error {
-			if _, ok := get(m, "metadata", "labels", "app.kubernetes.io/part-of").(string); ok {
-				return nil
-			}
-			labels, _ := get(c, "metadata", "labels").(map[string]any)
-			if labels["app.kubernetes.io/part-of"] != "termgate" {
-				return fmt.Errorf("the chart's object has no part-of label")
-			}
-			delete(labels, "app.kubernetes.io/part-of")
-			if len(labels) == 0 {
-				delete(c["metadata"].(map[string]any), "labels")
-			}
-			return nil
-		},
-	},
-}
-
-// chartAppVersion is set once the chart is loaded.
-var chartAppVersion string
-
-func appVersion(object) string { return chartAppVersion }
-
-func eachContainer(f func(c map[string]any, root object) error) func(o object) error {
-	return func(o object) error {
-		containers, _ := get(o, "spec", "template", "spec", "containers").([]any)
-		for _, c := range containers {
-			if err := f(c.(map[string]any), o); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-}
-
-func swapImage(c map[string]any, want string) error {
-	if c["image"] != want {
-		return fmt.Errorf("container %v: image %v, want %s", c["name"], c["image"], want)
-	}
-	c["image"] = "IMAGE"
-	return nil
-}
-
-func onlyNotifier(f func(spec map[string]any) error) func(o object) error {
-	return func(o object) error {
-		if str(o, "kind") != "Deployment" || str(o, "metadata", "name") != "termgate-notifier" {
-			return nil
-		}
-		return f(get(o, "spec", "template", "spec").(map[string]any))
-	}
 }
 
 // kustomize renders a kustomization as `kubectl apply -k` does, as
@@ -228,7 +148,6 @@ func byID(t *testing.T, side string, objs []object) map[string]object {
 }
 
 func TestTheDefaultRenderIsTheKustomizeInstall(t *testing.T) {
-	chartAppVersion = loadChart(t).Metadata.AppVersion
 	for _, tc := range []struct {
 		name, values  string
 		kustomization string

@@ -18,9 +18,10 @@ var staticInstalls = []struct{ dir, mode string }{
 }
 
 // staticValues are the chart's defaults with the placeholder control-plane
-// range, which the static manifests' users patch (docs/install.md).
-func staticValues(t *testing.T, mode string) map[string]any {
-	return values(t, required+"certificates:\n  mode: "+mode+"\n")
+// range, which the static manifests' users patch (docs/install.md), and
+// extra.
+func staticValues(t *testing.T, extra string) map[string]any {
+	return values(t, required+extra)
 }
 
 // The lines of Helm's standard labels, which say Helm manages an object:
@@ -29,12 +30,20 @@ var helmLabelLine = regexp.MustCompile(`(?m)^\s+(helm\.sh/chart|app\.kubernetes\
 
 var sourceLine = regexp.MustCompile(`(?m)^# Source: termgate/templates/(.+)$`)
 
-// renderStatic renders the chart for mode and returns each template's
-// documents, by file name, with Helm's labels taken off, and the files in
-// Helm's install order.
-func renderStatic(t *testing.T, mode string) (map[string]string, []string) {
+// Empty includes leave lines of spaces and trailing spaces behind (an
+// indented include that rendered nothing); the static files go without.
+// The equivalence test proves no value changed.
+var (
+	spacesLine    = regexp.MustCompile(`(?m)^[ \t]+\n`)
+	trailingSpace = regexp.MustCompile(`(?m)[ \t]+$`)
+)
+
+// renderStatic renders the chart with the extra values and returns each
+// template's documents, by file name, with Helm's labels taken off, and the
+// files in Helm's install order.
+func renderStatic(t *testing.T, extra string) (map[string]string, []string) {
 	t.Helper()
-	manifest := renderManifest(t, staticValues(t, mode))
+	manifest := renderManifest(t, staticValues(t, extra))
 	files := map[string]string{}
 	var order []string
 	for _, doc := range strings.Split("\n"+manifest, "\n---\n") {
@@ -47,6 +56,7 @@ func renderStatic(t *testing.T, mode string) (map[string]string, []string) {
 		}
 		body := strings.TrimSpace(sourceLine.ReplaceAllString(doc, ""))
 		body = helmLabelLine.ReplaceAllString(body+"\n", "")
+		body = trailingSpace.ReplaceAllString(spacesLine.ReplaceAllString(body, ""), "")
 		if strings.TrimSpace(body) == "" {
 			continue
 		}
@@ -66,7 +76,7 @@ func renderStatic(t *testing.T, mode string) (map[string]string, []string) {
 // template the mode renders, and the kustomization listing them.
 func staticFiles(t *testing.T, dir, mode string) map[string]string {
 	t.Helper()
-	files, order := renderStatic(t, mode)
+	files, order := renderStatic(t, "certificates:\n  mode: "+mode+"\n")
 	out := map[string]string{}
 	for _, name := range order {
 		out[name] = fmt.Sprintf("# Rendered from charts/termgate/templates/%s (certificates.mode %s) by\n# `make manifests`: change the chart, not this file.\n%s", name, mode, files[name])
@@ -89,49 +99,137 @@ resources:
 	return out
 }
 
+// A kustomize component rendered from the chart: the templates a value
+// turns on, and the kustomization that adds them (with patches for what the
+// value changes in objects the overlays already have).
+type staticComponent struct {
+	dir, values string
+	templates   []string
+	header      string // the kustomization's comment, without the "# "
+	patches     string // the kustomization's patches: block, if any
+}
+
+var staticComponents = []staticComponent{
+	{
+		dir: "notifier", values: "notifier: {enabled: true}\n",
+		templates: []string{"notifier-rbac.yaml", "notifier-config.yaml", "notifier-deployment.yaml", "notifier-pdb.yaml"},
+		header: `The notifier, off by default: add this component to your overlay to tell
+people and systems outside the cluster what termgate did (see
+docs/notifications.md).
+
+  apiVersion: kustomize.config.k8s.io/v1beta1
+  kind: Kustomization
+  resources:
+  - github.com/termgate/termgate/manifests/overlays/self-managed
+  components:
+  - github.com/termgate/termgate/manifests/components/notifier
+
+It needs a Secret of yours, termgate/termgate-notifier-sinks, with each
+sink's URL (and optionally headers and an HMAC key); replace the sinks in
+notifier-config.yaml with your own by a patch or a configMapGenerator
+with behavior: replace.`,
+	},
+	{
+		dir: "drain-order-policy", values: "drainOrderPolicy: {enabled: true}\n",
+		templates: []string{"drain-order-policy.yaml"},
+		header: `Optional: keep tenants from overriding the drain order (why and how:
+drain-order-policy.yaml). Use it from an overlay of yours:
+
+  resources:
+  - github.com/OWNER/termgate/manifests/overlays/self-managed
+  components:
+  - github.com/OWNER/termgate/manifests/components/drain-order-policy
+
+Allow a namespace with
+  kubectl label namespace NAME termgate.dev/drain-order-overrides=allowed
+The component labels termgate's agent namespace so.`,
+		patches: `patches:
+- target: {kind: Namespace, name: termgate-agent}
+  patch: |-
+    - op: add
+      path: /metadata/labels/termgate.dev~1drain-order-overrides
+      value: allowed
+`,
+	},
+}
+
+// componentFiles are the contents of manifests/components/<dir>.
+func componentFiles(t *testing.T, c staticComponent) map[string]string {
+	t.Helper()
+	files, _ := renderStatic(t, c.values)
+	out := map[string]string{}
+	var k strings.Builder
+	for _, line := range strings.Split(c.header, "\n") {
+		k.WriteString(strings.TrimRight("# "+line, " ") + "\n")
+	}
+	k.WriteString("#\n# Generated by `make manifests` from charts/termgate (" + strings.TrimSpace(c.values) +
+		"); a test fails when the two differ.\napiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources:\n")
+	for _, name := range c.templates {
+		body, ok := files[name]
+		if !ok {
+			t.Fatalf("component %s: the chart renders no %s with %s", c.dir, name, c.values)
+		}
+		out[name] = fmt.Sprintf("# Rendered from charts/termgate/templates/%s (%s) by\n# `make manifests`: change the chart, not this file.\n%s", name, strings.TrimSpace(c.values), body)
+		fmt.Fprintf(&k, "- %s\n", name)
+	}
+	k.WriteString(c.patches)
+	out["kustomization.yaml"] = k.String()
+	return out
+}
+
 // manifests/static/* are what the chart renders: they cannot drift from
 // it. `make manifests` (this test with -update) rewrites them.
 func TestTheStaticManifestsAreTheChartsRender(t *testing.T) {
 	for _, s := range staticInstalls {
 		t.Run(s.dir, func(t *testing.T) {
-			dir := filepath.Join(repoRoot(t), "manifests", "static", s.dir)
-			want := staticFiles(t, s.dir, s.mode)
-			if *update {
-				if err := os.RemoveAll(dir); err != nil {
-					t.Fatal(err)
-				}
-				if err := os.MkdirAll(dir, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				for name, body := range want {
-					if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-						t.Fatal(err)
-					}
-				}
-				return
-			}
-			entries, err := os.ReadDir(dir)
-			if err != nil {
-				t.Fatalf("%v: run `make manifests`", err)
-			}
-			var have []string
-			for _, e := range entries {
-				have = append(have, e.Name())
-				body, err := os.ReadFile(filepath.Join(dir, e.Name()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if w, ok := want[e.Name()]; !ok {
-					t.Errorf("%s: the chart renders no such file", e.Name())
-				} else if string(body) != w {
-					t.Errorf("%s differs from the chart's render: run `make manifests`", e.Name())
-				}
-			}
-			for name := range want {
-				if !slices.Contains(have, name) {
-					t.Errorf("%s is missing: run `make manifests`", name)
-				}
-			}
+			sameFiles(t, filepath.Join(repoRoot(t), "manifests", "static", s.dir), staticFiles(t, s.dir, s.mode))
 		})
+	}
+	for _, c := range staticComponents {
+		t.Run("components/"+c.dir, func(t *testing.T) {
+			sameFiles(t, filepath.Join(repoRoot(t), "manifests", "components", c.dir), componentFiles(t, c))
+		})
+	}
+}
+
+// sameFiles fails unless dir holds exactly want's files with want's
+// contents; with -update it rewrites dir to hold them.
+func sameFiles(t *testing.T, dir string, want map[string]string) {
+	t.Helper()
+	if *update {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, body := range want {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("%v: run `make manifests`", err)
+	}
+	var have []string
+	for _, e := range entries {
+		have = append(have, e.Name())
+		body, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w, ok := want[e.Name()]; !ok {
+			t.Errorf("%s: the chart renders no such file: run `make manifests`", e.Name())
+		} else if string(body) != w {
+			t.Errorf("%s differs from the chart's render: run `make manifests`", e.Name())
+		}
+	}
+	for name := range want {
+		if !slices.Contains(have, name) {
+			t.Errorf("%s is missing: run `make manifests`", name)
+		}
 	}
 }

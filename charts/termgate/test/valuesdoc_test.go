@@ -174,12 +174,22 @@ func setFlow(n *yamlv3.Node) {
 	}
 }
 
+// commentedOutKey is a comment line that is a key left unset on purpose
+// ("# topologySpreadConstraints: []"): the lines above it describe that
+// key, not the next one.
+var commentedOutKey = regexp.MustCompile(`^[a-z][A-Za-z0-9]*:( |$)`)
+
 // describe is the comment above the key in values.yaml, or the schema's
 // description.
 func describe(key *yamlv3.Node, s map[string]any) string {
 	var lines []string
 	for _, l := range strings.Split(key.HeadComment, "\n") {
-		if l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "#")); l != "" {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "#"))
+		if commentedOutKey.MatchString(l) {
+			lines = nil
+			continue
+		}
+		if l != "" {
 			lines = append(lines, l)
 		}
 	}
