@@ -23,6 +23,10 @@ type Config struct {
 	PollTimeout time.Duration
 	// BackoffBase and BackoffCap bound the retry delay after errors.
 	BackoffBase, BackoffCap time.Duration
+	// Transport carries the requests to the metadata server; nil is a
+	// clone of http.DefaultTransport. Agents run in one process each get
+	// their own, to their own server.
+	Transport http.RoundTripper
 }
 
 // DefaultConfig returns the defaults behind the agent's flags.
@@ -45,8 +49,12 @@ type Watcher struct {
 // New builds a watcher on the real metadata client. The client honours
 // GCE_METADATA_HOST, which is how tests point it at a fake server.
 func New(clk clock.Clock, cfg Config, m *Metrics) *Watcher {
+	rt := cfg.Transport
+	if rt == nil {
+		rt = http.DefaultTransport.(*http.Transport).Clone()
+	}
 	hc := &http.Client{
-		Transport: m.instrument(http.DefaultTransport.(*http.Transport).Clone()),
+		Transport: m.instrument(rt),
 		// A hanging GET answers within PollTimeout; past that plus a margin
 		// the connection is broken, not slow.
 		Timeout: cfg.PollTimeout + 10*time.Second,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"time"
@@ -172,9 +173,49 @@ func runAgent(ctx context.Context, args []string) error {
 }
 
 func (o *agentOptions) run(ctx context.Context) error {
-	cfg, err := o.client.Config("termgate-agent/" + o.agent.NodeName)
+	b, err := o.build(ctx, AgentEnv{})
 	if err != nil {
 		return err
+	}
+	defer b.broadcaster.Shutdown()
+	live := []daemon.Check{{Name: "metadata-watch", Fn: b.agent.Live}}
+	ready := []daemon.Check{{Name: "agent", Fn: b.agent.Ready}, {Name: "api-server", Fn: b.check.Err}}
+	s, err := openServers(ctx, o.serving, b.base, b.registry, daemon.Probes(live, ready), clock.RealClock{})
+	if err != nil {
+		return err
+	}
+	s.Go("api check", b.check.Run)
+	return s.while(ctx, b.work)
+}
+
+// AgentEnv is what an agent built in-process (NewAgent) is given instead of
+// what the process would give it. The zero value is the binary's: the
+// API server from --kubeconfig or the pod, the metadata server through the
+// default transport (GCE_METADATA_HOST honoured).
+type AgentEnv struct {
+	// REST is the API server and the agent's own credentials; its QPS and
+	// burst are replaced by the flags'. Give each agent a Dial of its own
+	// so that client-go does not share one connection among them.
+	REST *rest.Config
+	// MetadataTransport carries the metadata server's requests.
+	MetadataTransport http.RoundTripper
+}
+
+// builtAgent is an agent and what runs beside it, wired as the binary
+// wires them.
+type builtAgent struct {
+	agent       *agent.Agent
+	check       *agent.APICheck
+	base        *rest.Config
+	registry    *prometheus.Registry
+	broadcaster record.EventBroadcaster
+	work        func(context.Context) error
+}
+
+func (o *agentOptions) build(ctx context.Context, env AgentEnv) (*builtAgent, error) {
+	cfg, err := o.restConfig(env.REST)
+	if err != nil {
+		return nil, err
 	}
 	// The readiness check and the metrics authentication get copies of
 	// the plain configuration, each with a rate limiter of its own.
@@ -186,64 +227,122 @@ func (o *agentOptions) run(ctx context.Context) error {
 	cfg.Wrap(drain.WithoutHiddenRetries)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("build client: %w", err)
+		return nil, fmt.Errorf("build client: %w", err)
 	}
 	reg, err := daemon.NewRegistry()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dm, err := drain.NewMetrics(reg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sm, err := notice.NewMetrics(reg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	am, err := agent.NewMetrics(reg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	o.drain.Metrics = dm
+	drainCfg := o.drain
+	drainCfg.Metrics = dm
 
 	// Events outlive the signal: a drain that goes on after SIGTERM still
-	// reports its steps. Shutdown flushes them when run returns.
+	// reports its steps. The caller shuts the broadcaster down, which
+	// flushes them, when the agent returns.
 	broadcaster := record.NewBroadcaster(record.WithContext(context.WithoutCancel(ctx)))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "termgate-agent", Host: o.agent.NodeName})
 
 	clk := clock.RealClock{}
 	pods := drain.NewPodSource(client, o.agent.NodeName)
 	lbs := o.lb.tracker(client, clk, o.agent.NodeName)
 	if lbs != nil {
-		o.drain.LoadBalancers = lbs
+		drainCfg.LoadBalancers = lbs
 	}
+	o.watch.Transport = env.MetadataTransport
 	a, err := agent.New(o.agent, agent.Parts{
 		Client:  client,
 		Clock:   clk,
 		Sources: o.sources(clk, sm),
-		Drainer: drain.New(client, pods, clk, o.drain, recorder),
+		Drainer: drain.New(client, pods, clk, drainCfg, recorder),
 		Pods:    pods,
 		Events:  recorder,
 		Metrics: am,
 	})
 	if err != nil {
-		return err
+		broadcaster.Shutdown()
+		return nil, err
 	}
 	check, err := newAPICheck(base, clk, o.apiCheckInterval)
 	if err != nil {
-		return err
+		broadcaster.Shutdown()
+		return nil, err
 	}
-	live := []daemon.Check{{Name: "metadata-watch", Fn: a.Live}}
-	ready := []daemon.Check{{Name: "agent", Fn: a.Ready}, {Name: "api-server", Fn: check.Err}}
-	s, err := openServers(ctx, o.serving, base, reg, daemon.Probes(live, ready), clk)
-	if err != nil {
-		return err
-	}
-	s.Go("api check", check.Run)
-	return s.while(ctx, runBeside(lbs, a.Run))
+	return &builtAgent{agent: a, check: check, base: base, registry: reg, broadcaster: broadcaster, work: runBeside(lbs, a.Run)}, nil
 }
+
+// restConfig is the agent's API server configuration: env's when given
+// (with the flags' rate limits), else from the flags.
+func (o *agentOptions) restConfig(given *rest.Config) (*rest.Config, error) {
+	userAgent := "termgate-agent/" + o.agent.NodeName
+	if given == nil {
+		return o.client.Config(userAgent)
+	}
+	cfg := rest.CopyConfig(given)
+	cfg.QPS, cfg.Burst, cfg.UserAgent = float32(o.client.QPS), o.client.Burst, userAgent
+	return cfg, nil
+}
+
+// Agent is one agent built in-process from the agent's own flags, wired
+// as `termgate agent` wires it, without its probe and metrics servers:
+// for benchmarks and tests that run more agents than a machine runs
+// processes.
+type Agent struct {
+	built *builtAgent
+}
+
+// NewAgent builds the agent `termgate agent args...` would run, with env
+// in place of the process's API server credentials and metadata
+// transport. It sets no process-wide state (logger, memory limit).
+func NewAgent(ctx context.Context, args []string, env AgentEnv) (*Agent, error) {
+	o := newAgentOptions()
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, fmt.Errorf("agent flags: %w", err)
+	}
+	o.Complete()
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := o.build(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{built: b}, nil
+}
+
+// Run runs the agent and its API check until ctx ends (and a drain in
+// progress, as the binary's does), then flushes its events.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.built.broadcaster.Shutdown()
+	checkCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.built.check.Run(checkCtx) }()
+	defer func() { stop(); <-done }()
+	return a.built.work(ctx)
+}
+
+// Ready is the agent's readiness, as its /readyz reports it.
+func (a *Agent) Ready() error {
+	return errors.Join(a.built.agent.Ready(), a.built.check.Err())
+}
+
+// Registry holds the agent's metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.built.registry }
 
 // newAPICheck builds the readiness check's own client: one request per
 // interval, on a rate limiter of its own.
