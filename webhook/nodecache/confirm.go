@@ -95,23 +95,29 @@ func (c *Confirmer) Lookup(ctx context.Context, name string) (Node, bool) {
 type Marks struct {
 	cache Lookup
 	reads *Rereader
-	// seen is told of a mark found by a fresh read, before the cache
-	// delivers it, so what follows a mark (the confinement's list of the
-	// node's pods) starts at once.
+	// seen is told of every mark found, so what follows a mark (the
+	// confinement's list of the node's pods) starts at once, even before
+	// the cache's change callback.
 	seen func(node string)
 }
 
 // NewMarks answers from cache, re-reading through reads what the cache
 // does not hold as terminating; seen, if not nil, is called for each node
-// a re-read finds terminating.
+// found terminating.
 func NewMarks(cache Lookup, reads *Rereader, seen func(node string)) *Marks {
 	return &Marks{cache: cache, reads: reads, seen: seen}
 }
 
 // Terminating reports whether node name is marked terminating now. An
-// error means the answer is unknown.
+// error means the answer is unknown. seen is told of the mark whether the
+// cache or a fresh read found it: the informer updates its store before it
+// runs its handlers, so the cache can hold a mark whose change callback
+// (the confinement's list of the node's pods) has not run yet.
 func (m *Marks) Terminating(ctx context.Context, name string) (bool, error) {
 	if n, known := m.cache.Lookup(ctx, name); known && n.Terminating() {
+		if m.seen != nil {
+			m.seen(name)
+		}
 		return true, nil
 	}
 	fresh, err := m.reads.Read(ctx, name)

@@ -302,3 +302,27 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// The confinement's pod list must start at the first eviction even when the
+// cache holds the mark before its change callback ran: seen hears of marks
+// the cache found, not only those a re-read found.
+func TestMarksTellsOfEveryMarkFound(t *testing.T) {
+	api := &apiNodes{nodes: map[string]map[string]string{
+		"spot":      nodemark.Mark{State: nodemark.StateTerminating, Reason: nodemark.ReasonPreempted}.Annotations(),
+		"on-demand": nil,
+	}}
+	var seen []string
+	m := NewMarks(staleCache(t), NewRereader(api, time.Second), func(node string) { seen = append(seen, node) })
+	for _, tc := range []struct {
+		node string
+		want bool
+	}{{"known-dying", true}, {"spot", true}, {"on-demand", false}} {
+		got, err := m.Terminating(t.Context(), tc.node)
+		if err != nil || got != tc.want {
+			t.Errorf("Terminating(%s) = %v, %v; want %v", tc.node, got, err, tc.want)
+		}
+	}
+	if want := []string{"known-dying", "spot"}; !slices.Equal(seen, want) {
+		t.Errorf("seen %v, want %v (the cache's mark and the re-read's)", seen, want)
+	}
+}

@@ -5,7 +5,10 @@
 // machine. The agents run in the test's process (localrun's
 // InProcessAgent, built by the binary's own constructor from the shipped
 // DaemonSet's arguments), each with its own connection to the API server
-// and to its node's metadata server; the webhook runs as a process.
+// and to its node's metadata server; the webhook runs as a process, and so
+// do the agents of processAgents of the nodes, whose figures the test
+// gives beside the others': in-process agents share one process's CPU, so
+// theirs must not be better than the processes'.
 package massmark
 
 import (
@@ -13,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -33,6 +37,8 @@ const (
 	spotNodes = 100
 	// podsPerNode are evictable pods on each Spot node.
 	podsPerNode = 2
+	// processAgents of the Spot nodes run `termgate agent` processes.
+	processAgents = 10
 	// startAtOnce agents are started side by side: each must sync its
 	// caches and read its metadata server within the readiness budget.
 	startAtOnce = 10
@@ -44,6 +50,7 @@ var (
 	reader   *localrun.MetricsReader
 	fleet    *gcefake.Fleet
 	agents   []*localrun.InProcessAgent
+	procs    []*localrun.Agent
 	servers  = map[string]*gcefake.Server{}
 	spot     []string
 	workload string
@@ -72,10 +79,13 @@ func TestMain(m *testing.M) {
 			return err
 		}
 		fleet = gcefake.NewFleet()
-		return startAgents(ctx, dir)
+		return startAgents(ctx, dir, binary)
 	})
 	var wg sync.WaitGroup
 	for _, a := range agents {
+		wg.Go(a.Stop)
+	}
+	for _, a := range procs {
 		wg.Go(a.Stop)
 	}
 	wg.Wait()
@@ -133,8 +143,9 @@ func placeWorkload(ctx context.Context) error {
 
 // startAgents installs the shipped agent permissions, then for every Spot
 // node makes its identity (a stand-in DaemonSet pod and a token bound to
-// it), its metadata server and its agent.
-func startAgents(ctx context.Context, dir string) error {
+// it), its metadata server and its agent: a process of binary for
+// processAgents of them, in-process for the others.
+func startAgents(ctx context.Context, dir, binary string) error {
 	spec := localrun.IdentitySpec{Admin: env.Client, AdminConfig: env.Config, Dir: dir}
 	if err := localrun.InstallAgentPermissions(ctx, spec); err != nil {
 		return fmt.Errorf("agent permissions: %w", err)
@@ -151,6 +162,21 @@ func startAgents(ctx context.Context, dir string) error {
 		if err != nil {
 			return fmt.Errorf("metadata server for %s: %w", node, err)
 		}
+		mu.Lock()
+		servers[node] = md
+		mu.Unlock()
+		if isProcess(node) {
+			p, err := localrun.StartAgent(ctx, localrun.AgentSpec{
+				Binary: binary, Dir: dir, Kubeconfig: id.Kubeconfig, Node: node, MetadataHost: md.Host(), Pod: id.Pod,
+			})
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			procs = append(procs, p)
+			return nil
+		}
 		a, err := localrun.StartInProcessAgent(ctx, localrun.InProcessAgentSpec{Identity: id, Node: node, MetadataHost: md.Host(), Dir: dir})
 		if err != nil {
 			return err
@@ -158,10 +184,13 @@ func startAgents(ctx context.Context, dir string) error {
 		mu.Lock()
 		defer mu.Unlock()
 		agents = append(agents, a)
-		servers[node] = md
 		return nil
 	})
 }
+
+// isProcess tells whether node's agent is a process: every tenth node, so
+// that both kinds get notices early and late in the second.
+func isProcess(node string) bool { return slices.Index(spot, node)%(spotNodes/processAgents) == 0 }
 
 // inParallel runs fn for every item, at most n at once, and joins the errors.
 func inParallel[T any](items []T, n int, fn func(T) error) error {
