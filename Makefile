@@ -201,7 +201,7 @@ cluster: binaries image $(BIN)/helm
 	$(GO) run ./test/cmd/localcluster $(CLUSTER_FLAGS)
 
 ## bench: every benchmark; each prints a table and writes bin/bench/<name>.json.
-bench: bench-agent bench-webhook bench-storm
+bench: bench-agent bench-webhook bench-storm bench-scale
 
 # The benchmarks run on kwok nodes: the control plane and kwok are all they
 # need of `make binaries` (no cert-manager, no real node).
@@ -210,6 +210,12 @@ bench-agent: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp $(BIN)/servic
 
 bench-webhook: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 	$(GO) run ./test/bench/webhook -cluster
+
+## bench-scale: 500 of 1,000 nodes preempted within a second, 10,000
+## evictions, against a floor of the same evictions in the same run.
+.PHONY: bench-scale
+bench-scale: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
+	$(GO) run ./test/bench/scale $(SCALE_FLAGS)
 
 ## bench-storm: 50 of 200 nodes preempted within a second, termgate as deployed.
 .PHONY: bench-storm

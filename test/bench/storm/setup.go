@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -112,7 +111,7 @@ func (e *env) identities(ctx context.Context) (map[string]*localrun.AgentIdentit
 	}
 	ids := map[string]*localrun.AgentIdentity{}
 	var mu sync.Mutex
-	err := inParallel(e.spot, 8, func(node string) error {
+	err := kit.InParallel(e.spot, 8, func(node string) error {
 		s := spec
 		s.Node = node
 		id, err := localrun.AgentIdentityOn(ctx, s)
@@ -125,22 +124,6 @@ func (e *env) identities(ctx context.Context) (map[string]*localrun.AgentIdentit
 		return nil
 	})
 	return ids, err
-}
-
-// inParallel runs fn for every item, at most n at once, and joins the errors.
-func inParallel[T any](items []T, n int, fn func(T) error) error {
-	sem := make(chan struct{}, n)
-	errs := make([]error, len(items))
-	var wg sync.WaitGroup
-	for i, it := range items {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			errs[i] = fn(it)
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // workload puts podsPerNode pods on every Spot node (pinned: the storm is
@@ -164,7 +147,7 @@ func (e *env) workload(ctx context.Context, o options) error {
 			}))
 		}
 	}
-	err = inParallel(pods, 16, func(p *corev1.Pod) error {
+	err = kit.InParallel(pods, 16, func(p *corev1.Pod) error {
 		if _, err := client.CoreV1().Pods(e.ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create pod %s: %w", p.Name, err)
 		}
@@ -216,7 +199,7 @@ func (e *env) workload(ctx context.Context, o options) error {
 // budget, on two cores shared by everything.
 func (e *env) startAgents(ctx context.Context, ids map[string]*localrun.AgentIdentity, extra []string) error {
 	var mu sync.Mutex
-	return inParallel(slices.Sorted(maps.Keys(ids)), 5, func(node string) error {
+	return kit.InParallel(slices.Sorted(maps.Keys(ids)), 5, func(node string) error {
 		md, err := e.fleet.Add(gcefake.Instance{Name: node, Preemptible: true})
 		if err != nil {
 			return fmt.Errorf("metadata server for %s: %w", node, err)

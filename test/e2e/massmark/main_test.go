@@ -13,7 +13,6 @@ package massmark
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -115,7 +114,7 @@ func placeWorkload(ctx context.Context) error {
 			pods = append(pods, kit.Pod(workload, node+"-app-"+strconv.Itoa(i), kit.OnNode(node)))
 		}
 	}
-	err = inParallel(pods, 16, func(p *corev1.Pod) error {
+	err = kit.InParallel(pods, 16, func(p *corev1.Pod) error {
 		if _, err := env.Client.CoreV1().Pods(workload).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create pod %s: %w", p.Name, err)
 		}
@@ -151,7 +150,7 @@ func startAgents(ctx context.Context, dir, binary string) error {
 		return fmt.Errorf("agent permissions: %w", err)
 	}
 	var mu sync.Mutex
-	return inParallel(spot, startAtOnce, func(node string) error {
+	return kit.InParallel(spot, startAtOnce, func(node string) error {
 		s := spec
 		s.Node = node
 		id, err := localrun.AgentIdentityOn(ctx, s)
@@ -191,22 +190,6 @@ func startAgents(ctx context.Context, dir, binary string) error {
 // isProcess tells whether node's agent is a process: every tenth node, so
 // that both kinds get notices early and late in the second.
 func isProcess(node string) bool { return slices.Index(spot, node)%(spotNodes/processAgents) == 0 }
-
-// inParallel runs fn for every item, at most n at once, and joins the errors.
-func inParallel[T any](items []T, n int, fn func(T) error) error {
-	sem := make(chan struct{}, n)
-	errs := make([]error, len(items))
-	var wg sync.WaitGroup
-	for i, it := range items {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			errs[i] = fn(it)
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
 
 func needCluster(t *testing.T) {
 	t.Helper()

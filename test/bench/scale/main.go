@@ -1,0 +1,100 @@
+// Command scale is `make bench-scale`, the throughput shape (T) of a zone
+// reclaim: 1,000 kwok nodes, 500 of them Spot and preempted within one
+// second with 20 evictable pods each (10,000 evictions), every preempted
+// node with an agent of its own pod-bound token, against the webhook as
+// deployed (its own token, the shipped configurations and policies).
+//
+// Two cores do not run 500 agent processes: 490 agents run in this process
+// (localrun.InProcessAgent, built by the binary's own constructor from the
+// shipped DaemonSet's arguments, each with its own token, API connection
+// and metadata transport) and 10, every fiftieth node, as `termgate agent`
+// processes. Both groups' mark times are reported side by side; if they
+// differ beyond noise the in-process figures do not count.
+//
+// The floor is the same evictions in the same run and cluster by a minimal
+// client (admin credentials, no webhook in their path, no rate limit),
+// 20 pods on each of 500 idle nodes evicted at once per node, the nodes'
+// groups started at the same offsets as the notices: what the API server
+// and kwok can do at that concurrency.
+//
+// What two cores cannot show: etcd runs without fsync, there is one API
+// server, and no network lies between anything. The agents' notice is 5
+// minutes (--preemption-notice), long enough for this machine to do the
+// work; GCE gives 30 s.
+//
+// Written to bin/bench/scale.json; the keys are defined in
+// docs/benchmarks.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"termgate.dev/termgate/test/bench/asdeployed"
+)
+
+type options struct {
+	nodes, preempted, podsPerNode, processAgents int
+	spread, notice                               time.Duration
+	out                                          string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.nodes, "nodes", 1000, "kwok nodes in the cluster")
+	flag.IntVar(&o.preempted, "preempted", 500, "Spot nodes preempted, each with an agent")
+	flag.IntVar(&o.podsPerNode, "pods-per-node", 20, "evictable pods on each preempted node")
+	flag.IntVar(&o.processAgents, "process-agents", 10, "agents run as processes (the others run in this process)")
+	flag.DurationVar(&o.spread, "spread", time.Second, "the notices arrive evenly spread over this time")
+	flag.DurationVar(&o.notice, "notice", 5*time.Minute, "the agents' --preemption-notice: time from notice to deadline")
+	flag.StringVar(&o.out, "out", "bin/bench/scale.json", "where to write the results")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-scale:", err)
+		os.Exit(1)
+	}
+}
+
+// runBudget bounds the whole run (the issue's limit is 20 minutes).
+const runBudget = 20 * time.Minute
+
+func run(ctx context.Context, o options) error {
+	if o.preempted < 1 || o.nodes < 2*o.preempted || o.podsPerNode < 1 || o.processAgents < 0 || o.processAgents > o.preempted {
+		return errors.New("want 1 <= -preempted, -nodes >= 2 * -preempted (the floor uses the idle half), -pods-per-node >= 1, 0 <= -process-agents <= -preempted")
+	}
+	ctx, cancel := context.WithTimeout(ctx, runBudget)
+	defer cancel()
+	e, err := setUp(ctx, o)
+	if e != nil {
+		defer e.tearDown()
+	}
+	if err != nil {
+		return err
+	}
+	res, err := e.reclaim(ctx, o)
+	if err != nil {
+		return err
+	}
+	e.stopAgents()
+	floor, err := e.floor(ctx, o)
+	if err != nil {
+		return err
+	}
+	title := fmt.Sprintf("termgate scale benchmark, shape T (%d nodes, %d preempted within %s with %d pods each, %d agents as processes, notice %s)",
+		o.nodes, o.preempted, o.spread, o.podsPerNode, o.processAgents, o.notice)
+	return asdeployed.Report(title, o.out, e.state, figures(res, floor))
+}
+
+func say(format string, args ...any) {
+	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"termgate.dev/termgate/test/bench/asdeployed"
+	"termgate.dev/termgate/test/cluster"
+	"termgate.dev/termgate/test/gcefake"
+	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
+)
+
+// env is everything the run uses.
+type env struct {
+	c          *cluster.Cluster
+	bin, state string
+	fleet      *gcefake.Fleet
+	webhook    *localrun.Webhook
+	metrics    *localrun.MetricsReader
+	// spot are the preempted nodes, idle the others (the floor's).
+	spot, idle []string
+	servers    map[string]*gcefake.Server
+	inProcess  []*localrun.InProcessAgent
+	processes  []*localrun.Agent
+	isProcess  map[string]bool
+	isSpot     map[string]bool
+	workload   string
+}
+
+// podLabel marks every pod the run evicts, the agents' and the floor's.
+const podLabel = "scale-evict"
+
+func setUp(ctx context.Context, o options) (*env, error) {
+	zones := []string{"us-central1-a", "us-central1-b", "us-central1-c"}
+	e := &env{fleet: gcefake.NewFleet(), servers: map[string]*gcefake.Server{}, isProcess: map[string]bool{}, isSpot: map[string]bool{}}
+	specs := make([]cluster.NodeSpec, o.nodes)
+	for i := range specs {
+		spot := i < o.preempted
+		specs[i] = cluster.NodeSpec{Name: fmt.Sprintf("scale-%04d", i), Zone: zones[i%len(zones)], MachineType: "e2-standard-4", Spot: spot}
+		if spot {
+			e.spot = append(e.spot, specs[i].Name)
+			e.isSpot[specs[i].Name] = true
+			// Spread over the second, so that both kinds get early and
+			// late notices.
+			if o.processAgents > 0 && i%(o.preempted/o.processAgents) == 0 && len(e.isProcess) < o.processAgents {
+				e.isProcess[specs[i].Name] = true
+			}
+		} else {
+			e.idle = append(e.idle, specs[i].Name)
+		}
+	}
+	began := time.Now()
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: specs})
+	if err != nil {
+		return e, err
+	}
+	e.c = c
+	say("local cluster with %d Ready nodes (%s)", o.nodes, since(began))
+	if e.bin, e.state, err = asdeployed.Build(ctx, c.Dir); err != nil {
+		return e, err
+	}
+	say("measuring %s", e.state)
+	began = time.Now()
+	if e.webhook, err = asdeployed.StartWebhook(ctx, c, e.bin); err != nil {
+		return e, err
+	}
+	if e.metrics, err = asdeployed.MetricsReader(ctx, c); err != nil {
+		return e, err
+	}
+	say("webhook serving with its own token, configurations and policies registered (%s)", since(began))
+
+	began = time.Now()
+	ns, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "scale-"}}, metav1.CreateOptions{})
+	if err != nil {
+		return e, fmt.Errorf("create namespace: %w", err)
+	}
+	e.workload = ns.Name
+	if err := kit.WaitDefaultServiceAccount(ctx, c.Client, e.workload); err != nil {
+		return e, err
+	}
+	if err := e.placePods(ctx, e.spot, o.podsPerNode, "agents"); err != nil {
+		return e, err
+	}
+	say("%d pods running on the %d Spot nodes (%s)", o.podsPerNode*len(e.spot), len(e.spot), since(began))
+
+	began = time.Now()
+	if err := e.startAgents(ctx, o); err != nil {
+		return e, err
+	}
+	say("%d agents ready, %d of them processes (%s)", len(e.inProcess)+len(e.processes), len(e.processes), since(began))
+	return e, nil
+}
+
+// placePods puts n pods on each node, labelled for the run and with the
+// group's name, and waits until kwok runs them.
+func (e *env) placePods(ctx context.Context, nodes []string, n int, group string) error {
+	var pods []*corev1.Pod
+	for _, node := range nodes {
+		for i := range n {
+			pods = append(pods, kit.Pod(e.workload, node+"-"+strconv.Itoa(i), kit.OnNode(node), func(p *corev1.Pod) {
+				p.Labels[podLabel] = group
+			}))
+		}
+	}
+	err := kit.InParallel(pods, 32, func(p *corev1.Pod) error {
+		if _, err := e.c.Client.CoreV1().Pods(e.workload).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create pod %s: %w", p.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// kwok starts pods at hundreds a second here; ten minutes for ten
+	// thousand means something is broken.
+	return kit.Poll(ctx, 10*time.Minute, func(ctx context.Context) (bool, string, error) {
+		list, err := e.c.Client.CoreV1().Pods(e.workload).List(ctx, metav1.ListOptions{LabelSelector: podLabel + "=" + group, ResourceVersion: "0"})
+		if err != nil {
+			return false, "", err
+		}
+		running := 0
+		for _, p := range list.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				running++
+			}
+		}
+		return running == len(pods), fmt.Sprintf("%d of %d %s pods running", running, len(pods), group), nil
+	})
+}
+
+// startAgents makes each Spot node's identity (a stand-in DaemonSet pod
+// and a token bound to it), metadata server and agent.
+func (e *env) startAgents(ctx context.Context, o options) error {
+	spec := localrun.IdentitySpec{Admin: e.c.Client, AdminConfig: e.c.Config, Dir: e.c.Dir}
+	if err := localrun.InstallAgentPermissions(ctx, spec); err != nil {
+		return fmt.Errorf("agent permissions: %w", err)
+	}
+	flags := []string{"--preemption-notice=" + o.notice.String()}
+	var mu sync.Mutex
+	return kit.InParallel(e.spot, 10, func(node string) error {
+		s := spec
+		s.Node = node
+		id, err := localrun.AgentIdentityOn(ctx, s)
+		if err != nil {
+			return fmt.Errorf("agent identity for %s: %w", node, err)
+		}
+		md, err := e.fleet.Add(gcefake.Instance{Name: node, Preemptible: true})
+		if err != nil {
+			return fmt.Errorf("metadata server for %s: %w", node, err)
+		}
+		mu.Lock()
+		e.servers[node] = md
+		mu.Unlock()
+		if e.isProcess[node] {
+			a, err := asdeployed.StartAgent(ctx, asdeployed.AgentSpec{Cluster: e.c, Binary: e.bin, Node: node, MetadataHost: md.Host(), Identity: id, Extra: flags})
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			e.processes = append(e.processes, a)
+			return nil
+		}
+		a, err := localrun.StartInProcessAgent(ctx, localrun.InProcessAgentSpec{Identity: id, Node: node, MetadataHost: md.Host(), Dir: e.c.Dir, Flags: flags})
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		e.inProcess = append(e.inProcess, a)
+		return nil
+	})
+}
+
+// stopAgents stops every agent, in parallel.
+func (e *env) stopAgents() {
+	var wg sync.WaitGroup
+	for _, a := range e.inProcess {
+		wg.Go(a.Stop)
+	}
+	for _, a := range e.processes {
+		wg.Go(a.Stop)
+	}
+	wg.Wait()
+	e.inProcess, e.processes = nil, nil
+}
+
+func (e *env) tearDown() {
+	e.stopAgents()
+	if e.webhook != nil {
+		e.webhook.Stop()
+	}
+	_ = e.fleet.Close()
+	if e.c != nil {
+		e.c.Stop()
+	}
+}
