@@ -161,13 +161,16 @@ func TestLBBackendsWaitForTheNodeToLeaveAndNEGBackendsGoFirst(t *testing.T) {
 		}
 		return d
 	}
-	if d := at("neg-1"); d != 0 {
+	// "At once": within the steps a loaded machine lets the fake clock
+	// take while the first requests are in flight (clockSkew), against
+	// the seconds the load-balancer wait takes.
+	if d := at("neg-1"); d > clockSkew {
 		t.Errorf("NEG backend evicted %s after the notice, want at once", d)
 	}
-	if d := at("plain"); d != 0 {
+	if d := at("plain"); d > clockSkew {
 		t.Errorf("a pod behind no load balancer evicted %s after the notice, want at once", d)
 	}
-	if s, ok := res.Started[StepEvictNEGBackends]; !ok || s != 0 {
+	if s, ok := res.Started[StepEvictNEGBackends]; !ok || s > clockSkew {
 		t.Errorf("evictNEGBackends started %v (%v), want at once, before evictRegular", s, ok)
 	}
 	// web-1 waits for web (3 s) + margin; web-2 for both (5 s) + margin.
@@ -230,7 +233,7 @@ func TestLBWaitDoesNotHoldALateStartWhoseCapHasPassed(t *testing.T) {
 	_, err := k.drive(k.drainer(Config{LoadBalancers: lbs}), late, runOpts{onStep: lbs.step})
 	expectNoError(t, err)
 	k.expectWithinDeadline(late)
-	if d, _ := k.firstEviction("web"); d != 0 {
+	if d, _ := k.firstEviction("web"); d > clockSkew {
 		t.Errorf("web evicted %s after the agent saw the notice, want at once: the cap passed before", d)
 	}
 	if !hasEvent(k.events(), nodemark.EventLoadBalancerWaitCapped) {
