@@ -182,15 +182,21 @@ unit:
 # as a chain of their own beside the rest, none holds one of go test's
 # parallel slots while it waits for another; their output follows the rest's.
 REALNODE_PKGS := ./test/e2e/realnode ./test/e2e/realnodecm ./test/cluster
+# The 100-node preemption answers in time only with the cores to itself:
+# beside the other clusters its webhook's re-reads of marked nodes outlast
+# their timeout and the confinement fails closed (seen once in a run of
+# make test). It runs last, alone.
+ALONE_PKGS := ./test/e2e/massmark
 test: binaries image lint chart-test
 	cd test/imagebuild && $(GO) test -count=1 ./...
 	cd test/servicecontroller && $(GO) test -count=1 ./netlb/
 	@{ $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 $(REALNODE_PKGS); a=$$?; \
 		cd charts/termgate/test && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./install/; b=$$?; \
 		exit $$((a | b)); } > $(BIN)/realnode-test.log 2>&1 & realnode=$$!; \
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/test/e2e/realnode' -e '/test/cluster$$'); rest=$$?; \
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v -e '/test/e2e/realnode' -e '/test/cluster$$' -e '/test/e2e/massmark'); rest=$$?; \
 	wait $$realnode; rn=$$?; cat $(BIN)/realnode-test.log; \
-	echo "go test: real-node packages rc=$$rn, the others rc=$$rest"; [ $$rest -eq 0 ] && [ $$rn -eq 0 ]
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(ALONE_PKGS); alone=$$?; \
+	echo "go test: real-node packages rc=$$rn, the others rc=$$rest, alone rc=$$alone"; [ $$rest -eq 0 ] && [ $$rn -eq 0 ] && [ $$alone -eq 0 ]
 
 ## demo: the main job end to end on a local cluster.
 demo: binaries build image

@@ -3,6 +3,7 @@ package massmark
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,6 +30,11 @@ func TestHundredNodesPreemptedWithinASecond(t *testing.T) {
 	before := webhookCounters(t)
 	failOpenBefore := apiServerFailOpen(t)
 	tainted := watchTaints(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logWebhookErrors(t)
+		}
+	})
 
 	// The notices arrive over one second, as a zone's reclaim does.
 	noticed := map[string]time.Time{}
@@ -241,4 +247,21 @@ func diff(before, after map[string]float64) map[string]float64 {
 		}
 	}
 	return d
+}
+
+// logWebhookErrors gives the webhook's error lines (at most 20): why it
+// answered as it did, before its log goes with the cluster.
+func logWebhookErrors(t *testing.T) {
+	b, err := os.ReadFile(webhook.LogPath())
+	if err != nil {
+		t.Logf("webhook log: %v", err)
+		return
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "error") && n < 20 {
+			t.Logf("webhook: %s", line)
+			n++
+		}
+	}
 }
