@@ -49,7 +49,7 @@ func figures(r *result, f *floorResult) []asdeployed.Figure {
 		{Key: "scale_all_marked_ms", Value: float64(r.allMarked.Milliseconds()), Note: "first notice to last taint"},
 		{Key: "scale_drains_done_by_deadline", Value: r.doneByDeadline, Target: "1.0"},
 		{Key: "scale_evictions_per_s_peak", Value: r.peakPerSecond, Note: fmt.Sprintf("all evicted over %.1f s", r.span.Seconds())},
-		{Key: "scale_evictions_to_floor_ratio", Value: ratio, Target: ">= 0.8", Note: fmt.Sprintf("floor: over %.1f s, peak %.0f/s, %d refused", f.span.Seconds(), f.peakPerSecond, f.refused)},
+		{Key: "scale_evictions_to_floor_ratio", Value: ratio, Target: ">= 0.8", Note: fmt.Sprintf("floor: over %.1f s, peak %.0f/s, refusals asked again %v", f.span.Seconds(), f.peakPerSecond, f.refused)},
 		{Key: "scale_eviction_429_pdb", Value: r.results["blocked"], Note: "the agents' evictions a PodDisruptionBudget refused"},
 		{Key: "scale_eviction_429_apf", Value: r.results["throttled"], Target: fmt.Sprintf("<= %.0f", evictions/100), Note: fmt.Sprintf("of %.0f eviction calls; API server's APF rejections %.0f", evictions, apf)},
 		{Key: "scale_eviction_errors", Value: r.results["error"] + r.results["server_error"], Target: "0"},

@@ -36,13 +36,16 @@ import (
 	"syscall"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"termgate.dev/termgate/test/bench/asdeployed"
 )
 
 type options struct {
-	nodes, preempted, podsPerNode, processAgents int
-	spread, notice                               time.Duration
-	out                                          string
+	nodes, preempted, podsPerNode, processAgents, namespaces int
+	spread, notice                                           time.Duration
+	out                                                      string
+	withoutEvictionFlow                                      bool
 }
 
 func main() {
@@ -50,9 +53,11 @@ func main() {
 	flag.IntVar(&o.nodes, "nodes", 1000, "kwok nodes in the cluster")
 	flag.IntVar(&o.preempted, "preempted", 500, "Spot nodes preempted, each with an agent")
 	flag.IntVar(&o.podsPerNode, "pods-per-node", 20, "evictable pods on each preempted node")
+	flag.IntVar(&o.namespaces, "namespaces", 10, "namespaces the pods are spread over (tenants sharing nodes)")
 	flag.IntVar(&o.processAgents, "process-agents", 10, "agents run as processes (the others run in this process)")
 	flag.DurationVar(&o.spread, "spread", time.Second, "the notices arrive evenly spread over this time")
 	flag.DurationVar(&o.notice, "notice", 5*time.Minute, "the agents' --preemption-notice: time from notice to deadline")
+	flag.BoolVar(&o.withoutEvictionFlow, "diagnose-without-eviction-flowschema", false, "not as deployed: delete the FlowSchema termgate-agent-evictions before the reclaim, so the agents' evictions fall to the built-in service-accounts schema (one flow for all agents)")
 	flag.StringVar(&o.out, "out", "bin/bench/scale.json", "where to write the results")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -63,12 +68,15 @@ func main() {
 	}
 }
 
+// evictionFlowSchema is the shipped FlowSchema of the agents' evictions.
+const evictionFlowSchema = "termgate-agent-evictions"
+
 // runBudget bounds the whole run (the limit is 20 minutes).
 const runBudget = 20 * time.Minute
 
 func run(ctx context.Context, o options) error {
-	if o.preempted < 1 || o.nodes < 2*o.preempted || o.podsPerNode < 1 || o.processAgents < 0 || o.processAgents > o.preempted {
-		return errors.New("want 1 <= -preempted, -nodes >= 2 * -preempted (the floor uses the idle half), -pods-per-node >= 1, 0 <= -process-agents <= -preempted")
+	if o.namespaces < 1 || o.preempted < 1 || o.nodes < 2*o.preempted || o.podsPerNode < 1 || o.processAgents < 0 || o.processAgents > o.preempted {
+		return errors.New("want 1 <= -namespaces, 1 <= -preempted, -nodes >= 2 * -preempted (the floor uses the idle half), -pods-per-node >= 1, 0 <= -process-agents <= -preempted")
 	}
 	ctx, cancel := context.WithTimeout(ctx, runBudget)
 	defer cancel()
@@ -79,6 +87,12 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	if o.withoutEvictionFlow {
+		if err := e.c.Client.FlowcontrolV1().FlowSchemas().Delete(ctx, evictionFlowSchema, metav1.DeleteOptions{}); err != nil {
+			return fmt.Errorf("delete FlowSchema %s: %w", evictionFlowSchema, err)
+		}
+		say("FlowSchema %s deleted: not as deployed", evictionFlowSchema)
+	}
 	res, err := e.reclaim(ctx, o)
 	if err != nil {
 		return err
@@ -88,8 +102,12 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	title := fmt.Sprintf("termgate scale benchmark, shape T (%d nodes, %d preempted within %s with %d pods each, %d agents as processes, notice %s)",
-		o.nodes, o.preempted, o.spread, o.podsPerNode, o.processAgents, o.notice)
+	variant := "as deployed"
+	if o.withoutEvictionFlow {
+		variant = "without " + evictionFlowSchema
+	}
+	title := fmt.Sprintf("termgate scale benchmark, shape T (%d nodes, %d preempted within %s with %d pods each in %d namespaces, %d agents as processes, notice %s, %s)",
+		o.nodes, o.preempted, o.spread, o.podsPerNode, o.namespaces, o.processAgents, o.notice, variant)
 	return asdeployed.Report(title, o.out, e.state, figures(res, floor))
 }
 

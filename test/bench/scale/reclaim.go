@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -52,14 +53,14 @@ func (e *env) observe(ctx context.Context) (*observer, error) {
 	}
 	pods, err := asdeployed.ResumingWatch(ctx,
 		func(ctx context.Context, o metav1.ListOptions) (string, error) {
-			l, err := client.CoreV1().Pods(e.workload).List(ctx, o)
+			l, err := client.CoreV1().Pods("").List(ctx, o)
 			if err != nil {
 				return "", err
 			}
 			return l.ResourceVersion, nil
 		},
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return client.CoreV1().Pods(e.workload).Watch(ctx, o)
+			return client.CoreV1().Pods("").Watch(ctx, o)
 		},
 		metav1.ListOptions{LabelSelector: podLabel})
 	if err != nil {
@@ -227,7 +228,7 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 	if m, err := asdeployed.ReadMemory(e.webhook.PID()); err == nil {
 		r.webhookRSS = m.RSS
 	}
-	say("agents: %d pods evicted over %s, peak %.0f/s; results %v", len(evicted), r.span.Round(time.Millisecond), r.peakPerSecond, r.results)
+	say("agents: %d pods evicted over %s, peak %.0f/s; eviction results %v; webhook %v; API server %v", len(evicted), r.span.Round(time.Millisecond), r.peakPerSecond, r.results, r.webhookRise, r.apiRise)
 	return r, nil
 }
 
@@ -291,7 +292,7 @@ func (e *env) apiCounters(ctx context.Context) (map[string]float64, error) {
 type floorResult struct {
 	span          time.Duration
 	peakPerSecond float64
-	refused       int
+	refused       map[string]int // refusals by reason, each asked again
 }
 
 // floor evicts as many pods on the idle nodes, per node all at once, the
@@ -316,7 +317,7 @@ func (e *env) floor(ctx context.Context, o options) (*floorResult, error) {
 		return nil, err
 	}
 	var mu sync.Mutex
-	refused := 0
+	refused := map[string]int{}
 	var wg sync.WaitGroup
 	step := o.spread / time.Duration(len(nodes))
 	tick := time.NewTicker(step)
@@ -324,12 +325,27 @@ func (e *env) floor(ctx context.Context, o options) (*floorResult, error) {
 		<-tick.C
 		for i := range o.podsPerNode {
 			name := fmt.Sprintf("%s-%d", node, i)
+			ns := e.namespaceOf(i)
 			wg.Go(func() {
-				ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.workload}}
-				if err := client.CoreV1().Pods(e.workload).EvictV1(ctx, ev); err != nil {
+				// As any client does: a refused eviction is asked again,
+				// after the delay the API server suggests.
+				for ctx.Err() == nil {
+					ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+					err := client.CoreV1().Pods(ns).EvictV1(ctx, ev)
+					if err == nil || apierrors.IsNotFound(err) {
+						return
+					}
 					mu.Lock()
-					refused++
+					refused[string(apierrors.ReasonForError(err))]++
 					mu.Unlock()
+					delay := 100 * time.Millisecond
+					if s, ok := apierrors.SuggestsClientDelay(err); ok {
+						delay = time.Duration(s) * time.Second
+					}
+					select {
+					case <-ctx.Done():
+					case <-time.After(delay):
+					}
 				}
 			})
 		}
@@ -354,6 +370,6 @@ func (e *env) floor(ctx context.Context, o options) (*floorResult, error) {
 	_, evicted := obs.snapshot()
 	f := &floorResult{refused: refused}
 	f.span, f.peakPerSecond = rate(evicted, isFloor)
-	say("floor: %d pods evicted over %s, peak %.0f/s, %d refused", total, f.span.Round(time.Millisecond), f.peakPerSecond, refused)
+	say("floor: %d pods evicted over %s, peak %.0f/s, refusals asked again %v", total, f.span.Round(time.Millisecond), f.peakPerSecond, refused)
 	return f, nil
 }

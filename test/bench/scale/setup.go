@@ -31,8 +31,13 @@ type env struct {
 	processes  []*localrun.Agent
 	isProcess  map[string]bool
 	isSpot     map[string]bool
-	workload   string
+	// namespaces hold the pods, the j-th pod of every node in the
+	// (j mod len)-th: tenants' pods share nodes.
+	namespaces []string
 }
+
+// namespaceOf is the namespace of a node's j-th pod.
+func (e *env) namespaceOf(j int) string { return e.namespaces[j%len(e.namespaces)] }
 
 // podLabel marks every pod the run evicts, the agents' and the floor's.
 const podLabel = "scale-evict"
@@ -77,13 +82,15 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	say("webhook serving with its own token, configurations and policies registered (%s)", since(began))
 
 	began = time.Now()
-	ns, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "scale-"}}, metav1.CreateOptions{})
-	if err != nil {
-		return e, fmt.Errorf("create namespace: %w", err)
-	}
-	e.workload = ns.Name
-	if err := kit.WaitDefaultServiceAccount(ctx, c.Client, e.workload); err != nil {
-		return e, err
+	for range o.namespaces {
+		ns, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "scale-"}}, metav1.CreateOptions{})
+		if err != nil {
+			return e, fmt.Errorf("create namespace: %w", err)
+		}
+		if err := kit.WaitDefaultServiceAccount(ctx, c.Client, ns.Name); err != nil {
+			return e, err
+		}
+		e.namespaces = append(e.namespaces, ns.Name)
 	}
 	if err := e.placePods(ctx, e.spot, o.podsPerNode, "agents"); err != nil {
 		return e, err
@@ -104,13 +111,13 @@ func (e *env) placePods(ctx context.Context, nodes []string, n int, group string
 	var pods []*corev1.Pod
 	for _, node := range nodes {
 		for i := range n {
-			pods = append(pods, kit.Pod(e.workload, node+"-"+strconv.Itoa(i), kit.OnNode(node), func(p *corev1.Pod) {
+			pods = append(pods, kit.Pod(e.namespaceOf(i), node+"-"+strconv.Itoa(i), kit.OnNode(node), func(p *corev1.Pod) {
 				p.Labels[podLabel] = group
 			}))
 		}
 	}
 	err := kit.InParallel(pods, 32, func(p *corev1.Pod) error {
-		if _, err := e.c.Client.CoreV1().Pods(e.workload).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		if _, err := e.c.Client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create pod %s: %w", p.Name, err)
 		}
 		return nil
@@ -121,7 +128,7 @@ func (e *env) placePods(ctx context.Context, nodes []string, n int, group string
 	// kwok starts pods at hundreds a second here; ten minutes for ten
 	// thousand means something is broken.
 	return kit.Poll(ctx, 10*time.Minute, func(ctx context.Context) (bool, string, error) {
-		list, err := e.c.Client.CoreV1().Pods(e.workload).List(ctx, metav1.ListOptions{LabelSelector: podLabel + "=" + group, ResourceVersion: "0"})
+		list, err := e.c.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: podLabel + "=" + group, ResourceVersion: "0"})
 		if err != nil {
 			return false, "", err
 		}
