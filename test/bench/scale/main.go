@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -94,6 +95,14 @@ func run(ctx context.Context, o options) error {
 		say("FlowSchema %s deleted: not as deployed", evictionFlowSchema)
 	}
 	res, err := e.reclaim(ctx, o)
+	// The webhook's log says why it answered as it did; the cluster's
+	// directory goes away with it.
+	if b, readErr := os.ReadFile(e.webhook.LogPath()); readErr == nil {
+		kept := filepath.Join(filepath.Dir(o.out), "scale-webhook.log")
+		if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.WriteFile(kept, b, 0o644) == nil {
+			say("webhook log kept in %s", kept)
+		}
+	}
 	if err != nil {
 		return err
 	}
