@@ -209,19 +209,22 @@ func (x *Index) SetTerminating(name string, terminating bool) {
 }
 
 // Warm lists node's pods now (unless listed within Relist), for a mark
-// found before the node cache delivered it: the agent's evictions follow
-// its mark within milliseconds. The entry expires like an unmarked node's
-// unless the cache then reports the mark.
+// found before the node cache's change callback delivered it: the agent's
+// evictions follow its mark within milliseconds. The confinement calls it
+// on every eviction, so a node the callback already followed costs a map
+// lookup: its list started then. The entry expires like an unmarked
+// node's unless the cache then reports the mark.
 func (x *Index) Warm(name string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	n := x.nodes[name]
+	if n != nil && n.marked {
+		return
+	}
 	if n == nil {
 		n = x.newNodeLocked(name)
 	}
-	if !n.marked {
-		n.unmarkedAt = x.clock.Now()
-	}
+	n.unmarkedAt = x.clock.Now()
 	if n.listing == nil && (n.listedAt.IsZero() || x.clock.Since(n.listedAt) >= x.opts.Relist) {
 		x.listLocked(name, n)
 	}

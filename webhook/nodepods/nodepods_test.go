@@ -241,3 +241,21 @@ func TestAMarkFoundBeforeTheCacheWarmsTheNode(t *testing.T) {
 	}
 	waitFor(t, func() bool { clk.Step(15 * time.Second); return x.Stats().Nodes == 0 })
 }
+
+// TestWarmingAFollowedNodeListsNothingMore: the confinement warms the
+// agent's node on every eviction; once the cache's callback follows the
+// node, that costs no list however long the drain lasts.
+func TestWarmingAFollowedNodeListsNothingMore(t *testing.T) {
+	a := &api{pods: map[string][]Pod{"node-a": {web("1")}}}
+	x, clk := startIndex(t, a, Options{Linger: time.Minute, Relist: 5 * time.Second})
+	x.SetTerminating("node-a", true)
+	waitFor(t, func() bool { return x.Listed("node-a") })
+	for range 20 {
+		clk.Step(10 * time.Second) // past Relist each time
+		x.Warm("node-a")
+		waitFor(t, func() bool { return x.Listed("node-a") }) // a list it started has ended
+	}
+	if lists, _ := a.counts(); lists != 1 {
+		t.Fatalf("%d lists for 20 evictions of a followed node over 200 s, want the callback's 1", lists)
+	}
+}
