@@ -16,6 +16,7 @@ import (
 	"termgate.dev/termgate/test/bench/asdeployed"
 	"termgate.dev/termgate/test/gcefake"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 )
 
 // What a tenant can put in one pod: the API server caps annotations at
@@ -122,7 +123,7 @@ func (b *bench) fatPodsDrain(ctx context.Context, n int) (after, sampled asdeplo
 		before.RSS, before.Anon, before.Peak, issued, gone, after.RSS, after.Anon, after.File, after.Peak)
 	if hooksAfter, err := asdeployed.Counters(ctx, b.metrics, b.webhook.MetricsAddr, "termgate_webhook_"); err == nil {
 		fmt.Println("the webhook's counters that moved during the fat drain:")
-		rise := asdeployed.Rise(hooksBefore, hooksAfter)
+		rise := localrun.Rise(hooksBefore, hooksAfter)
 		for _, k := range slices.Sorted(maps.Keys(rise)) {
 			if !strings.Contains(k, "_bucket{") {
 				fmt.Printf("  %s %v\n", k, rise[k])

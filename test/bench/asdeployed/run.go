@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,28 +76,7 @@ func Counters(ctx context.Context, r *localrun.MetricsReader, addr string, prefi
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(line, p) }) {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, nil
-}
-
-// Rise returns the samples that changed from before to after.
-func Rise(before, after map[string]float64) map[string]float64 {
-	d := map[string]float64{}
-	for k, v := range after {
-		if v != before[k] {
-			d[k] = v - before[k]
-		}
-	}
-	return d
+	return localrun.Samples(body, prefixes...), nil
 }
 
 // Memory is a process's resident memory in MiB: now, at its peak, and now

@@ -19,6 +19,7 @@ import (
 	"termgate.dev/termgate/nodemark"
 	"termgate.dev/termgate/test/bench/asdeployed"
 	"termgate.dev/termgate/test/kit"
+	"termgate.dev/termgate/test/localrun"
 )
 
 // observer follows the nodes' taints and the run's pods' evictions, each
@@ -219,12 +220,12 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.webhookRise = asdeployed.Rise(webhookBefore, after)
+	r.webhookRise = localrun.Rise(webhookBefore, after)
 	apiAfter, err := e.apiCounters(ctx)
 	if err != nil {
 		return nil, err
 	}
-	r.apiRise = asdeployed.Rise(apiBefore, apiAfter)
+	r.apiRise = localrun.Rise(apiBefore, apiAfter)
 	if m, err := asdeployed.ReadMemory(e.webhook.PID()); err == nil {
 		r.webhookRSS = m.RSS
 	}
@@ -274,18 +275,7 @@ func (e *env) apiCounters(ctx context.Context) (map[string]float64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server metrics: %w", err)
 	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, "apiserver_admission_webhook_fail_open_count") && !strings.HasPrefix(line, "apiserver_flowcontrol_rejected_requests_total") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		var v float64
-		if _, err := fmt.Sscan(line[i+1:], &v); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, nil
+	return localrun.Samples(string(body), "apiserver_admission_webhook_fail_open_count", "apiserver_flowcontrol_rejected_requests_total"), nil
 }
 
 // floorResult is the minimal client's run.

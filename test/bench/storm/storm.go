@@ -287,9 +287,9 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 			res.failOpen += n
 		}
 	}
-	res.failOpenNote = fmt.Sprintf("log lines by webhook %v; the API server's fail-open counter rose by %v", byHook, asdeployed.Rise(before.api.failOpen, after.api.failOpen))
-	fmt.Printf("the API server's refusals during the storm, by webhook: %v\n", asdeployed.Rise(before.api.rejected, after.api.rejected))
-	lat := asdeployed.Rise(before.api.latency, after.api.latency)
+	res.failOpenNote = fmt.Sprintf("log lines by webhook %v; the API server's fail-open counter rose by %v", byHook, localrun.Rise(before.api.failOpen, after.api.failOpen))
+	fmt.Printf("the API server's refusals during the storm, by webhook: %v\n", localrun.Rise(before.api.rejected, after.api.rejected))
+	lat := localrun.Rise(before.api.latency, after.api.latency)
 	const apfWait = "apiserver_flowcontrol_request_wait_duration_seconds_count{"
 	for _, k := range slices.Sorted(maps.Keys(lat)) {
 		if flow, ok := strings.CutPrefix(k, apfWait); ok && lat[k] > 0 {
@@ -306,7 +306,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 		}
 	}
 	fmt.Println("the webhook's own counters during the storm:")
-	rise := asdeployed.Rise(before.webhook, after.webhook)
+	rise := localrun.Rise(before.webhook, after.webhook)
 	unchecked := map[string]float64{}
 	for _, k := range slices.Sorted(maps.Keys(rise)) {
 		fmt.Printf("  %s %v\n", k, rise[k])

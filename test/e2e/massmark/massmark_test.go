@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -79,7 +78,7 @@ func TestHundredNodesPreemptedWithinASecond(t *testing.T) {
 	})
 	t.Logf("all %d pods evicted %s after the last notice", spotNodes*podsPerNode, time.Since(last).Round(time.Millisecond))
 
-	rise := diff(before, webhookCounters(t))
+	rise := localrun.Rise(before, webhookCounters(t))
 	ownNode := rise[`termgate_webhook_decisions_total{gate="agent",verdict="allowed-own-node"}`]
 	if ownNode < spotNodes*podsPerNode {
 		t.Errorf("the webhook allowed %v evictions on the agents' own nodes, want at least %d (every pod's)", ownNode, spotNodes*podsPerNode)
@@ -205,7 +204,7 @@ func webhookCounters(t *testing.T) map[string]float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return samples(body, "termgate_webhook_")
+	return localrun.Samples(body, "termgate_webhook_")
 }
 
 // apiServerFailOpen is the API server's count of calls to termgate's
@@ -217,36 +216,12 @@ func apiServerFailOpen(t *testing.T) float64 {
 		t.Fatalf("API server metrics: %v", err)
 	}
 	var n float64
-	for k, v := range samples(string(body), "apiserver_admission_webhook_fail_open_count") {
+	for k, v := range localrun.Samples(string(body), "apiserver_admission_webhook_fail_open_count") {
 		if strings.Contains(k, "termgate.dev") {
 			n += v
 		}
 	}
 	return n
-}
-
-func samples(body, prefix string) map[string]float64 {
-	out := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, prefix) {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out
-}
-
-func diff(before, after map[string]float64) map[string]float64 {
-	d := map[string]float64{}
-	for k, v := range after {
-		if v != before[k] {
-			d[k] = v - before[k]
-		}
-	}
-	return d
 }
 
 // logWebhookErrors gives the webhook's error lines (at most 20): why it
