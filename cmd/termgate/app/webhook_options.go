@@ -112,8 +112,14 @@ func NewWebhookOptions() *WebhookOptions {
 		ns = "termgate"
 	}
 	return &WebhookOptions{
-		ConfineQPS:           50,
-		ConfineBurst:         100,
+		// A zone reclaim marks hundreds of nodes within seconds, and each
+		// marked node's pods are listed once, from the watch cache's node
+		// index: cheap for the API server. At 50 and 100, the 400th list
+		// of 500 nodes marked at once waited 6 s in the client's limiter,
+		// and its agent's evictions, which follow the mark within
+		// milliseconds, failed closed meanwhile (make bench-scale).
+		ConfineQPS:           100,
+		ConfineBurst:         500,
 		ConfineReadQPS:       50,
 		ConfineReadBurst:     100,
 		ConfineNodeReadQPS:   nodepods.DefaultNodeReadQPS,

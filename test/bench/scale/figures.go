@@ -8,7 +8,7 @@ import (
 )
 
 // figures are the run's keys (docs/benchmarks.md defines each).
-func figures(r *result, f *floorResult) []asdeployed.Figure {
+func figures(r *result, f *floorResult, podsPerNode int, watchesPerAgent float64) []asdeployed.Figure {
 	all := append(append([]float64{}, r.marksInProcess...), r.marksProcess...)
 	unchecked, ownRefused, podReads := 0.0, 0.0, 0.0
 	for k, v := range r.webhookRise {
@@ -57,5 +57,7 @@ func figures(r *result, f *floorResult) []asdeployed.Figure {
 		{Key: "scale_webhook_unchecked_allows", Value: unchecked, Target: "0"},
 		{Key: "scale_confinement_refused_own_node", Value: ownRefused, Target: "0", Note: fmt.Sprintf("pods the confinement had to read: %.0f", podReads)},
 		{Key: "scale_webhook_rss_mb", Value: r.webhookRSS, Target: "<= 128"},
+		{Key: "scale_api_calls_per_node", Value: r.callsPerProcess, Note: fmt.Sprintf("an agent process's requests from the notice to the end of the drains, %d pods", podsPerNode)},
+		{Key: "scale_watches_per_node", Value: watchesPerAgent, Target: "<= 2", Note: "the API server's open watches per agent started"},
 	}
 }

@@ -117,7 +117,7 @@ func run(ctx context.Context, o options) error {
 	}
 	title := fmt.Sprintf("termgate scale benchmark, shape T (%d nodes, %d preempted within %s with %d pods each in %d namespaces, %d agents as processes, notice %s, %s)",
 		o.nodes, o.preempted, o.spread, o.podsPerNode, o.namespaces, o.processAgents, o.notice, variant)
-	return asdeployed.Report(title, o.out, e.state, figures(res, floor))
+	return asdeployed.Report(title, o.out, e.state, figures(res, floor, o.podsPerNode, e.watchesPerAgent))
 }
 
 func say(format string, args ...any) {

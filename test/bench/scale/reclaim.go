@@ -123,6 +123,9 @@ type result struct {
 	results                      map[string]float64 // agents' eviction results, summed
 	webhookRise, apiRise         map[string]float64
 	webhookRSS                   float64
+	// callsPerProcess is the API calls each agent process made from the
+	// first notice to the end of the drains, by its client's own count.
+	callsPerProcess float64
 }
 
 // reclaim preempts every Spot node over the spread and waits until every
@@ -138,6 +141,10 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 		return nil, err
 	}
 	apiBefore, err := e.apiCounters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	callsBefore, err := e.processCalls(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -226,11 +233,36 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 		return nil, err
 	}
 	r.apiRise = localrun.Rise(apiBefore, apiAfter)
+	callsAfter, err := e.processCalls(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(e.processes) > 0 {
+		r.callsPerProcess = (callsAfter - callsBefore) / float64(len(e.processes))
+	}
 	if m, err := asdeployed.ReadMemory(e.webhook.PID()); err == nil {
 		r.webhookRSS = m.RSS
 	}
 	say("agents: %d pods evicted over %s, peak %.0f/s; eviction results %v; webhook %v; API server %v", len(evicted), r.span.Round(time.Millisecond), r.peakPerSecond, r.results, r.webhookRise, r.apiRise)
 	return r, nil
+}
+
+// processCalls sums the agent processes' API requests (client-go's own
+// count, every verb and answer). The in-process agents share one
+// process's client-go counters, so only the processes can say what one
+// node's agent costs.
+func (e *env) processCalls(ctx context.Context) (float64, error) {
+	n := 0.0
+	for _, a := range e.processes {
+		c, err := asdeployed.Counters(ctx, e.metrics, a.MetricsAddr, "rest_client_requests_total{")
+		if err != nil {
+			return 0, err
+		}
+		for _, v := range c {
+			n += v
+		}
+	}
+	return n, nil
 }
 
 // isSpotPod tells the agents' pods (on Spot nodes) from the floor's.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,9 @@ type env struct {
 	// namespaces hold the pods, the j-th pod of every node in the
 	// (j mod len)-th: tenants' pods share nodes.
 	namespaces []string
+	// watchesPerAgent is the rise in the API server's open watches when
+	// the agents started, per agent.
+	watchesPerAgent float64
 }
 
 // namespaceOf is the namespace of a node's j-th pod.
@@ -98,11 +102,36 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	say("%d pods running on the %d Spot nodes (%s)", o.podsPerNode*len(e.spot), len(e.spot), since(began))
 
 	began = time.Now()
+	watchesBefore, err := e.watches(ctx)
+	if err != nil {
+		return e, err
+	}
 	if err := e.startAgents(ctx, o); err != nil {
 		return e, err
 	}
-	say("%d agents ready, %d of them processes (%s)", len(e.inProcess)+len(e.processes), len(e.processes), since(began))
+	watchesAfter, err := e.watches(ctx)
+	if err != nil {
+		return e, err
+	}
+	agents := len(e.inProcess) + len(e.processes)
+	e.watchesPerAgent = (watchesAfter - watchesBefore) / float64(agents)
+	say("%d agents ready, %d of them processes, %.2f watches each at the API server (%s)", agents, len(e.processes), e.watchesPerAgent, since(began))
 	return e, nil
+}
+
+// watches counts the watches the API server holds open now.
+func (e *env) watches(ctx context.Context) (float64, error) {
+	body, err := e.c.Client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("API server metrics: %w", err)
+	}
+	n := 0.0
+	for k, v := range localrun.Samples(string(body), "apiserver_longrunning_requests{") {
+		if strings.Contains(k, `verb="WATCH"`) {
+			n += v
+		}
+	}
+	return n, nil
 }
 
 // placePods puts n pods on each node, labelled for the run and with the
