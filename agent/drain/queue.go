@@ -214,10 +214,25 @@ const callTimeout = 15 * time.Second
 // pod's namespace.
 func (q *evictionQueue) attempt(ctx context.Context, it *item) answer {
 	ns := it.pod.Namespace
-	if err := q.slots.acquire(ctx, ns); err != nil {
+	epoch, err := q.slots.acquire(ctx, ns)
+	if err != nil {
 		return answer{out: outcomeError, err: err}
 	}
 	defer q.slots.release(ns)
+	ans := q.call(ctx, it)
+	switch {
+	case ans.out == outcomeAccepted:
+		q.slots.acked()
+	case ans.out == outcomeThrottled, ans.out == outcomeServerError,
+		// A call that outlasted callTimeout waited in the server's queues.
+		ans.out == outcomeError && errors.Is(ans.err, context.DeadlineExceeded) && ctx.Err() == nil:
+		q.slots.congested(epoch)
+	}
+	return ans
+}
+
+// call sends the item's request once; the caller holds a slot.
+func (q *evictionQueue) call(ctx context.Context, it *item) answer {
 	// A slot can be granted just as the item is cancelled: a drain stopped
 	// because its notice was withdrawn must send nothing more.
 	if err := ctx.Err(); err != nil {

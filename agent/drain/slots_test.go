@@ -14,7 +14,10 @@ type holder struct {
 
 func startAcquire(ctx context.Context, s *fairSlots, ns string) holder {
 	h := holder{ns: ns, got: make(chan error, 1)}
-	go func() { h.got <- s.acquire(ctx, ns) }()
+	go func() {
+		_, err := s.acquire(ctx, ns)
+		h.got <- err
+	}()
 	return h
 }
 
@@ -56,7 +59,7 @@ func granted(t *testing.T, hs []holder) []holder {
 func TestANamespaceAloneMayUseEverySlot(t *testing.T) {
 	s := newFairSlots(8)
 	for i := range 8 {
-		if err := s.acquire(context.Background(), "a"); err != nil {
+		if _, err := s.acquire(context.Background(), "a"); err != nil {
 			t.Fatalf("acquire %d: %v", i, err)
 		}
 	}
@@ -74,7 +77,7 @@ func TestAWaitingNamespaceIsServedBeforeOneOverItsShare(t *testing.T) {
 	s := newFairSlots(size)
 	ctx := context.Background()
 	for range size {
-		if err := s.acquire(ctx, "a"); err != nil {
+		if _, err := s.acquire(ctx, "a"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -113,7 +116,7 @@ func (s *fairSlots) heldBy(ns string) int {
 
 func TestAnAbandonedWaitFreesItsPlace(t *testing.T) {
 	s := newFairSlots(1)
-	if err := s.acquire(context.Background(), "a"); err != nil {
+	if _, err := s.acquire(context.Background(), "a"); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -131,5 +134,64 @@ func TestAnAbandonedWaitFreesItsPlace(t *testing.T) {
 	}
 	if s.inUse != 1 || s.held["c"] != 1 || len(s.ring) != 0 {
 		t.Fatalf("in use %d, held %v, ring %v: want one slot held by c and nobody waiting", s.inUse, s.held, s.ring)
+	}
+}
+
+// TestTheWindowFollowsThrottling: a zone reclaim's agents all send at
+// once, and what API priority and fairness cannot queue it answers 429.
+// Each agent halves what it sends on throttling, once for the calls sent
+// under one window, never below an eighth of its slots, and grows back by
+// one for each window's worth of accepted calls.
+func TestTheWindowFollowsThrottling(t *testing.T) {
+	s := newFairSlots(32)
+	var epochs []uint64
+	for range 20 {
+		e, err := s.acquire(context.Background(), "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		epochs = append(epochs, e)
+	}
+	for _, e := range epochs {
+		s.congested(e) // the whole first burst throttled
+	}
+	if w := s.window(); w != 10 {
+		t.Fatalf("window %d after the first burst was throttled with 20 in flight, want 10 (cut once, from what was in use)", w)
+	}
+	// Over the window: the next acquire waits until enough are released.
+	late := startAcquire(context.Background(), s, "a")
+	waitQueued(t, s, "a", 1)
+	for range 10 {
+		s.release("a")
+	}
+	if got := granted(t, []holder{late}); len(got) != 0 {
+		t.Fatal("granted with 10 in use and a window of 10")
+	}
+	s.release("a")
+	if err := <-late.got; err != nil {
+		t.Fatal(err)
+	}
+	// Calls sent under the cut window, throttled again: cut again, down to
+	// the floor and no further.
+	for range 3 {
+		s.mu.Lock()
+		epoch := s.epoch
+		s.mu.Unlock()
+		s.congested(epoch)
+	}
+	if w := s.window(); w != 4 {
+		t.Fatalf("window %d after three more throttled epochs, want the floor 4 (an eighth of 32)", w)
+	}
+	for range 4 {
+		s.acked()
+	}
+	if w := s.window(); w != 5 {
+		t.Fatalf("window %d after 4 accepted calls at 4, want 5", w)
+	}
+	for range 5 + 6 {
+		s.acked()
+	}
+	if w := s.window(); w != 7 {
+		t.Fatalf("window %d after 5 more at 5 and 6 at 6, want 7", w)
 	}
 }
