@@ -120,8 +120,13 @@ func NewWebhookOptions() *WebhookOptions {
 		// milliseconds, failed closed meanwhile (make bench-scale).
 		ConfineQPS:           100,
 		ConfineBurst:         500,
-		ConfineReadQPS:       50,
-		ConfineReadBurst:     100,
+		// The same for the agents' nodes read before the cache holds their
+		// mark (shared per node, see nodecache.Rereader): with 5,000 nodes
+		// the webhook's node watch ran seconds behind a 500-node reclaim,
+		// and at 50 and 100 1,411 of 2,016 own-node evictions failed
+		// closed waiting for this limiter (make bench-scale, 5,000 nodes).
+		ConfineReadQPS:       100,
+		ConfineReadBurst:     500,
 		ConfineNodeReadQPS:   nodepods.DefaultNodeReadQPS,
 		ConfineNodeReadBurst: nodepods.DefaultNodeReadBurst,
 		ConfineLinger:        nodepods.DefaultLinger,
