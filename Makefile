@@ -207,7 +207,7 @@ cluster: binaries image $(BIN)/helm
 	$(GO) run ./test/cmd/localcluster $(CLUSTER_FLAGS)
 
 ## bench: every benchmark; each prints a table and writes bin/bench/<name>.json.
-bench: bench-agent bench-webhook bench-storm bench-scale
+bench: bench-agent bench-webhook bench-storm bench-scale bench-memory
 
 # The benchmarks run on kwok nodes: the control plane and kwok are all they
 # need of `make binaries` (no cert-manager, no real node).
@@ -227,6 +227,20 @@ bench-scale: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 .PHONY: bench-storm
 bench-storm: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 	$(GO) run ./test/bench/storm
+
+## bench-memory: the webhook's heap per cached node (5,000 nodes) and per
+## followed node (500 nodes, 20 pods each), and their sum at that scale.
+## No cluster: the structures are built in the test process.
+.PHONY: bench-memory
+bench-memory:
+	@mkdir -p $(BIN)/bench
+	set -o pipefail; $(GO) test -run '^$$' -bench '^BenchmarkMemory' -benchtime 1x ./webhook/... | tee $(BIN)/bench/memory.txt
+	@awk -v on="commit $$(git rev-parse --short=12 HEAD)" '\
+		/^BenchmarkMemory/ { for (i = 3; i < NF; i++) { if ($$(i+1) == "kib/cached-node") c = $$i; if ($$(i+1) == "kib/followed-node") f = $$i } } \
+		END { if (c == "" || f == "") { print "bench-memory: a figure is missing" > "/dev/stderr"; exit 1 } \
+			printf "{\n  \"measured_on\": \"%s\",\n  \"scale_webhook_kib_per_cached_node\": %s,\n  \"scale_webhook_kib_per_followed_node\": %s,\n  \"scale_webhook_index_mib_at_target\": %.2f\n}\n", on, c, f, (5000 * c + 500 * f) / 1024 }' \
+		$(BIN)/bench/memory.txt > $(BIN)/bench/memory.json
+	@cat $(BIN)/bench/memory.json
 
 clean:
 	rm -rf $(BIN)
