@@ -118,8 +118,8 @@ func NewWebhookOptions() *WebhookOptions {
 		// of 500 nodes marked at once waited 6 s in the client's limiter,
 		// and its agent's evictions, which follow the mark within
 		// milliseconds, failed closed meanwhile (make bench-scale).
-		ConfineQPS:           100,
-		ConfineBurst:         500,
+		ConfineQPS:   100,
+		ConfineBurst: 500,
 		// The same for the agents' nodes read before the cache holds their
 		// mark (shared per node, see nodecache.Rereader): with 5,000 nodes
 		// the webhook's node watch ran seconds behind a 500-node reclaim,
