@@ -226,7 +226,7 @@ bench-scale: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 ## bench-storm: 50 of 200 nodes preempted within a second, termgate as deployed.
 .PHONY: bench-storm
 bench-storm: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
-	$(GO) run ./test/bench/storm
+	$(GO) run ./test/bench/storm $(STORM_FLAGS)
 
 clean:
 	rm -rf $(BIN)
