@@ -131,9 +131,9 @@ func NewWebhookOptions() *WebhookOptions {
 		ConfirmQPS:   100,
 		ConfirmBurst: 200,
 		// A bind onto a Spot node whose re-read failed is refused: in a
-		// storm on one core (docs/benchmarks.md) the refusals cost the
-		// scheduler a retry each and the scale-up no visible time, where
-		// allowing them let binds land on marked nodes.
+		// storm on one core (docs/benchmarks.md) each refusal cost the
+		// scheduler one retry and the scale-up no visible time, where an
+		// allowed one may land on a node marked meanwhile.
 		RefuseUnconfirmed: true,
 		Limits:            webhook.DefaultLimits(),
 		BindAddress:       ":9443",
