@@ -24,6 +24,12 @@
 //   - storm_webhook_unchecked_allows: the webhook's own fail-open, which
 //     the API server never sees: confinement answers "allowed, pod
 //     unreadable" and bind or pinned-pod answers "allowed, node unknown"
+//   - storm_webhook_refused_unconfirmed: binds and pinned pods refused
+//     because their node's re-read failed (denied-unconfirmed), each a
+//     scheduler retry
+//   - storm_replicas_running_ms: scale-up to all the Deployment's replicas
+//     Running at once (-1 if not within a minute of the last deadline),
+//     with the pods' created-to-bound waits in the note
 //   - storm_drains_done_by_deadline: fraction of the 50 nodes with no
 //     evictable pod left (terminating ones included) at their deadline
 //   - storm_webhook_rss_mb: the webhook's largest resident memory sampled
