@@ -226,7 +226,7 @@ bench-scale: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 ## bench-storm: 50 of 200 nodes preempted within a second, termgate as deployed.
 .PHONY: bench-storm
 bench-storm: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
-	$(GO) run ./test/bench/storm
+	$(GO) run ./test/bench/storm $(STORM_FLAGS)
 
 ## bench-memory: the webhook's heap per cached node (5,000 nodes) and per
 ## followed node (500 nodes, 20 pods each), and their sum at that scale.

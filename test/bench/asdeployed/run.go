@@ -54,9 +54,10 @@ func StartAgent(ctx context.Context, s AgentSpec) (*localrun.Agent, error) {
 
 // StartWebhook starts the webhook as `make demo` does: the Deployment's
 // arguments and environment (the launcher's default) and its own service
-// account's token.
-func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string) (*localrun.Webhook, error) {
-	return localrun.StartWebhookWithOwnIdentity(ctx, c, localrun.WebhookSpec{Binary: binary})
+// account's token. Extra flags come after the Deployment's, so they win:
+// a bench that passes any is not as deployed and must say so.
+func StartWebhook(ctx context.Context, c *cluster.Cluster, binary string, extra ...string) (*localrun.Webhook, error) {
+	return localrun.StartWebhookWithOwnIdentity(ctx, c, localrun.WebhookSpec{Binary: binary, Flags: extra})
 }
 
 // MetricsReader makes the scraper the benchmarks read metrics with: a

@@ -24,6 +24,12 @@
 //   - storm_webhook_unchecked_allows: the webhook's own fail-open, which
 //     the API server never sees: confinement answers "allowed, pod
 //     unreadable" and bind or pinned-pod answers "allowed, node unknown"
+//   - storm_webhook_refused_unconfirmed: binds and pinned pods refused
+//     because their node's re-read failed (denied-unconfirmed), each a
+//     scheduler retry
+//   - storm_replicas_running_ms: scale-up to all the Deployment's replicas
+//     Running at once (-1 if not within a minute of the last deadline),
+//     with the pods' created-to-bound waits in the note
 //   - storm_drains_done_by_deadline: fraction of the 50 nodes with no
 //     evictable pod left (terminating ones included) at their deadline
 //   - storm_webhook_rss_mb: the webhook's largest resident memory sampled
@@ -51,6 +57,9 @@ type options struct {
 	out                                  string
 	extra                                []string
 	withoutPolicy                        bool
+	// refuseUnconfirmed, when set, is the webhook's --refuse-unconfirmed
+	// for the run; empty keeps the shipped manifests' value.
+	refuseUnconfirmed string
 }
 
 func main() {
@@ -62,6 +71,7 @@ func main() {
 	flag.DurationVar(&o.spread, "spread", time.Second, "the notices arrive evenly spread over this time")
 	flag.StringVar(&o.out, "out", "bin/bench/storm.json", "where to write the results")
 	flag.BoolVar(&o.withoutPolicy, "diagnose-without-node-policy", false, "not as deployed: remove the agent's Node policy binding before the storm, to see what the policy costs the marks")
+	flag.StringVar(&o.refuseUnconfirmed, "webhook-refuse-unconfirmed", "", "true or false: the webhook's --refuse-unconfirmed for the run (empty: as the shipped manifests say), to compare allowing and refusing a bind whose node re-read failed")
 	flag.Parse()
 	o.extra = strings.Fields(os.Getenv("AGENT_FLAGS"))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -77,6 +87,9 @@ func main() {
 const runBudget = 15 * time.Minute
 
 func run(ctx context.Context, o options) error {
+	if o.refuseUnconfirmed != "" && o.refuseUnconfirmed != "true" && o.refuseUnconfirmed != "false" {
+		return errors.New("-webhook-refuse-unconfirmed is true, false or empty")
+	}
 	if o.agents < 1 || o.nodes < o.agents || o.podsPerNode < 0 || o.replicas < 0 || o.spread < 0 {
 		return errors.New("want 1 <= -agents <= -nodes, and -pods-per-node, -replicas, -spread not negative")
 	}
@@ -107,11 +120,16 @@ func run(ctx context.Context, o options) error {
 		{Key: "storm_binds_racing_mark", Value: float64(res.bindsRacing), Note: "asked for before the mark was stored, stored after it"},
 		{Key: "storm_fail_open_calls", Value: float64(res.failOpen), Target: "0", Note: res.failOpenNote},
 		{Key: "storm_webhook_unchecked_allows", Value: float64(res.uncheckedAllows), Target: "0", Note: res.uncheckedNote},
+		{Key: "storm_webhook_refused_unconfirmed", Value: float64(res.refusedUnconfirmed), Note: res.refusedNote},
+		{Key: "storm_replicas_running_ms", Value: res.replicasRunningMS, Note: res.replicasNote},
 		{Key: "storm_drains_done_by_deadline", Value: res.doneFraction, Target: "1.0", Note: res.doneNote},
 		{Key: "storm_webhook_rss_mb", Value: res.webhookRSS, Target: fmt.Sprintf("< %.0f", float64(e.webhookLimit)/(1<<20)), Note: fmt.Sprintf("peak since start %.1f MiB", res.webhookPeak)},
 	}
 	title := fmt.Sprintf("termgate storm benchmark (%d nodes, %d preempted within %s with %d pods each, Deployment scaled to %d)",
 		o.nodes, o.agents, o.spread, o.podsPerNode, o.replicas)
+	if o.refuseUnconfirmed != "" {
+		title += ", webhook --refuse-unconfirmed=" + o.refuseUnconfirmed
+	}
 	return asdeployed.Report(title, o.out, e.state, figures)
 }
 

@@ -70,7 +70,12 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	}
 	e.webhookLimit = shipped.MemoryLimit
 	began = time.Now()
-	if e.webhook, err = asdeployed.StartWebhook(ctx, c, e.bin); err != nil {
+	var webhookFlags []string
+	if o.refuseUnconfirmed != "" {
+		webhookFlags = append(webhookFlags, "--refuse-unconfirmed="+o.refuseUnconfirmed)
+		say("webhook started with --refuse-unconfirmed=%s (shipped arguments: %v)", o.refuseUnconfirmed, shipped.Args)
+	}
+	if e.webhook, err = asdeployed.StartWebhook(ctx, c, e.bin, webhookFlags...); err != nil {
 		return e, err
 	}
 	say("webhook serving on %s with its own service account's token, configurations registered (%s)", e.webhook.Addr, since(began))

@@ -51,12 +51,26 @@ type bindRecord struct {
 	rv        uint64
 }
 
+// podTimes is what the bench saw of one Deployment pod, on its own clock:
+// first seen (created), first seen bound, and now Running and not being
+// deleted.
+type podTimes struct {
+	seen, bound time.Time
+	node        string
+	up          bool
+}
+
 // observer follows nodes and the Deployment's pods through watches that
 // resume after a dropped connection.
 type observer struct {
 	mu    sync.Mutex
 	nodes map[string]*nodeState
 	binds map[types.UID]bindRecord
+	pods  map[types.UID]*podTimes
+	// want is the Deployment's replicas; allUp is when the bench first saw
+	// that many of its pods Running and not being deleted.
+	want  int
+	allUp time.Time
 	errs  []error
 	stop  context.CancelFunc
 	done  sync.WaitGroup
@@ -64,7 +78,7 @@ type observer struct {
 
 func (e *env) observe(ctx context.Context) (*observer, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	obs := &observer{nodes: map[string]*nodeState{}, binds: map[types.UID]bindRecord{}, stop: cancel}
+	obs := &observer{nodes: map[string]*nodeState{}, binds: map[types.UID]bindRecord{}, pods: map[types.UID]*podTimes{}, stop: cancel}
 	for _, n := range e.spot {
 		obs.nodes[n] = &nodeState{marked: make(chan struct{})}
 	}
@@ -148,13 +162,36 @@ func (obs *observer) node(o any, now time.Time) {
 	}
 }
 
-func (obs *observer) pod(o any, _ time.Time) {
+func (obs *observer) pod(o any, now time.Time) {
 	p, ok := o.(*corev1.Pod)
-	if !ok || p.Spec.NodeName == "" {
+	if !ok {
 		return
 	}
 	obs.mu.Lock()
 	defer obs.mu.Unlock()
+	t := obs.pods[p.UID]
+	if t == nil {
+		t = &podTimes{seen: now}
+		obs.pods[p.UID] = t
+	}
+	t.up = p.Spec.NodeName != "" && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning
+	if t.up && obs.allUp.IsZero() && obs.want > 0 {
+		up := 0
+		for _, q := range obs.pods {
+			if q.up {
+				up++
+			}
+		}
+		if up >= obs.want {
+			obs.allUp = now
+		}
+	}
+	if p.Spec.NodeName == "" {
+		return
+	}
+	if t.bound.IsZero() {
+		t.bound, t.node = now, p.Spec.NodeName
+	}
 	if _, seen := obs.binds[p.UID]; !seen {
 		obs.binds[p.UID] = bindRecord{pod: p.Name, node: p.Spec.NodeName, rv: revision(p.ResourceVersion)}
 	}
@@ -181,6 +218,10 @@ type result struct {
 	failOpenNote                          string
 	uncheckedAllows                       int
 	uncheckedNote                         string
+	refusedUnconfirmed                    int
+	refusedNote                           string
+	replicasRunningMS                     float64
+	replicasNote                          string
 	doneFraction                          float64
 	doneNote                              string
 	webhookRSS, webhookPeak               float64
@@ -210,6 +251,9 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
 		say("load average before the storm: %s", strings.TrimSpace(string(load)))
 	}
+	obs.mu.Lock()
+	obs.want = o.replicas
+	obs.mu.Unlock()
 	t0 := time.Now()
 	say("storm: %d notices over %s, %s scaled to %d", len(e.spot), o.spread, deploymentName, o.replicas)
 	if err := e.scale(ctx, o.replicas); err != nil {
@@ -237,6 +281,12 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 	}
 	wg.Wait()
 	end := time.Now()
+	// The scale-up may outlast the deadlines on a slow control plane (or
+	// when refused binds wait out the scheduler's back-off): give it a
+	// minute more, so a stall shows as a time rather than as nothing.
+	if err := waitAllUp(ctx, obs, time.Minute); err != nil {
+		return result{}, err
+	}
 	webhookRSS := webhookMemory().RSS
 	say("every node checked at its deadline (%s after the first notice)", end.Sub(t0).Round(time.Millisecond))
 	if err := errors.Join(errs...); err != nil {
@@ -258,6 +308,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 		return result{}, err
 	}
 	res := e.summarise(obs, audit, end)
+	res.replicasRunningMS, res.replicasNote = obs.scaleUp(t0, o.replicas, e.spot)
 	e.printAgentSide(ctx)
 	var total, largest, peak float64
 	for _, a := range e.agents {
@@ -307,9 +358,15 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 	}
 	fmt.Println("the webhook's own counters during the storm:")
 	rise := localrun.Rise(before.webhook, after.webhook)
-	unchecked := map[string]float64{}
+	unchecked, refused := map[string]float64{}, map[string]float64{}
 	for _, k := range slices.Sorted(maps.Keys(rise)) {
 		fmt.Printf("  %s %v\n", k, rise[k])
+		if strings.HasPrefix(k, "termgate_webhook_decisions_total{") && strings.Contains(k, `verdict="`+refusedUnconfirmedVerdict+`"`) {
+			_, gate, _ := strings.Cut(k, `gate="`)
+			gate, _, _ = strings.Cut(gate, `"`)
+			refused[gate] += rise[k]
+			res.refusedUnconfirmed += int(rise[k])
+		}
 		for _, v := range uncheckedVerdicts {
 			if strings.HasPrefix(k, "termgate_webhook_decisions_total{") && strings.Contains(k, `verdict="`+v+`"`) {
 				_, gate, _ := strings.Cut(k, `gate="`)
@@ -320,6 +377,7 @@ func (e *env) storm(ctx context.Context, o options) (result, error) {
 		}
 	}
 	res.uncheckedNote = fmt.Sprintf("by gate and verdict %v", unchecked)
+	res.refusedNote = fmt.Sprintf("by gate %v: each a scheduler retry", refused)
 	return res, nil
 }
 
@@ -589,6 +647,69 @@ func admissionCounters(ctx context.Context, e *env) (counters, error) {
 		}
 	}
 	return c, nil
+}
+
+// refusedUnconfirmedVerdict is the webhook's answer to a bind or pinned pod
+// onto a node whose re-read failed, with --refuse-unconfirmed.
+const refusedUnconfirmedVerdict = "denied-unconfirmed"
+
+// waitAllUp waits, at most limit, for the Deployment's replicas all to be
+// Running at once.
+func waitAllUp(ctx context.Context, obs *observer, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		obs.mu.Lock()
+		up := !obs.allUp.IsZero()
+		obs.mu.Unlock()
+		if up {
+			return nil
+		}
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	say("the Deployment's replicas were not all Running %s after the deadlines", limit)
+	return nil
+}
+
+// scaleUp returns the time from the scale-up to all replicas Running at
+// once (-1 if never), and a note with the pods' wait from creation to bind
+// (p50, p99, max) apart for the preempted nodes and the rest: refused binds
+// show as the others' wait.
+func (obs *observer) scaleUp(t0 time.Time, replicas int, spot []string) (float64, string) {
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	isSpot := map[string]bool{}
+	for _, n := range spot {
+		isSpot[n] = true
+	}
+	var onSpot, elsewhere []float64
+	unbound := 0
+	for _, t := range obs.pods {
+		if t.bound.IsZero() {
+			unbound++
+			continue
+		}
+		wait := float64(t.bound.Sub(t.seen).Microseconds()) / 1000
+		if isSpot[t.node] {
+			onSpot = append(onSpot, wait)
+		} else {
+			elsewhere = append(elsewhere, wait)
+		}
+	}
+	dist := func(xs []float64) string {
+		if len(xs) == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("%d, p50 %.0f p99 %.0f max %.0f ms", len(xs), asdeployed.Percentile(xs, 50), asdeployed.Percentile(xs, 99), slices.Max(xs))
+	}
+	note := fmt.Sprintf("%d replicas; created to bound, elsewhere %s; onto preempted nodes %s; %d never bound", replicas, dist(elsewhere), dist(onSpot), unbound)
+	if obs.allUp.IsZero() {
+		return -1, "never all Running; " + note
+	}
+	return float64(obs.allUp.Sub(t0).Milliseconds()), note
 }
 
 // uncheckedVerdicts are the webhook's answers that allow without having
