@@ -37,9 +37,11 @@ type Options struct {
 	// read.
 	ConfirmSelectors []labels.Selector
 	ConfirmTimeout   time.Duration
-	// RefuseUnconfirmed refuses a bind or pinned pod onto a node whose
-	// re-read failed, instead of allowing it on the cache's word.
-	RefuseUnconfirmed bool
+	// RefuseUnconfirmed refuses a bind onto a node whose re-read failed,
+	// instead of allowing it on the cache's word; RefuseUnconfirmedPinned
+	// does the same for pinned pods.
+	RefuseUnconfirmed       bool
+	RefuseUnconfirmedPinned bool
 	// ConfinePods tunes the index of the pods of draining nodes.
 	ConfinePods nodepods.Options
 	// Limits bound the admission server.
@@ -126,15 +128,16 @@ func New(o Options, c Clients, certSource CertSource, reg prometheus.Registerer,
 		// A bind that cannot be confirmed falls back on the cache; an
 		// eviction that cannot be checked is refused, so the
 		// confinement's re-read may use most of the call's time.
-		AgentMarks:        nodecache.NewMarks(nodes, reread(c.ConfineReads, confineReadTimeout), pods.Warm),
-		AgentPods:         pods,
-		TaintEffect:       o.TaintEffect,
-		RefuseUnconfirmed: o.RefuseUnconfirmed,
-		Agent:             confine.Options{Username: o.AgentUsername},
-		MaxBodyBytes:      o.Limits.MaxBodyBytes,
-		Metrics:           metrics,
-		Log:               logger,
-		Clock:             clk,
+		AgentMarks:              nodecache.NewMarks(nodes, reread(c.ConfineReads, confineReadTimeout), pods.Warm),
+		AgentPods:               pods,
+		TaintEffect:             o.TaintEffect,
+		RefuseUnconfirmed:       o.RefuseUnconfirmed,
+		RefuseUnconfirmedPinned: o.RefuseUnconfirmedPinned,
+		Agent:                   confine.Options{Username: o.AgentUsername},
+		MaxBodyBytes:            o.Limits.MaxBodyBytes,
+		Metrics:                 metrics,
+		Log:                     logger,
+		Clock:                   clk,
 	})
 	w.server = &Server{
 		Handler:         w.handler,

@@ -49,9 +49,10 @@ type Config struct {
 	AgentPods  confine.PodLocator
 	// TaintEffect is the effect of the termination taint the agent writes.
 	TaintEffect corev1.TaintEffect
-	// RefuseUnconfirmed refuses binds and pinned pods onto nodes whose
-	// re-read failed.
-	RefuseUnconfirmed bool
+	// RefuseUnconfirmed refuses binds, and RefuseUnconfirmedPinned pinned
+	// pods, onto nodes whose re-read failed.
+	RefuseUnconfirmed       bool
+	RefuseUnconfirmedPinned bool
 	// Agent configures the confinement of the agent's service account.
 	Agent confine.Options
 	// MaxBodyBytes bounds a review body (413 beyond); 0 means
@@ -78,7 +79,7 @@ func Handler(cfg Config) http.Handler {
 		PathBinding: bindgate.New(cfg.Nodes, cfg.Pods,
 			bindgate.Options{TaintEffect: cfg.TaintEffect, RefuseUnconfirmed: cfg.RefuseUnconfirmed}, m.ForGate(bindgate.Name)),
 		PathPinnedPod: pinnedgate.New(pinnedNodes,
-			pinnedgate.Options{TaintEffect: cfg.TaintEffect, RefuseUnconfirmed: cfg.RefuseUnconfirmed}, m.ForGate(pinnedgate.Name)),
+			pinnedgate.Options{TaintEffect: cfg.TaintEffect, RefuseUnconfirmed: cfg.RefuseUnconfirmedPinned}, m.ForGate(pinnedgate.Name)),
 		PathDrainOrder: drainorder.New(cfg.TaintEffect),
 		PathAgent:      confine.New(cfg.Agent, marks, pods, m.ForGate(confine.Name)),
 	}
