@@ -218,7 +218,9 @@ bench-webhook: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 	$(GO) run ./test/bench/webhook -cluster
 
 ## bench-scale: 500 of 1,000 nodes preempted within a second, 10,000
-## evictions, against a floor of the same evictions in the same run.
+## evictions, against a floor of the same evictions in the same run (shape T);
+## SCALE_FLAGS=-shape=Z for the zone shape: 500 Spot nodes of one zone among
+## 5,000, budgets, a bystander and three webhook replicas.
 .PHONY: bench-scale
 bench-scale: $(BIN)/controlplane $(BIN)/kwok-$(KWOK_VERSION).stamp
 	$(GO) run ./test/bench/scale $(SCALE_FLAGS)

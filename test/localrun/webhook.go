@@ -42,6 +42,13 @@ type WebhookSpec struct {
 	// Unshipped starts the webhook without the Deployment's arguments and
 	// environment: only for a test about the binary's defaults.
 	Unshipped bool
+	// URL is the scheme and host the configurations call; defaults to the
+	// webhook's own address. Replicas behind one balancer share it.
+	URL string
+	// Registered says the configurations are in place already (another
+	// replica registered them): registering again would clear the CA
+	// bundle the leader injected.
+	Registered bool
 }
 
 // Webhook is one running `termgate webhook` process, registered with the
@@ -102,9 +109,15 @@ func startWebhookOnce(ctx context.Context, s WebhookSpec, configs *WebhookConfig
 	if err := kit.EnsureNamespace(ctx, s.Client, s.Namespace); err != nil {
 		return nil, err
 	}
-	configs.PointAt("https://"+w.Addr, nil)
-	if err := configs.Register(ctx, s.Client); err != nil {
-		return nil, err
+	base := "https://" + w.Addr
+	if s.URL != "" {
+		base = s.URL
+	}
+	configs.PointAt(base, nil)
+	if !s.Registered {
+		if err := configs.Register(ctx, s.Client); err != nil {
+			return nil, err
+		}
 	}
 	// The Deployment's arguments first; then what differs on loopback,
 	// each for its reason; then the test's own flags.

@@ -22,6 +22,13 @@
 // minutes (--preemption-notice), long enough for this machine to do the
 // work; GCE gives 30 s.
 //
+// -shape=Z is the zone shape (zone.go): 5,000 nodes in three zones, the
+// 500 Spot nodes of one zone preempted over 5 s, each with two pods of
+// Deployments under 20% budgets (placed by the scheduler) and a DaemonSet
+// pod, while a Spot-preferring Deployment scales up, pods are pinned to
+// marked nodes, a bystander writes ConfigMaps at 20/s, and three webhook
+// replicas answer behind one address.
+//
 // Written to bin/bench/scale.json; the keys are defined in
 // docs/benchmarks.md.
 package main
@@ -43,10 +50,13 @@ import (
 )
 
 type options struct {
+	shape                                                    string
 	nodes, preempted, podsPerNode, processAgents, namespaces int
 	spread, notice                                           time.Duration
 	out                                                      string
 	withoutEvictionFlow                                      bool
+	// Shape Z only.
+	deployments, backgroundPerNode, spotReplicas, bystanderQPS, webhookReplicas int
 }
 
 func main() {
@@ -60,7 +70,25 @@ func main() {
 	flag.DurationVar(&o.notice, "notice", 5*time.Minute, "the agents' --preemption-notice: time from notice to deadline")
 	flag.BoolVar(&o.withoutEvictionFlow, "diagnose-without-eviction-flowschema", false, "not as deployed: delete the FlowSchema termgate-agent-evictions before the reclaim, so the agents' evictions fall to the built-in service-accounts schema (one flow for all agents)")
 	flag.StringVar(&o.out, "out", "bin/bench/scale.json", "where to write the results")
+	flag.StringVar(&o.shape, "shape", "T", "T: throughput (the defaults above); Z: a zone reclaimed in a working cluster, whose defaults are -nodes 5000 -preempted 500 -spread 5s -pods-per-node 2 unless given")
+	flag.IntVar(&o.deployments, "deployments", 10, "shape Z: Deployments whose pods (pods-per-node on each preempted node) the budgets cover, a multiple of -pods-per-node")
+	flag.IntVar(&o.backgroundPerNode, "background-per-node", 1, "shape Z: pods on every node not preempted")
+	flag.IntVar(&o.spotReplicas, "spot-replicas", 0, "shape Z: replicas the Spot-preferring Deployment is scaled to at the first notice; 0 is as many as -preempted")
+	flag.IntVar(&o.bystanderQPS, "bystander-qps", 20, "shape Z: the bystander's ConfigMap writes per second")
+	flag.IntVar(&o.webhookReplicas, "webhook-replicas", 3, "shape Z: webhook replicas behind one address")
 	flag.Parse()
+	if o.shape == "Z" {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		for name, v := range map[string]string{"nodes": "5000", "preempted": "500", "spread": "5s", "pods-per-node": "2"} {
+			if !set[name] {
+				_ = flag.Set(name, v)
+			}
+		}
+		if o.spotReplicas == 0 {
+			o.spotReplicas = o.preempted
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o); err != nil {
@@ -76,6 +104,13 @@ const evictionFlowSchema = "termgate-agent-evictions"
 const runBudget = 20 * time.Minute
 
 func run(ctx context.Context, o options) error {
+	switch o.shape {
+	case "T":
+	case "Z":
+		return runZone(ctx, o)
+	default:
+		return fmt.Errorf("-shape %q: want T or Z", o.shape)
+	}
 	if o.namespaces < 1 || o.preempted < 1 || o.nodes < 2*o.preempted || o.podsPerNode < 1 || o.processAgents < 0 || o.processAgents > o.preempted {
 		return errors.New("want 1 <= -namespaces, 1 <= -preempted, -nodes >= 2 * -preempted (the floor uses the idle half), -pods-per-node >= 1, 0 <= -process-agents <= -preempted")
 	}
@@ -118,6 +153,44 @@ func run(ctx context.Context, o options) error {
 	title := fmt.Sprintf("termgate scale benchmark, shape T (%d nodes, %d preempted within %s with %d pods each in %d namespaces, %d agents as processes, notice %s, %s)",
 		o.nodes, o.preempted, o.spread, o.podsPerNode, o.namespaces, o.processAgents, o.notice, variant)
 	return asdeployed.Report(title, o.out, e.state, figures(res, floor, o.podsPerNode, e.watchesPerAgent))
+}
+
+func runZone(ctx context.Context, o options) error {
+	if o.namespaces < 1 || o.preempted < 1 || o.podsPerNode < 1 || o.deployments < o.podsPerNode || o.deployments%o.podsPerNode != 0 ||
+		o.deployments/o.podsPerNode > o.preempted || o.processAgents < 0 || o.processAgents > o.preempted || o.backgroundPerNode < 0 ||
+		o.spotReplicas < 0 || o.bystanderQPS < 1 || o.webhookReplicas < 1 {
+		return errors.New("shape Z wants 1 <= -namespaces, 1 <= -preempted, -deployments a multiple of -pods-per-node and at most -pods-per-node * -preempted, 0 <= -process-agents <= -preempted, -background-per-node and -spot-replicas not negative, -bystander-qps and -webhook-replicas at least 1")
+	}
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, runBudget)
+	defer cancel()
+	e, err := setUpZone(ctx, o)
+	if e != nil {
+		defer e.tearDown()
+	}
+	if err != nil {
+		return err
+	}
+	setUp := time.Since(began)
+	say("set-up done in %s", setUp.Round(time.Second))
+	res, err := e.reclaimZone(ctx, o)
+	if e.replicas != nil {
+		for i, w := range e.replicas.Replicas {
+			if b, readErr := os.ReadFile(w.LogPath()); readErr == nil {
+				kept := filepath.Join(filepath.Dir(o.out), fmt.Sprintf("scale-webhook-%d.log", i))
+				if os.MkdirAll(filepath.Dir(kept), 0o755) == nil && os.WriteFile(kept, b, 0o644) == nil {
+					say("webhook replica %d's log kept in %s", i, kept)
+				}
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	title := fmt.Sprintf("termgate scale benchmark, shape Z (%d nodes in 3 zones, %d Spot nodes of %s preempted within %s, each with %d pods of %d Deployments under 20%% budgets and a DaemonSet pod, %d background pods per other node, %s scaled to %d, %d webhook replicas, a bystander at %d writes/s, %d agents as processes, notice %s; set-up %s, the run %s)",
+		o.nodes, o.preempted, zoneA, o.spread, o.podsPerNode, o.deployments, o.backgroundPerNode, spotWebName, o.spotReplicas, o.webhookReplicas, o.bystanderQPS, o.processAgents, o.notice,
+		setUp.Round(time.Second), time.Since(began).Round(time.Second))
+	return asdeployed.Report(title, o.out, e.state, zoneFigures(res, e.watchesPerAgent))
 }
 
 func say(format string, args ...any) {

@@ -26,15 +26,18 @@ import (
 // time taken when the watch event arrives.
 type observer struct {
 	mu      sync.Mutex
+	onTaint func(node string)    // called once per node, when first seen tainted
 	tainted map[string]time.Time // node -> first seen with the termination taint
 	evicted map[string]time.Time // pod -> first seen being deleted (or gone)
 	stop    context.CancelFunc
 	done    sync.WaitGroup
 }
 
-func (e *env) observe(ctx context.Context) (*observer, error) {
+// observe starts the watches; onTaint, if not nil, is called (on the
+// watch's goroutine: it must not block) when a node is first seen tainted.
+func (e *env) observe(ctx context.Context, onTaint func(node string)) (*observer, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	obs := &observer{tainted: map[string]time.Time{}, evicted: map[string]time.Time{}, stop: cancel}
+	obs := &observer{onTaint: onTaint, tainted: map[string]time.Time{}, evicted: map[string]time.Time{}, stop: cancel}
 	client := e.c.Client
 	nodes, err := asdeployed.ResumingWatch(ctx,
 		func(ctx context.Context, o metav1.ListOptions) (string, error) {
@@ -73,7 +76,9 @@ func (e *env) observe(ctx context.Context) (*observer, error) {
 		defer nodes.Stop()
 		for ev := range nodes.ResultChan() {
 			if n, ok := ev.Object.(*corev1.Node); ok && slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == nodemark.TaintKey }) {
-				obs.first(obs.tainted, n.Name)
+				if obs.first(obs.tainted, n.Name) && obs.onTaint != nil {
+					obs.onTaint(n.Name)
+				}
 			}
 		}
 	})
@@ -88,13 +93,17 @@ func (e *env) observe(ctx context.Context) (*observer, error) {
 	return obs, nil
 }
 
-func (o *observer) first(m map[string]time.Time, key string) {
+// first records key's time unless it has one, and says whether it was
+// new.
+func (o *observer) first(m map[string]time.Time, key string) bool {
 	now := time.Now()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, ok := m[key]; !ok {
-		m[key] = now
+	if _, ok := m[key]; ok {
+		return false
 	}
+	m[key] = now
+	return true
 }
 
 func (o *observer) snapshot() (tainted, evicted map[string]time.Time) {
@@ -131,7 +140,7 @@ type result struct {
 // reclaim preempts every Spot node over the spread and waits until every
 // pod is evicted or the deadlines pass.
 func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
-	obs, err := e.observe(ctx)
+	obs, err := e.observe(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -174,22 +183,7 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 		say("not every pod evicted by the last deadline: %v", err)
 	}
 	tainted, evicted := obs.snapshot()
-	r := &result{results: map[string]float64{}}
-	var lastTaint time.Time
-	for _, node := range e.spot {
-		at, ok := tainted[node]
-		if !ok {
-			at = noticed[node].Add(o.notice) // never tainted: the whole window
-		}
-		ms := float64(at.Sub(noticed[node]).Microseconds()) / 1000
-		if e.isProcess[node] {
-			r.marksProcess = append(r.marksProcess, ms)
-		} else {
-			r.marksInProcess = append(r.marksInProcess, ms)
-		}
-		lastTaint = maxTime(lastTaint, at)
-	}
-	r.allMarked = lastTaint.Sub(first)
+	r := e.marks(tainted, noticed, first, o.notice)
 	done := 0
 	for _, node := range e.spot {
 		ok := true
@@ -203,25 +197,8 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 	}
 	r.doneByDeadline = float64(done) / float64(len(e.spot))
 	r.span, r.peakPerSecond = rate(evicted, func(name string) bool { return isSpotPod(e, name) })
-	for _, a := range e.inProcess {
-		for _, res := range []string{"accepted", "gone", "blocked", "throttled", "server_error", "error"} {
-			v, err := a.Counter("termgate_drain_evictions_total", map[string]string{"result": res})
-			if err != nil {
-				return nil, err
-			}
-			r.results[res] += v
-		}
-	}
-	for _, a := range e.processes {
-		c, err := asdeployed.Counters(ctx, e.metrics, a.MetricsAddr, "termgate_drain_evictions_total")
-		if err != nil {
-			return nil, err
-		}
-		for k, v := range c {
-			if _, res, ok := strings.Cut(k, `result="`); ok {
-				r.results[strings.TrimSuffix(res, `"}`)] += v
-			}
-		}
+	if r.results, err = e.evictionResults(ctx); err != nil {
+		return nil, err
 	}
 	after, err := asdeployed.Counters(ctx, e.metrics, e.webhook.MetricsAddr, "termgate_webhook_decisions_total", "termgate_webhook_pod_reads_total")
 	if err != nil {
@@ -245,6 +222,56 @@ func (e *env) reclaim(ctx context.Context, o options) (*result, error) {
 	}
 	say("agents: %d pods evicted over %s, peak %.0f/s; eviction results %v; webhook %v; API server %v", len(evicted), r.span.Round(time.Millisecond), r.peakPerSecond, r.results, r.webhookRise, r.apiRise)
 	return r, nil
+}
+
+// marks are each preempted node's notice-to-taint times, by group (a node
+// never seen tainted counts as its whole notice), and the time from the
+// first notice to the last taint.
+func (e *env) marks(tainted, noticed map[string]time.Time, first time.Time, notice time.Duration) *result {
+	r := &result{}
+	var lastTaint time.Time
+	for _, node := range e.spot {
+		at, ok := tainted[node]
+		if !ok {
+			at = noticed[node].Add(notice)
+		}
+		ms := float64(at.Sub(noticed[node]).Microseconds()) / 1000
+		if e.isProcess[node] {
+			r.marksProcess = append(r.marksProcess, ms)
+		} else {
+			r.marksInProcess = append(r.marksInProcess, ms)
+		}
+		lastTaint = maxTime(lastTaint, at)
+	}
+	r.allMarked = lastTaint.Sub(first)
+	return r
+}
+
+// evictionResults sums the agents' eviction results, by result, from their
+// own counters.
+func (e *env) evictionResults(ctx context.Context) (map[string]float64, error) {
+	results := map[string]float64{}
+	for _, a := range e.inProcess {
+		for _, res := range []string{"accepted", "gone", "blocked", "throttled", "server_error", "error"} {
+			v, err := a.Counter("termgate_drain_evictions_total", map[string]string{"result": res})
+			if err != nil {
+				return nil, err
+			}
+			results[res] += v
+		}
+	}
+	for _, a := range e.processes {
+		c, err := asdeployed.Counters(ctx, e.metrics, a.MetricsAddr, "termgate_drain_evictions_total")
+		if err != nil {
+			return nil, err
+		}
+		for k, v := range c {
+			if _, res, ok := strings.Cut(k, `result="`); ok {
+				results[strings.TrimSuffix(res, `"}`)] += v
+			}
+		}
+	}
+	return results, nil
 }
 
 // processCalls sums the agent processes' API requests (client-go's own
@@ -327,7 +354,7 @@ func (e *env) floor(ctx context.Context, o options) (*floorResult, error) {
 		return nil, err
 	}
 	say("floor: %d pods running on %d idle nodes (%s)", len(nodes)*o.podsPerNode, len(nodes), since(began))
-	obs, err := e.observe(ctx)
+	obs, err := e.observe(ctx, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -24,7 +24,10 @@ type env struct {
 	bin, state string
 	fleet      *gcefake.Fleet
 	webhook    *localrun.Webhook
-	metrics    *localrun.MetricsReader
+	// replicas are shape Z's webhooks (webhook is the first of them).
+	replicas  *localrun.WebhookReplicas
+	bystander *bystander
+	metrics   *localrun.MetricsReader
 	// spot are the preempted nodes, idle the others (the floor's).
 	spot, idle []string
 	servers    map[string]*gcefake.Server
@@ -86,15 +89,8 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	say("webhook serving with its own token, configurations and policies registered (%s)", since(began))
 
 	began = time.Now()
-	for range o.namespaces {
-		ns, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "scale-"}}, metav1.CreateOptions{})
-		if err != nil {
-			return e, fmt.Errorf("create namespace: %w", err)
-		}
-		if err := kit.WaitDefaultServiceAccount(ctx, c.Client, ns.Name); err != nil {
-			return e, err
-		}
-		e.namespaces = append(e.namespaces, ns.Name)
+	if err := e.makeNamespaces(ctx, o.namespaces); err != nil {
+		return e, err
 	}
 	if err := e.placePods(ctx, e.spot, o.podsPerNode, "agents"); err != nil {
 		return e, err
@@ -230,7 +226,10 @@ func (e *env) stopAgents() {
 
 func (e *env) tearDown() {
 	e.stopAgents()
-	if e.webhook != nil {
+	switch {
+	case e.replicas != nil:
+		e.replicas.Stop()
+	case e.webhook != nil:
 		e.webhook.Stop()
 	}
 	_ = e.fleet.Close()
