@@ -97,22 +97,28 @@ func setUp(ctx context.Context, o options) (*env, error) {
 	}
 	say("%d pods running on the %d Spot nodes (%s)", o.podsPerNode*len(e.spot), len(e.spot), since(began))
 
-	began = time.Now()
-	watchesBefore, err := e.watches(ctx)
+	return e, e.startAgentsCountingWatches(ctx, o)
+}
+
+// startAgentsCountingWatches starts the agents and sets watchesPerAgent
+// from the API server's open watches before and after.
+func (e *env) startAgentsCountingWatches(ctx context.Context, o options) error {
+	began := time.Now()
+	before, err := e.watches(ctx)
 	if err != nil {
-		return e, err
+		return err
 	}
 	if err := e.startAgents(ctx, o); err != nil {
-		return e, err
+		return err
 	}
-	watchesAfter, err := e.watches(ctx)
+	after, err := e.watches(ctx)
 	if err != nil {
-		return e, err
+		return err
 	}
 	agents := len(e.inProcess) + len(e.processes)
-	e.watchesPerAgent = (watchesAfter - watchesBefore) / float64(agents)
+	e.watchesPerAgent = (after - before) / float64(agents)
 	say("%d agents ready, %d of them processes, %.2f watches each at the API server (%s)", agents, len(e.processes), e.watchesPerAgent, since(began))
-	return e, nil
+	return nil
 }
 
 // watches counts the watches the API server holds open now.

@@ -142,22 +142,7 @@ func setUpZone(ctx context.Context, o options) (*env, error) {
 	if err := e.bystander.prepare(ctx); err != nil {
 		return e, err
 	}
-	began = time.Now()
-	watchesBefore, err := e.watches(ctx)
-	if err != nil {
-		return e, err
-	}
-	if err := e.startAgents(ctx, o); err != nil {
-		return e, err
-	}
-	watchesAfter, err := e.watches(ctx)
-	if err != nil {
-		return e, err
-	}
-	agents := len(e.inProcess) + len(e.processes)
-	e.watchesPerAgent = (watchesAfter - watchesBefore) / float64(agents)
-	say("%d agents ready, %d of them processes, %.2f watches each at the API server (%s)", agents, len(e.processes), e.watchesPerAgent, since(began))
-	return e, nil
+	return e, e.startAgentsCountingWatches(ctx, o)
 }
 
 // zoneWorkload creates the Deployments whose pods the reclaim evicts,
