@@ -1,9 +1,13 @@
 package integration
 
 import (
+	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,8 +44,29 @@ func tenantOf(t *testing.T, ns string) kubernetes.Interface {
 	if _, err := env.Client.RbacV1().RoleBindings(ns).Create(ctx(t), binding, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("tenant's role binding: %v", err)
 	}
-	return impersonating(t, "system:serviceaccount:"+ns+":default", "system:serviceaccounts", "system:serviceaccounts:"+ns, "system:authenticated")
+	tenant := impersonating(t, "system:serviceaccount:"+ns+":default", "system:serviceaccounts", "system:serviceaccounts:"+ns, "system:authenticated")
+	// The API server's RBAC authorizer learns of the binding through its
+	// own informer, a moment after the create returns: until then the
+	// tenant's creations are forbidden, which is not what the tests ask.
+	// The authorizer's own answer says when it has the binding.
+	testenv.Eventually(t, rbacPropagation, "the tenant's role binding in force", func(ctx context.Context) (bool, string, error) {
+		review, err := tenant.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: ns, Verb: "create", Resource: "pods",
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return false, "", fmt.Errorf("access review: %w", err)
+		}
+		return review.Status.Allowed, review.Status.Reason, nil
+	})
+	return tenant
 }
+
+// rbacPropagation bounds the wait for the API server's RBAC informer to see
+// a new binding: a watch event on a loopback server, well under a second in
+// every run; the budget leaves room for a loaded machine.
+const rbacPropagation = 30 * time.Second
 
 // mirrorPod is what a kubelet posts for a static pod: the mirror annotation,
 // the node's name, the Node as owner, no service account token
