@@ -56,8 +56,13 @@ type Limits struct {
 }
 
 // DefaultLimits are sized for a replica with a 256 MiB memory limit:
-// 64 MiB of bodies, 512 connections of about 50 KiB of TLS and HTTP
-// buffers each (25 MiB), and the caches leave the rest to the runtime.
+// 32 MiB of declared bodies, 512 connections of about 50 KiB of TLS and
+// HTTP buffers each (25 MiB), and the caches leave the rest to the
+// runtime. A body costs about four times its size while it is decoded
+// and answered: under TestAFloodOfSlowAndLargeCallsDoesNotTakeTheWebhookDown
+// a 64 MiB budget peaked at 234 to 250 MiB resident (one run 261 MiB, past
+// the limit), 32 MiB at 184 to 190 MiB. 32 MiB is still five of the
+// largest reviews at once, or thousands of a pod's usual few KiB.
 //
 // The read timeout sits just above the API server's own call timeout (the
 // registrations' timeoutSeconds: 2): the API server has given up on a
@@ -73,7 +78,7 @@ func DefaultLimits() Limits {
 		IdleTimeout:          90 * time.Second,
 		MaxBodyBytes:         review.MaxBodyBytes,
 		MaxInFlight:          256,
-		MaxInFlightBodyBytes: 64 << 20,
+		MaxInFlightBodyBytes: 32 << 20,
 		MaxConnections:       512,
 		MaxConcurrentStreams: 32,
 		MaxReadingPerPeer:    16,

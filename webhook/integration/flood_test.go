@@ -29,14 +29,14 @@ const (
 	containerLimit  = 256 << 20 // the Deployment's memory limit
 	floodFor        = 8 * time.Second
 	slowHeaderConns = 100
-	// Five slow 6 MiB bodies hold 30 MiB of the default 64 MiB body budget
+	// Two slow 6 MiB bodies hold 12 MiB of the default 32 MiB body budget
 	// for most of the flood (the budget counts declared lengths from the
 	// headers on; each is cut at the 3 s read timeout and sent again at
-	// once). That leaves room for five fast 6 MiB calls, and eight workers
+	// once). That leaves room for three fast 6 MiB calls, and eight workers
 	// each keep one in flight, so the fast calls meet both outcomes:
 	// answered and 429. Each slow body and each worker comes from an
 	// address of its own, as from pods of their own.
-	slowBodyConns    = 5
+	slowBodyConns    = 2
 	largeBodyWorkers = 8
 	largeBodyBytes   = 6 << 20 // just under the default body cap
 	webhookTimeout   = 2 * time.Second
