@@ -18,6 +18,7 @@ type Metrics struct {
 	lbPending   prometheus.Gauge
 	remaining   prometheus.Gauge
 	deadline    prometheus.Gauge
+	window      prometheus.Gauge
 }
 
 // Outcomes of the wait for load balancers, the label of its histogram.
@@ -70,8 +71,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Namespace: "termgate", Subsystem: "drain", Name: "deadline_timestamp_seconds",
 			Help: "Unix time of the running drain's deadline (0 outside a drain).",
 		}),
+		// Beside evictions_total{result="throttled"}: how far the agent
+		// backed off for the API server, and whether it has grown back.
+		window: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "termgate", Subsystem: "drain", Name: "eviction_window",
+			Help: "Eviction calls the last drain may have in flight at once: --eviction-concurrency at its start, halved each time the API server throttles or fails its calls, one more per window's worth of accepted calls.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration, m.lbWait, m.lbPending, m.remaining, m.deadline} {
+	for _, c := range []prometheus.Collector{m.evictions, m.escalations, m.duration, m.lbWait, m.lbPending, m.remaining, m.deadline, m.window} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register drain metrics: %w", err)
 		}
@@ -132,6 +139,12 @@ func (m *Metrics) setProgress(remaining int, deadline time.Time) {
 		return
 	}
 	m.deadline.Set(float64(deadline.UnixMilli()) / 1000)
+}
+
+func (m *Metrics) setEvictionWindow(n int) {
+	if m != nil {
+		m.window.Set(float64(n))
+	}
 }
 
 func (m *Metrics) setLBPending(n int) {

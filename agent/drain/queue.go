@@ -98,7 +98,7 @@ func newEvictionQueue(client kubernetes.Interface, clk clock.WithTicker, cfg Con
 		cfg:      cfg,
 		deadline: deadline,
 		rec:      rec,
-		slots:    newFairSlots(cfg.Concurrency),
+		slots:    newFairSlots(cfg.Concurrency, cfg.Metrics.setEvictionWindow),
 		items:    map[types.UID]*item{},
 	}
 }

@@ -36,6 +36,8 @@ type fairSlots struct {
 	limit, minLimit int
 	epoch           uint64
 	acks            int
+	// resized is told each new window (the agent's gauge of it).
+	resized func(int)
 
 	mu      sync.Mutex
 	inUse   int
@@ -52,10 +54,15 @@ type slotWaiter struct {
 	epoch   uint64
 }
 
-func newFairSlots(size int) *fairSlots {
+func newFairSlots(size int, resized func(int)) *fairSlots {
+	if resized == nil {
+		resized = func(int) {}
+	}
+	resized(size)
 	return &fairSlots{
-		size:  size,
-		limit: size,
+		resized: resized,
+		size:    size,
+		limit:   size,
 		// An eighth of the slots stay open however throttled the server:
 		// near the deadline the drain's deletes must still go out.
 		minLimit: max(1, size/8),
@@ -116,6 +123,7 @@ func (s *fairSlots) congested(epoch uint64) {
 	s.limit = max(s.minLimit, min(s.limit, s.inUse)/2)
 	s.epoch++
 	s.acks = 0
+	s.resized(s.limit)
 }
 
 // acked tells the window that a call was accepted: after a window's worth,
@@ -129,15 +137,9 @@ func (s *fairSlots) acked() {
 	if s.acks++; s.acks >= s.limit {
 		s.limit++
 		s.acks = 0
+		s.resized(s.limit)
 		s.dispatchLocked()
 	}
-}
-
-// window is the current bound on the slots in use.
-func (s *fairSlots) window() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.limit
 }
 
 // release returns a slot ns held.

@@ -57,7 +57,7 @@ func granted(t *testing.T, hs []holder) []holder {
 }
 
 func TestANamespaceAloneMayUseEverySlot(t *testing.T) {
-	s := newFairSlots(8)
+	s := newFairSlots(8, nil)
 	for i := range 8 {
 		if _, err := s.acquire(context.Background(), "a"); err != nil {
 			t.Fatalf("acquire %d: %v", i, err)
@@ -74,7 +74,7 @@ func TestANamespaceAloneMayUseEverySlot(t *testing.T) {
 // turns.
 func TestAWaitingNamespaceIsServedBeforeOneOverItsShare(t *testing.T) {
 	const size = 32
-	s := newFairSlots(size)
+	s := newFairSlots(size, nil)
 	ctx := context.Background()
 	for range size {
 		if _, err := s.acquire(ctx, "a"); err != nil {
@@ -115,7 +115,7 @@ func (s *fairSlots) heldBy(ns string) int {
 }
 
 func TestAnAbandonedWaitFreesItsPlace(t *testing.T) {
-	s := newFairSlots(1)
+	s := newFairSlots(1, nil)
 	if _, err := s.acquire(context.Background(), "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,12 @@ func TestAnAbandonedWaitFreesItsPlace(t *testing.T) {
 // under one window, never below an eighth of its slots, and grows back by
 // one for each window's worth of accepted calls.
 func TestTheWindowFollowsThrottling(t *testing.T) {
-	s := newFairSlots(32)
+	// The window as the agent's gauge is told it.
+	var window int
+	s := newFairSlots(32, func(n int) { window = n })
+	if window != 32 {
+		t.Fatalf("window %d at the start, want all 32 slots", window)
+	}
 	var epochs []uint64
 	for range 20 {
 		e, err := s.acquire(context.Background(), "a")
@@ -155,7 +160,7 @@ func TestTheWindowFollowsThrottling(t *testing.T) {
 	for _, e := range epochs {
 		s.congested(e) // the whole first burst throttled
 	}
-	if w := s.window(); w != 10 {
+	if w := window; w != 10 {
 		t.Fatalf("window %d after the first burst was throttled with 20 in flight, want 10 (cut once, from what was in use)", w)
 	}
 	// Over the window: the next acquire waits until enough are released.
@@ -179,19 +184,19 @@ func TestTheWindowFollowsThrottling(t *testing.T) {
 		s.mu.Unlock()
 		s.congested(epoch)
 	}
-	if w := s.window(); w != 4 {
+	if w := window; w != 4 {
 		t.Fatalf("window %d after three more throttled epochs, want the floor 4 (an eighth of 32)", w)
 	}
 	for range 4 {
 		s.acked()
 	}
-	if w := s.window(); w != 5 {
+	if w := window; w != 5 {
 		t.Fatalf("window %d after 4 accepted calls at 4, want 5", w)
 	}
 	for range 5 + 6 {
 		s.acked()
 	}
-	if w := s.window(); w != 7 {
+	if w := window; w != 7 {
 		t.Fatalf("window %d after 5 more at 5 and 6 at 6, want 7", w)
 	}
 }
