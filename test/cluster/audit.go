@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -48,7 +50,7 @@ func (c *Cluster) auditArgs() ([]string, error) {
 	}, nil
 }
 
-// AuditLogPath is the API server's audit log of pod evictions and deletes.
+// AuditLogPath is the API server's current audit log file.
 func (c *Cluster) AuditLogPath() string { return filepath.Join(c.Dir, "audit.log") }
 
 // PodRemoval is one eviction or delete of a pod, as the API server audited it.
@@ -94,9 +96,37 @@ type auditEvent struct {
 	} `json:"requestObject"`
 }
 
-// readAudit calls fn with every event audited so far.
+// AuditLogFiles are the audit log's files, oldest first: the files the API
+// server rotated it into (its log writer rotates at 100 MB, the default of
+// --audit-log-maxsize 0, which a reclaim of tens of thousands of evictions
+// passes), then the current one.
+func (c *Cluster) AuditLogFiles() ([]string, error) {
+	current := c.AuditLogPath()
+	ext := filepath.Ext(current)
+	rotated, err := filepath.Glob(strings.TrimSuffix(current, ext) + "-*" + ext)
+	if err != nil {
+		return nil, fmt.Errorf("rotated audit logs: %w", err)
+	}
+	slices.Sort(rotated) // their names end in the time of rotation
+	return append(rotated, current), nil
+}
+
+// readAudit calls fn with every event audited so far, in every file.
 func (c *Cluster) readAudit(fn func(*auditEvent)) error {
-	f, err := os.Open(c.AuditLogPath())
+	files, err := c.AuditLogFiles()
+	if err != nil {
+		return err
+	}
+	for _, path := range files {
+		if err := readAuditFile(path, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readAuditFile(path string, fn func(*auditEvent)) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open audit log: %w", err)
 	}
@@ -106,12 +136,12 @@ func (c *Cluster) readAudit(fn func(*auditEvent)) error {
 	for sc.Scan() {
 		var ev auditEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("audit log line: %w", err)
+			return fmt.Errorf("%s: audit log line: %w", path, err)
 		}
 		fn(&ev)
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read audit log: %w", err)
+		return fmt.Errorf("read %s: %w", path, err)
 	}
 	return nil
 }

@@ -36,17 +36,10 @@ func StartWebhookReplicasWithOwnIdentity(ctx context.Context, c *cluster.Cluster
 	if n < 1 {
 		return nil, errors.New("want at least one webhook replica")
 	}
-	if s.Dir == "" {
-		s.Dir = c.Dir
-	}
-	if s.Client == nil {
-		s.Client = c.Client
-	}
-	kubeconfig, err := NewWebhookIdentity(ctx, IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: s.Dir, Manifests: s.Manifests}, CertSourceSelfManaged)
+	s, err := withOwnIdentity(ctx, c, s)
 	if err != nil {
-		return nil, fmt.Errorf("the webhook's identity: %w", err)
+		return nil, err
 	}
-	s.Kubeconfig = kubeconfig
 	lb, err := newBalancer()
 	if err != nil {
 		return nil, err

@@ -161,6 +161,20 @@ func startWebhookOnce(ctx context.Context, s WebhookSpec, configs *WebhookConfig
 // an admin's requests would skip API priority and fairness and the policy.
 // It sets s.Kubeconfig; s.Dir and s.Client default to c's.
 func StartWebhookWithOwnIdentity(ctx context.Context, c *cluster.Cluster, s WebhookSpec) (*Webhook, error) {
+	s, err := withOwnIdentity(ctx, c, s)
+	if err != nil {
+		return nil, err
+	}
+	w, err := StartWebhook(ctx, s)
+	if err != nil {
+		return nil, fmt.Errorf("start webhook: %w", err)
+	}
+	return w, nil
+}
+
+// withOwnIdentity fills s's defaults from c and gives it the shipped
+// service account's kubeconfig (self-managed certificates).
+func withOwnIdentity(ctx context.Context, c *cluster.Cluster, s WebhookSpec) (WebhookSpec, error) {
 	if s.Dir == "" {
 		s.Dir = c.Dir
 	}
@@ -169,14 +183,10 @@ func StartWebhookWithOwnIdentity(ctx context.Context, c *cluster.Cluster, s Webh
 	}
 	kubeconfig, err := NewWebhookIdentity(ctx, IdentitySpec{Admin: c.Client, AdminConfig: c.Config, Dir: s.Dir, Manifests: s.Manifests}, CertSourceSelfManaged)
 	if err != nil {
-		return nil, fmt.Errorf("the webhook's identity: %w", err)
+		return s, fmt.Errorf("the webhook's identity: %w", err)
 	}
 	s.Kubeconfig = kubeconfig
-	w, err := StartWebhook(ctx, s)
-	if err != nil {
-		return nil, fmt.Errorf("start webhook: %w", err)
-	}
-	return w, nil
+	return s, nil
 }
 
 // waitReady polls /readyz and the configurations' caBundle. Thirty seconds

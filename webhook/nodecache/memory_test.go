@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"termgate.dev/termgate/nodemark"
+	"termgate.dev/termgate/test/kit"
 )
 
 // Sizes of the memory benchmark: the scale target.
@@ -46,7 +47,7 @@ func BenchmarkMemoryPerCachedNode(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		before := liveHeap()
+		before := kit.LiveHeap()
 		c := New(client, keep)
 		var terminating atomic.Int64
 		allReported := make(chan struct{})
@@ -65,7 +66,7 @@ func BenchmarkMemoryPerCachedNode(b *testing.B) {
 		case <-b.Context().Done():
 			b.Fatalf("%d of %d terminating nodes reported", terminating.Load(), memMarkedNodes)
 		}
-		after := liveHeap()
+		after := kit.LiveHeap()
 		if got := len(c.store.ListKeys()); got != memCachedNodes {
 			b.Fatalf("cache holds %d nodes, want %d", got, memCachedNodes)
 		}
@@ -77,15 +78,6 @@ func BenchmarkMemoryPerCachedNode(b *testing.B) {
 		cancel()
 	}
 	b.ReportMetric(perNode, "kib/cached-node")
-}
-
-// liveHeap returns the heap in use after a full collection.
-func liveHeap() int64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return int64(m.HeapAlloc)
 }
 
 func nodeName(i int) string { return fmt.Sprintf("gke-prod-spot-pool-%d-4f8a2c1e-%04d", i%4, i) }

@@ -11,6 +11,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
+
+	"termgate.dev/termgate/test/kit"
 )
 
 // Sizes of the memory benchmark: the scale target.
@@ -41,7 +43,7 @@ func followed(b *testing.B, nodes int) float64 {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	lister := &decodingLister{nodes: int64(nodes), done: make(chan struct{})}
-	before := liveHeap()
+	before := kit.LiveHeap()
 	x := New(lister, lister, clocktesting.NewFakeClock(time.Date(2026, 12, 3, 16, 0, 0, 0, time.UTC)), Options{})
 	for i := range nodes {
 		x.SetTerminating(memNodeName(i), true)
@@ -57,7 +59,7 @@ func followed(b *testing.B, nodes int) float64 {
 	for !allListed(x, nodes) {
 		runtime.Gosched()
 	}
-	after := liveHeap()
+	after := kit.LiveHeap()
 	if s := x.Stats(); s.Marked != nodes || s.Pods != nodes*memPodsPerNode {
 		b.Fatalf("index holds %+v, want %d followed nodes and %d pods", s, nodes, nodes*memPodsPerNode)
 	}
@@ -72,15 +74,6 @@ func allListed(x *Index, nodes int) bool {
 		}
 	}
 	return true
-}
-
-// liveHeap returns the heap in use after a full collection.
-func liveHeap() int64 {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return int64(m.HeapAlloc)
 }
 
 func memNodeName(i int) string { return fmt.Sprintf("gke-prod-spot-pool-%d-4f8a2c1e-%04d", i%4, i) }

@@ -1,12 +1,7 @@
 package asdeployed
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"time"
 
 	"termgate.dev/termgate/test/cluster"
@@ -43,8 +38,16 @@ type BindsVsMarks struct {
 // nodes.
 func BindsAgainstMarks(c *cluster.Cluster, since time.Time, nodes map[string]bool) (BindsVsMarks, error) {
 	var out BindsVsMarks
-	patches, binds, files, err := auditedPatchesAndBinds(c)
-	out.Files = files
+	files, err := c.AuditLogFiles()
+	if err != nil {
+		return out, err
+	}
+	out.Files = len(files)
+	patches, err := c.NodePatches()
+	if err != nil {
+		return out, err
+	}
+	binds, err := c.Binds()
 	if err != nil {
 		return out, err
 	}
@@ -81,81 +84,4 @@ func BindsAgainstMarks(c *cluster.Cluster, since time.Time, nodes map[string]boo
 		}
 	}
 	return out, nil
-}
-
-// auditedPatchesAndBinds reads the Node patches and binds of the audit
-// log and of the files it was rotated into: the API server's log writer
-// rotates at 100 MB (its default when --audit-log-maxsize is 0), which a
-// reclaim of tens of thousands of evictions passes, and the cluster's
-// own readers (Cluster.NodePatches, Cluster.Binds) read the current file
-// only.
-func auditedPatchesAndBinds(c *cluster.Cluster) ([]cluster.NodePatch, []cluster.Bind, int, error) {
-	current := c.AuditLogPath()
-	ext := filepath.Ext(current)
-	rotated, err := filepath.Glob(current[:len(current)-len(ext)] + "-*" + ext)
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("rotated audit logs: %w", err)
-	}
-	slices.Sort(rotated) // their names end in the time of rotation
-	var patches []cluster.NodePatch
-	var binds []cluster.Bind
-	for _, path := range append(rotated, current) {
-		if err := readAuditFile(path, func(ev *auditEvent) {
-			call := cluster.APICall{User: ev.User.Username, Received: ev.RequestReceived, Completed: ev.StageTimestamp, Code: ev.ResponseStatus.Code}
-			switch {
-			case ev.ObjectRef.Resource == "nodes" && ev.ObjectRef.Subresource == "" && ev.Verb == "patch":
-				patches = append(patches, cluster.NodePatch{APICall: call, Node: ev.ObjectRef.Name})
-			case ev.ObjectRef.Resource == "pods" && ev.ObjectRef.Subresource == "binding":
-				binds = append(binds, cluster.Bind{APICall: call, Namespace: ev.ObjectRef.Namespace, Pod: ev.ObjectRef.Name, Node: ev.RequestObject.Target.Name})
-			}
-		}); err != nil {
-			return nil, nil, 0, err
-		}
-	}
-	return patches, binds, len(rotated) + 1, nil
-}
-
-// auditEvent holds the audit event's fields the benches read.
-type auditEvent struct {
-	Verb string `json:"verb"`
-	User struct {
-		Username string `json:"username"`
-	} `json:"user"`
-	ObjectRef struct {
-		Resource    string `json:"resource"`
-		Subresource string `json:"subresource"`
-		Namespace   string `json:"namespace"`
-		Name        string `json:"name"`
-	} `json:"objectRef"`
-	ResponseStatus struct {
-		Code int `json:"code"`
-	} `json:"responseStatus"`
-	RequestReceived time.Time `json:"requestReceivedTimestamp"`
-	StageTimestamp  time.Time `json:"stageTimestamp"`
-	RequestObject   struct {
-		Target struct {
-			Name string `json:"name"`
-		} `json:"target"`
-	} `json:"requestObject"`
-}
-
-func readAuditFile(path string, fn func(*auditEvent)) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("open audit log: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		var ev auditEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("%s: audit log line: %w", path, err)
-		}
-		fn(&ev)
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	return nil
 }
