@@ -37,6 +37,14 @@ type Options struct {
 	// a pod's deletion once it has a deletionTimestamp (pods with finalizers
 	// stay Terminating, as on a real node). Defaults to 100ms.
 	PodDeleteDelay time.Duration
+	// NodeLease is the kwok nodes' lease duration (default 40 s, the
+	// kubelet's). kwok renews each lease every quarter of it: at 40 s a
+	// 5,000-node cluster writes 500 leases a second, more than two cores
+	// keep up with beside the work measured, and nodes late to renew turn
+	// Ready=Unknown and their pods unready. The controller manager's
+	// grace period follows it (five quarters of it, as 50 s follows 40 s
+	// upstream).
+	NodeLease time.Duration
 	// Verbosity is passed as -v to the Kubernetes components (default 1).
 	Verbosity int
 	// CertManager installs cert-manager's CRDs and runs bin/cert-manager

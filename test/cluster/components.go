@@ -63,8 +63,19 @@ func (c *Cluster) apiserverArgs(etcdURL string, port int) []string {
 	}
 }
 
+// defaultNodeLease is the kubelet's own lease duration.
+const defaultNodeLease = 40 * time.Second
+
+func (c *Cluster) nodeLease() time.Duration {
+	if c.opts.NodeLease > 0 {
+		return c.opts.NodeLease
+	}
+	return defaultNodeLease
+}
+
 func (c *Cluster) controllerManagerArgs() []string {
 	return []string{
+		"--node-monitor-grace-period=" + (c.nodeLease() * 5 / 4).String(),
 		"--kubeconfig=" + c.Kubeconfig,
 		// '*' is every controller enabled by default: replicaset, deployment,
 		// daemonset, job, disruption (PDB status), serviceaccount and its
@@ -162,7 +173,7 @@ func (c *Cluster) startKwok(stages []string) error {
 		"--kubeconfig=" + c.Kubeconfig,
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=" + kwokNodeAnnotation + "=fake",
-		"--node-lease-duration-seconds=40",
+		"--node-lease-duration-seconds=" + strconv.Itoa(int(c.nodeLease()/time.Second)),
 		"--cidr=10.64.0.0/12",
 		"--node-ip=10.128.0.2",
 	}

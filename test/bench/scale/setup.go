@@ -69,7 +69,7 @@ func setUp(ctx context.Context, o options) (*env, error) {
 		}
 	}
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: specs})
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: specs, NodeLease: o.nodeLease})
 	if err != nil {
 		return e, err
 	}

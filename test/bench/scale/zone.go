@@ -89,7 +89,7 @@ func setUpZone(ctx context.Context, o options) (*env, error) {
 		return e, fmt.Errorf("%d nodes give %d Spot and %d on-demand nodes in %s; the shape wants %d of each (-nodes >= 6 * -preempted)", o.nodes, len(e.spot), len(onDemandA), zoneA, o.preempted)
 	}
 	began := time.Now()
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: specs})
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: specs, NodeLease: o.nodeLease})
 	if err != nil {
 		return e, err
 	}
